@@ -1,0 +1,1 @@
+"""Identity and onboarding service of a state-wide Matrix network."""

@@ -1,0 +1,47 @@
+"""The one place where failures become Matrix error responses."""
+
+import logging
+
+from flask import Flask
+from flask import json
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import InternalServerError
+
+from identity.errors import MatrixError
+
+logger = logging.getLogger(__name__)
+
+# Werkzeug's HTTP errors, as the identity specification names them.
+_HTTP_ERRCODES = {
+    404: "M_UNRECOGNIZED",
+    405: "M_UNRECOGNIZED",
+    413: "M_TOO_LARGE",
+    429: "M_LIMIT_EXCEEDED",
+}
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(MatrixError, render_matrix_error)
+    app.register_error_handler(InternalServerError, render_internal_error)
+    app.register_error_handler(HTTPException, render_http_error)
+
+
+def render_matrix_error(e: MatrixError):
+    return e.to_json(), e.status
+
+
+def render_http_error(e: HTTPException):
+    """Turn Werkzeug's HTML error page into a Matrix error, keeping its headers."""
+    status = e.code or 500
+    errcode = _HTTP_ERRCODES.get(status, "M_UNKNOWN")
+    message = "Unrecognized request" if status in (404, 405) else (e.description or e.name)
+    response = e.get_response()  # keeps Allow on 405 and Retry-After on 429
+    response.set_data(json.dumps({"errcode": errcode, "error": message}))
+    response.mimetype = "application/json"
+    return response
+
+
+def render_internal_error(e: InternalServerError):
+    # Outside TESTING, Flask hands unexpected exceptions here: log the cause, show nothing.
+    logger.error("Unhandled error", exc_info=e.original_exception or e)
+    return {"errcode": "M_UNKNOWN", "error": "Internal server error"}, 500

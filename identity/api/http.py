@@ -1,0 +1,114 @@
+"""Request helpers shared by every API view: body parsing, twin v1/v2 routes, clock."""
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from typing import TypeVar
+
+from flask import Blueprint
+from flask import current_app
+from flask import request
+
+from identity.config import Settings
+from identity.errors import BadJson
+from identity.errors import InvalidParam
+from identity.errors import MissingParams
+from identity.errors import NotJson
+
+V1 = "/api/v1"
+V2 = "/v2"
+
+M = TypeVar("M")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def route(bp: Blueprint, rule: str, *, v1: bool = True, v2: bool = True, **options: Any):
+    """Serve one view under /v2 and, where it still exists, /api/v1.
+
+    The view receives ``v2=True`` on the v2 path: the logic is the same, only
+    authentication differs.
+    """
+
+    def decorator(view: F) -> F:
+        if v2:
+            bp.add_url_rule(V2 + rule, view_func=view, defaults={"v2": True}, **options)
+        if v1:
+            bp.add_url_rule(V1 + rule, view_func=view, defaults={"v2": False}, **options)
+        return view
+
+    return decorator
+
+
+def json_body(*, allow_form: bool = False) -> dict[str, Any]:
+    """Return the request body as a JSON object.
+
+    The legacy v1 paths also accept form-encoded bodies, as older homeservers send.
+
+    :raises MatrixError: M_NOT_JSON when the body is not JSON, M_BAD_JSON when it
+        is not an object.
+    """
+    if allow_form and request.mimetype in (
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ):
+        return request.form.to_dict()
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        raise NotJson("Content not JSON")
+    if not isinstance(body, dict):
+        raise BadJson("The body must be a JSON object")
+    return body
+
+
+def parse(model: type[M], data: dict[str, Any]) -> M:
+    """Check `data` against a dataclass `model` and build it.
+
+    :raises MatrixError: M_MISSING_PARAMS listing every missing field,
+        M_INVALID_PARAM naming the first field of the wrong type.
+    """
+    hints = typing.get_type_hints(model)
+    fields = dataclasses.fields(model)  # type: ignore[arg-type]
+    missing = [
+        f.name
+        for f in fields
+        if data.get(f.name) in (None, "")
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise MissingParams("Missing parameters: " + ", ".join(missing))
+    values = {}
+    for f in fields:
+        if f.name in data and data[f.name] is not None:
+            values[f.name] = _coerce(f.name, data[f.name], hints[f.name])
+    return model(**values)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    expected = _concrete_type(hint)
+    if expected is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        # Clients and form bodies send numbers such as send_attempt as strings.
+        return int(value)
+    if expected is int and isinstance(value, bool):
+        raise InvalidParam(f"{name} must be an integer")
+    if not isinstance(value, expected):
+        raise InvalidParam(f"{name} must be of type {expected.__name__}")
+    return value
+
+
+def _concrete_type(hint: Any) -> type:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def now() -> datetime:
+    """The current time from the app's clock (a fake one in tests)."""
+    return current_app.extensions["identity.clock"].now()
+
+
+def settings() -> Settings:
+    return current_app.extensions["identity.settings"]

@@ -1,0 +1,5 @@
+"""Info endpoints (filled in by its owner)."""
+
+from flask import Blueprint
+
+bp = Blueprint("info", __name__, url_prefix="/_matrix/identity")

@@ -1,0 +1,5 @@
+"""Invitations endpoints (filled in by its owner)."""
+
+from flask import Blueprint
+
+bp = Blueprint("invitations", __name__, url_prefix="/_matrix/identity")

@@ -1,0 +1,5 @@
+"""Keys endpoints (filled in by its owner)."""
+
+from flask import Blueprint
+
+bp = Blueprint("keys", __name__, url_prefix="/_matrix/identity")

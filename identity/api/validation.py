@@ -1,0 +1,5 @@
+"""Validation endpoints (filled in by its owner)."""
+
+from flask import Blueprint
+
+bp = Blueprint("validation", __name__, url_prefix="/_matrix/identity")

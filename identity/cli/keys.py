@@ -1,0 +1,30 @@
+"""`flask keys generate|show`."""
+
+import os
+
+import click
+from flask import current_app
+
+from identity import keys
+
+group = click.Group("keys", help="The service's signing key.")
+
+
+@group.command("generate")
+@click.option("--force", is_flag=True, help="Replace an existing key (breaks old signatures).")
+def generate(force: bool) -> None:
+    """Generate a signing key at SIGNING_KEY_PATH."""
+    path = current_app.config["SIGNING_KEY_PATH"]
+    if os.path.exists(path):
+        if not force:
+            raise click.ClickException(f"{path} exists; use --force to replace it")
+        os.remove(path)
+    key = keys.generate(path)
+    click.echo(f"Generated {keys.key_id(key)} in {path}")
+
+
+@group.command("show")
+def show() -> None:
+    """Print the key id and public key (never the private key)."""
+    key = keys.current_signing_key()
+    click.echo(f"{keys.key_id(key)} {keys.public_key_base64(key)}")

@@ -1,0 +1,186 @@
+"""Configuration: built-in defaults, then a TOML file, then IDENTITY_* variables.
+
+Every key is documented in docs/configuration.md. `check_config` runs at start-up
+and refuses a bad value with a message naming the key.
+"""
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULTS: dict[str, Any] = {
+    # Storage: an SQLite file in the instance folder unless told otherwise.
+    "SQLALCHEMY_DATABASE_URI": None,
+    "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+    # Run migrations at start-up; by default only in the embedded SQLite mode.
+    "AUTO_MIGRATE": None,
+    "LOG_LEVEL": "INFO",
+    # Mail. An empty MAIL_SERVER prints messages to the log instead of sending them.
+    "MAIL_SERVER": "",
+    "MAIL_PORT": 25,
+    "MAIL_USE_TLS": False,
+    "MAIL_USE_SSL": False,
+    "MAIL_USERNAME": None,
+    "MAIL_PASSWORD": None,
+    "MAIL_DEFAULT_SENDER": "Tchap <noreply@tchap.localhost>",
+    "MAIL_TIMEOUT": 10,
+    # Rate limits (Flask-Limiter keys).
+    "RATELIMIT_ENABLED": True,
+    "RATELIMIT_STORAGE_URI": "memory://",
+    # Service identity.
+    "SERVER_NAME_FOR_SIGNING": None,
+    "PUBLIC_BASE_URL": "http://localhost:5000",
+    "SIGNING_KEY_PATH": None,
+    "TERMS_PATH": None,
+    "TEMPLATES_PATH": None,
+    "DEFAULT_BRAND": "tchap",
+    "DOMAINS_PATH": None,
+    "MAX_REQUEST_BYTES": 64 * 1024,
+    # Validation sessions.
+    "SESSION_LIFETIME_SECONDS": 24 * 3600,
+    "TOKEN_MAX_ATTEMPTS": 10,
+    "NEXT_LINK_DOMAIN_ALLOWLIST": None,
+    # Lookups.
+    "LOOKUP_MAX_ADDRESSES": 10_000,
+    "BULK_LOOKUP_MAX_THREEPIDS": 10_000,
+    # Outbound calls to homeservers.
+    "FEDERATION_VERIFY_TLS": True,
+    "FEDERATION_IP_ALLOWLIST": [],
+    "FEDERATION_IP_BLOCKLIST": [],
+    "FEDERATION_TIMEOUT_SECONDS": 10,
+    "FEDERATION_MAX_RESPONSE_BYTES": 1024 * 1024,
+    # Invitations.
+    "INVITE_VALIDITY_SECONDS": 30 * 24 * 3600,
+    # Where the landing page sends guests (overridden by org.matrix.web_client_location).
+    "WEB_CLIENT_LOCATION": "https://www.tchap.gouv.fr",
+    # Routing (domains.yaml) and the internal API for homeservers.
+    "INFO_TRUSTED_NETWORKS": [],
+    "INTERNAL_API_TRUSTED_NETWORKS": [],
+    "INTERNAL_API_SECRET": None,
+    "RESTRICT_BINDS_TO_ROUTING": True,
+    "DELIVERY_MAX_BACKOFF_SECONDS": 3600,
+    # Run the onbind delivery worker thread inside each web process.
+    "DELIVERY_WORKER_ENABLED": True,
+    "DELIVERY_POLL_SECONDS": 5,
+}
+
+_BOOL_KEYS = (
+    "MAIL_USE_TLS",
+    "MAIL_USE_SSL",
+    "RATELIMIT_ENABLED",
+    "FEDERATION_VERIFY_TLS",
+    "DELIVERY_WORKER_ENABLED",
+    "RESTRICT_BINDS_TO_ROUTING",
+)
+_POSITIVE_INT_KEYS = (
+    "MAIL_PORT",
+    "MAX_REQUEST_BYTES",
+    "SESSION_LIFETIME_SECONDS",
+    "TOKEN_MAX_ATTEMPTS",
+    "LOOKUP_MAX_ADDRESSES",
+    "BULK_LOOKUP_MAX_THREEPIDS",
+    "FEDERATION_TIMEOUT_SECONDS",
+    "FEDERATION_MAX_RESPONSE_BYTES",
+    "INVITE_VALIDITY_SECONDS",
+    "DELIVERY_MAX_BACKOFF_SECONDS",
+)
+_CIDR_LIST_KEYS = (
+    "FEDERATION_IP_ALLOWLIST",
+    "FEDERATION_IP_BLOCKLIST",
+    "INFO_TRUSTED_NETWORKS",
+    "INTERNAL_API_TRUSTED_NETWORKS",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the key."""
+
+
+def load_file(config: Any, path: str) -> None:
+    """Merge the TOML file at `path` into `config`."""
+    try:
+        config.from_file(path, load=tomllib.load, text=False)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"IDENTITY_CONFIG: cannot read {path}: {e}") from e
+
+
+def check_config(config: Any) -> None:
+    """Normalise and validate the configuration in place.
+
+    :raises ConfigError: naming the first bad key.
+    """
+    for key in _BOOL_KEYS:
+        config[key] = _as_bool(key, config[key])
+    for key in _POSITIVE_INT_KEYS:
+        config[key] = _as_positive_int(key, config[key])
+    for key in _CIDR_LIST_KEYS:
+        config[key] = _as_networks(key, config[key])
+    if config["MAIL_USE_TLS"] and config["MAIL_USE_SSL"]:
+        raise ConfigError("MAIL_USE_TLS and MAIL_USE_SSL: choose one, not both")
+    base = urlsplit(str(config["PUBLIC_BASE_URL"]))
+    if base.scheme not in ("http", "https") or not base.hostname:
+        raise ConfigError("PUBLIC_BASE_URL: must be an http(s) URL")
+    config["PUBLIC_BASE_URL"] = str(config["PUBLIC_BASE_URL"]).rstrip("/")
+    if not config["SERVER_NAME_FOR_SIGNING"]:
+        config["SERVER_NAME_FOR_SIGNING"] = base.netloc
+    allowlist = config["NEXT_LINK_DOMAIN_ALLOWLIST"]
+    if isinstance(allowlist, str):
+        config["NEXT_LINK_DOMAIN_ALLOWLIST"] = [d.strip() for d in allowlist.split(",") if d]
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+def _as_positive_int(key: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a whole number, got {value!r}") from None
+    if number <= 0 or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a positive whole number, got {value!r}")
+    return number
+
+
+def _as_networks(key: str, value: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    if isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{key}: expected a list of CIDR ranges, got {value!r}")
+    try:
+        return [ipaddress.ip_network(str(item), strict=False) for item in value]
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The values domain code needs, taken once from the Flask config."""
+
+    server_name: str
+    public_base_url: str
+    session_lifetime_seconds: int
+    token_max_attempts: int
+    next_link_domain_allowlist: tuple[str, ...] | None
+    invite_validity_seconds: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Settings":
+        allowlist = config["NEXT_LINK_DOMAIN_ALLOWLIST"]
+        return cls(
+            server_name=config["SERVER_NAME_FOR_SIGNING"],
+            public_base_url=config["PUBLIC_BASE_URL"],
+            session_lifetime_seconds=config["SESSION_LIFETIME_SECONDS"],
+            token_max_attempts=config["TOKEN_MAX_ATTEMPTS"],
+            next_link_domain_allowlist=tuple(allowlist) if allowlist is not None else None,
+            invite_validity_seconds=config["INVITE_VALIDITY_SECONDS"],
+        )

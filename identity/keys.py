@@ -1,0 +1,85 @@
+"""The service's long-term ed25519 signing key: loading, generation and signing."""
+
+import logging
+import os
+from typing import Any
+
+import signedjson.key
+import signedjson.sign
+from flask import current_app
+from nacl.signing import SigningKey
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KEY_ID = "0"
+
+
+def current_signing_key() -> SigningKey:
+    """The app's signing key, read (or generated) on first use and then kept."""
+    key = current_app.extensions.get("identity.signing_key")
+    if key is None:
+        key = load_or_generate(current_app.config["SIGNING_KEY_PATH"])
+        current_app.extensions["identity.signing_key"] = key
+    return key
+
+
+def load_or_generate(path: str) -> SigningKey:
+    """Read the signing key at `path`, generating and saving one when absent.
+
+    Accepts Sydent's format, ``ed25519 <version> <unpadded base64 seed>``, so a
+    deployment keeps its key and the signatures already in rooms stay valid.
+    """
+    if not os.path.exists(path):
+        try:
+            key = generate(path)
+        except FileExistsError:  # another worker generated it first
+            return read(path)
+        logger.info("Generated a new signing key %s:%s in %s", key.alg, key.version, path)
+        return key
+    return read(path)
+
+
+def read(path: str) -> SigningKey:
+    with open(path) as f:
+        text = f.read().strip()
+    return parse(text)
+
+
+def parse(text: str) -> SigningKey:
+    """Parse ``ed25519 <version> <base64>``, or a bare base64 seed (key id ``ed25519:0``)."""
+    parts = text.split()
+    if len(parts) == 1:
+        parts = ["ed25519", DEFAULT_KEY_ID, parts[0]]
+    if len(parts) != 3 or parts[0] != "ed25519":
+        raise ValueError("SIGNING_KEY_PATH: expected 'ed25519 <version> <base64 seed>'")
+    try:
+        return signedjson.key.decode_signing_key_base64(parts[0], parts[1], parts[2])
+    except Exception as e:
+        raise ValueError(f"SIGNING_KEY_PATH: not a valid ed25519 key ({e})") from None
+
+
+def generate(path: str, version: str = DEFAULT_KEY_ID) -> SigningKey:
+    key = signedjson.key.generate_signing_key(version)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # Created with owner-only permissions: this key signs everything we assert.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(serialise(key) + "\n")
+    return key
+
+
+def serialise(key: SigningKey) -> str:
+    return f"{key.alg} {key.version} {signedjson.key.encode_signing_key_base64(key)}"
+
+
+def key_id(key: SigningKey) -> str:
+    return f"{key.alg}:{key.version}"
+
+
+def public_key_base64(key: SigningKey) -> str:
+    return signedjson.key.encode_verify_key_base64(key.verify_key)
+
+
+def sign(payload: dict[str, Any], server_name: str, key: SigningKey) -> dict[str, Any]:
+    """Return `payload` signed per the Signing JSON rules of the appendices."""
+    return signedjson.sign.sign_json(dict(payload), server_name, key)

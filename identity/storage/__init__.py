@@ -1,0 +1,1 @@
+"""Storage: the models and, per aggregate, the one module that queries it."""

@@ -1,0 +1,191 @@
+"""SQLAlchemy models. Data only: the queries live in the sibling modules."""
+
+from datetime import UTC
+from datetime import datetime
+
+from sqlalchemy import JSON
+from sqlalchemy import BigInteger
+from sqlalchemy import Boolean
+from sqlalchemy import DateTime
+from sqlalchemy import ForeignKey
+from sqlalchemy import Index
+from sqlalchemy import Integer
+from sqlalchemy import String
+from sqlalchemy import Text
+from sqlalchemy import TypeDecorator
+from sqlalchemy import UniqueConstraint
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from identity.extensions import db
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime on every engine (SQLite hands back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime stored; use an aware UTC datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class ValidationSession(db.Model):
+    """An email address being proven, keyed by (address, client_secret)."""
+
+    __tablename__ = "validation_session"
+    __table_args__ = (UniqueConstraint("medium", "address", "client_secret"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sid: Mapped[str] = mapped_column(String(64), unique=True)
+    medium: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(String(320))
+    client_secret: Mapped[str] = mapped_column(String(255))
+    send_attempt: Mapped[int] = mapped_column(BigInteger)
+    token: Mapped[str] = mapped_column(String(64))
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_link: Mapped[str | None] = mapped_column(Text)
+    brand: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Sessions expire a fixed time after their last change.
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Association(db.Model):
+    """A validated address bound to a Matrix ID."""
+
+    __tablename__ = "association"
+    __table_args__ = (UniqueConstraint("medium", "address"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    medium: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(String(320))
+    # sha256("<address> <medium> <pepper>"), unpadded URL-safe base64.
+    lookup_hash: Mapped[str] = mapped_column(String(64), index=True)
+    mxid: Mapped[str] = mapped_column(String(255), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime)
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Pepper(db.Model):
+    """The lookup pepper; the newest row is the current one."""
+
+    __tablename__ = "pepper"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Invitation(db.Model):
+    """A pending 3PID invitation stored by a homeserver with store-invite."""
+
+    __tablename__ = "invitation"
+    __table_args__ = (Index("ix_invitation_medium_address", "medium", "address"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token: Mapped[str] = mapped_column(String(128), unique=True)
+    medium: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(String(320))
+    room_id: Mapped[str] = mapped_column(String(255), index=True)
+    sender: Mapped[str] = mapped_column(String(255), index=True)
+    # True when the sender came from an authenticated (v2) request.
+    sender_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Every optional string argument of store-invite (room_name, sender_display_name, …).
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set when a bind handed the invitation to a delivery job.
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class EphemeralKey(db.Model):
+    """A short-term public key handed out with an invitation."""
+
+    __tablename__ = "ephemeral_key"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64), unique=True)
+    invitation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("invitation.id", ondelete="SET NULL"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    verify_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Account(db.Model):
+    """A Matrix user registered with this service through OpenID."""
+
+    __tablename__ = "account"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AccessToken(db.Model):
+    """An access token, stored only as its SHA-256 hash."""
+
+    __tablename__ = "access_token"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("account.user_id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AcceptedTerms(db.Model):
+    """A terms document URL a user has accepted."""
+
+    __tablename__ = "accepted_terms"
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("account.user_id", ondelete="CASCADE"), primary_key=True
+    )
+    url: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    accepted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Delivery(db.Model):
+    """An invitation to hand to a homeserver with /3pid/onbind, retried until done."""
+
+    __tablename__ = "delivery"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # One delivery per invitation: the same invite is never delivered twice.
+    invitation_id: Mapped[int] = mapped_column(
+        ForeignKey("invitation.id", ondelete="CASCADE"), unique=True
+    )
+    destination: Mapped[str] = mapped_column(String(255))
+    mxid: Mapped[str] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # A worker that claimed the job owns it until this moment.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ServerKey(db.Model):
+    """A homeserver's signing key fetched from /_matrix/key/v2/server."""
+
+    __tablename__ = "server_key"
+
+    server_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    verify_key: Mapped[str] = mapped_column(String(64))
+    valid_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,108 @@
+"""Fixtures: the app on SQLite and PostgreSQL, its client, a fake clock, a real SMTP sink."""
+
+import os
+import uuid
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from app import create_app
+from identity.extensions import db
+from tests.support import FakeClock
+from tests.support import SmtpSink
+
+# PostgreSQL server for the storage tests; a database of our own is created on it.
+POSTGRES_URL = os.environ.get(
+    "IDENTITY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def smtp():
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clear_smtp(request):
+    if "smtp" in request.fixturenames:
+        request.getfixturevalue("smtp").clear()
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A throwaway database on the PostgreSQL server, dropped at the end."""
+    admin_url = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
+    name = f"identity_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as e:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required in CI and unreachable at {admin_url}: {e}")
+        pytest.skip(f"PostgreSQL unreachable at {admin_url}: {e}")
+    admin.execute(f'CREATE DATABASE "{name}"')
+    yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'identity.sqlite3'}"
+    return request.getfixturevalue("postgres_database")
+
+
+@pytest.fixture
+def config(db_url, tmp_path, smtp):
+    """The test configuration; tests may change it before asking for `app`."""
+    return {
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": db_url,
+        "AUTO_MIGRATE": True,
+        "MAIL_SERVER": smtp.host,
+        "MAIL_PORT": smtp.port,
+        "MAIL_SUPPRESS_SEND": False,
+        "MAIL_DEFAULT_SENDER": "Tchap <noreply@tchap.test>",
+        "PUBLIC_BASE_URL": "https://id.tchap.test",
+        "SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        "RATELIMIT_ENABLED": False,
+        "DELIVERY_WORKER_ENABLED": False,
+        "FEDERATION_VERIFY_TLS": False,
+    }
+
+
+@pytest.fixture
+def app(config, clock):
+    app = create_app(config, clock=clock)
+    yield app
+    with app.app_context():
+        _empty_tables()
+        db.engine.dispose()
+
+
+def _empty_tables():
+    # The PostgreSQL database lives for the whole session: leave it empty for the next test.
+    if db.engine.dialect.name != "postgresql":
+        return
+    names = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
+    with db.engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
