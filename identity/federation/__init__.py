@@ -1,0 +1,1 @@
+"""Calls to homeservers (filled in by its owner): discovery, safe HTTP, X-Matrix."""
