@@ -3,7 +3,6 @@
 Run with `flask --app app run` or `gunicorn 'app:create_app()'`.
 """
 
-import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -21,10 +20,10 @@ from identity.config import load_file
 from identity.extensions import db
 from identity.extensions import mail
 from identity.extensions import migrate
+from identity.logs import init_logging
 from identity.pages import bp as pages_bp
 from identity.storage import models  # noqa: F401  (registers the tables)
 
-logger = logging.getLogger("identity")
 MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 
 
@@ -32,7 +31,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, clock: Clock | None =
     """Build the service: configuration, extensions, API, pages and commands."""
     app = Flask(__name__, instance_relative_config=True)
     _load_config(app, config)
-    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
+    init_logging(app.config["LOG_LEVEL"])
 
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
