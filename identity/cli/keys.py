@@ -4,10 +4,11 @@ import os
 
 import click
 from flask import current_app
+from flask.cli import AppGroup
 
 from identity import keys
 
-group = click.Group("keys", help="The service's signing key.")
+group = AppGroup("keys", help="The service's signing key.")
 
 
 @group.command("generate")
