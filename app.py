@@ -9,6 +9,8 @@ from typing import Any
 
 from flask import Flask
 
+from identity import federation
+from identity import terms
 from identity.api import register_api
 from identity.cli import register_cli
 from identity.clock import Clock
@@ -36,6 +38,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, clock: Clock | None =
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     mail.init_app(app)
+    federation.init_app(app)
+    terms.init_app(app)
     app.extensions["identity.clock"] = clock or SystemClock()
     app.extensions["identity.settings"] = Settings.from_config(app.config)
 

@@ -26,6 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "MAIL_PASSWORD": None,
     "MAIL_DEFAULT_SENDER": "Tchap <noreply@tchap.localhost>",
     "MAIL_TIMEOUT": 10,
+    # A CA bundle to trust for the SMTP server's certificate (else the system's).
+    "MAIL_CA_FILE": None,
     # Rate limits (Flask-Limiter keys).
     "RATELIMIT_ENABLED": True,
     "RATELIMIT_STORAGE_URI": "memory://",
@@ -47,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "BULK_LOOKUP_MAX_THREEPIDS": 10_000,
     # Outbound calls to homeservers.
     "FEDERATION_VERIFY_TLS": True,
+    # A CA bundle trusted for homeservers' certificates, instead of the system's.
+    "FEDERATION_CA_FILE": None,
     "FEDERATION_IP_ALLOWLIST": [],
     "FEDERATION_IP_BLOCKLIST": [],
     "FEDERATION_TIMEOUT_SECONDS": 10,

@@ -12,11 +12,19 @@ from identity.extensions import db
 from tests.support import FakeClock
 from tests.support import SmtpSink
 
+pytest_plugins = ["tests.fake_homeserver"]
+
 # PostgreSQL server for the storage tests; a database of our own is created on it.
 POSTGRES_URL = os.environ.get(
     "IDENTITY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def fake_homeserver_ca_file() -> str:
+    from tests.fake_homeserver import CA_FILE  # imported late: the module is a pytest plugin
+
+    return CA_FILE
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +84,9 @@ def config(db_url, tmp_path, smtp):
         "SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
         "RATELIMIT_ENABLED": False,
         "DELIVERY_WORKER_ENABLED": False,
-        "FEDERATION_VERIFY_TLS": False,
+        "FEDERATION_CA_FILE": fake_homeserver_ca_file(),
+        # Fake homeservers listen on loopback; tests of the refusal empty this list.
+        "FEDERATION_IP_ALLOWLIST": ["127.0.0.1/32"],
     }
 
 

@@ -1,5 +1,150 @@
-"""Validation endpoints (filled in by its owner)."""
+"""/validate/email/* and /3pid/getValidated3pid: proving that someone owns an address."""
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
 
 from flask import Blueprint
+from flask import redirect
+from flask import render_template
+from flask import request
+
+from identity import mailer
+from identity import validation
+from identity.api.auth import require_user
+from identity.api.http import json_body
+from identity.api.http import now
+from identity.api.http import parse
+from identity.api.http import route
+from identity.api.http import settings
+from identity.clock import to_ms
+from identity.errors import MatrixError
+from identity.errors import TokenIncorrect
+from identity.errors import Unrecognized
+from identity.extensions import db
 
 bp = Blueprint("validation", __name__, url_prefix="/_matrix/identity")
+
+_BRAND = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class RequestTokenBody:
+    client_secret: str
+    email: str
+    send_attempt: int
+    next_link: str | None = None
+
+
+@dataclass(frozen=True)
+class SubmitTokenBody:
+    sid: str
+    client_secret: str
+    token: str
+
+
+@dataclass(frozen=True)
+class SessionQuery:
+    sid: str
+    client_secret: str
+
+
+def policy() -> validation.Policy:
+    config = settings()
+    return validation.Policy(
+        lifetime=timedelta(seconds=config.session_lifetime_seconds),
+        max_attempts=config.token_max_attempts,
+        next_link_hosts=config.next_link_domain_allowlist,
+    )
+
+
+@route(bp, "/validate/email/requestToken", methods=["POST"])
+def request_token(v2: bool):
+    if v2:
+        require_user()
+    body = parse(RequestTokenBody, json_body(allow_form=not v2))
+    session = validation.request_code(
+        body.email,
+        body.client_secret,
+        body.send_attempt,
+        body.next_link,
+        brand=requested_brand(),
+        now=now(),
+        policy=policy(),
+        send=partial(validation.send_code_mail, base_url=settings().public_base_url),
+    )
+    db.session.commit()
+    return {"sid": session.sid}
+
+
+@route(bp, "/validate/email/submitToken", methods=["POST"])
+def submit_token(v2: bool):
+    if v2:
+        require_user()
+    body = parse(SubmitTokenBody, json_body(allow_form=not v2))
+    _submit(body)
+    return {"success": True}
+
+
+@route(bp, "/validate/email/submitToken", methods=["GET"])
+def submit_token_page(v2: bool):
+    """The link in the mail: validate, then redirect to next_link or show a page."""
+    if v2:
+        require_user()
+    try:
+        session = _submit(parse(SubmitTokenBody, request.args.to_dict()))
+    except MatrixError as e:
+        return _result_page(success=False, errcode=e.errcode), e.status
+    if session.next_link:
+        return redirect(session.next_link, code=302)
+    return _result_page(success=True, errcode=None)
+
+
+@route(bp, "/3pid/getValidated3pid", methods=["GET"])
+def get_validated_3pid(v2: bool):
+    if v2:
+        require_user()
+    query = parse(SessionQuery, request.args.to_dict())
+    session = validation.get_validated_session(
+        query.sid,
+        query.client_secret,
+        now=now(),
+        lifetime_seconds=settings().session_lifetime_seconds,
+    )
+    return {
+        "medium": session.medium,
+        "address": session.address,
+        "validated_at": to_ms(session.validated_at),
+    }
+
+
+@route(bp, "/validate/msisdn/requestToken", methods=["POST"])
+@route(bp, "/validate/msisdn/submitToken", methods=["GET", "POST"])
+def msisdn_not_supported(v2: bool):
+    # This network identifies people by their professional email only.
+    raise Unrecognized("Phone numbers are not supported by this identity server")
+
+
+def _submit(body: SubmitTokenBody):
+    try:
+        session = validation.submit_token(
+            body.sid, body.client_secret, body.token, now=now(), policy=policy()
+        )
+    except TokenIncorrect:
+        db.session.commit()  # keep the failed attempt: it counts towards the limit
+        raise
+    db.session.commit()
+    return session
+
+
+def requested_brand() -> str | None:
+    brand = request.args.get("brand")
+    return brand if brand and _BRAND.match(brand) else None
+
+
+def _result_page(*, success: bool, errcode: str | None) -> str:
+    sydent_template = mailer.sydent_template_path("verify_response", requested_brand())
+    if sydent_template is not None:
+        return mailer.render_sydent_page(sydent_template, success=success)
+    return render_template("pages/validation_result.html", success=success, errcode=errcode)

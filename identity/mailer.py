@@ -1,0 +1,162 @@
+"""Outgoing mail: renders templates, builds the message and sends it. The only SMTP caller.
+
+Our own templates are pairs, ``templates/mail/<name>.txt`` and ``.html`` (plus a
+one-line ``<name>_subject.txt``), rendered into one multipart Flask-Mail message.
+Deployments moving from Sydent may set TEMPLATES_PATH to a directory of brand folders
+laid out as Sydent lays them out; those templates are complete messages, and the bytes
+we send are exactly what they render to.
+"""
+
+import email.utils
+import logging
+import os
+import re
+import smtplib
+import ssl
+import sys
+from functools import cache
+
+import jinja2
+from flask import current_app
+from flask import render_template
+from flask_mail import Connection
+from flask_mail import Message
+
+from identity.addresses import redact
+from identity.clock import new_token
+from identity.errors import EmailSendError
+
+logger = logging.getLogger(__name__)
+
+# Our template names → the file a Sydent-layout brand folder holds for them.
+SYDENT_FILES = {
+    "verification": "verification_template.eml.j2",
+    "invite": "invite_template.eml.j2",
+    "verify_response": "verify_response_template.html",
+}
+_BRAND = re.compile(r"^[a-z0-9_-]{1,64}$")
+_LINE_BREAKS = re.compile(r"[\r\n]+")
+
+
+def send_template(name: str, to: str, context: dict[str, str], *, brand: str | None = None) -> None:
+    """Render the `name` mail for `to` and send it.
+
+    :param name: ``verification`` or ``invite``.
+    :param context: the template variables (Sydent's names, e.g. ``token``, ``link``).
+    :param brand: a brand folder of TEMPLATES_PATH; unknown brands fall back to DEFAULT_BRAND.
+    :raises MatrixError: M_EMAIL_SEND_ERROR when the mail cannot be handed to the server.
+    """
+    sydent_template = sydent_template_path(name, brand)
+    if sydent_template is not None:
+        raw = render_sydent_mail(sydent_template, to, context)
+        _deliver(to, raw=raw.encode("utf-8"))
+        return
+    message = Message(
+        subject=single_line(render_template(f"mail/{name}_subject.txt", **context)),
+        recipients=[to],
+        body=render_template(f"mail/{name}.txt", **context),
+        html=render_template(f"mail/{name}.html", **context),
+    )
+    _deliver(to, message=message)
+
+
+def sydent_template_path(name: str, brand: str | None) -> str | None:
+    """The Sydent-layout file for `name` in the chosen brand folder, if TEMPLATES_PATH has one."""
+    root = current_app.config["TEMPLATES_PATH"]
+    if not root:
+        return None
+    for candidate in (brand, current_app.config["DEFAULT_BRAND"]):
+        if candidate and _BRAND.match(candidate):
+            path = os.path.join(root, candidate, SYDENT_FILES[name])
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def render_sydent_mail(path: str, to: str, context: dict[str, str]) -> str:
+    """Render a Sydent-layout ``.eml.j2`` with the variables Sydent gives its templates."""
+    root = current_app.config["TEMPLATES_PATH"]
+    sender = current_app.config["MAIL_DEFAULT_SENDER"]
+    _, sender_address = email.utils.parseaddr(sender)
+    variables = {
+        **context,
+        "messageid": email.utils.make_msgid(domain=sender_address.rpartition("@")[2] or None),
+        "date": email.utils.formatdate(localtime=False),
+        "to": to,
+        "from": sender,
+        # Random per mail, so that text from the request cannot end a MIME part.
+        "multipart_boundary": new_token(24).replace("-", "").replace("_", ""),
+    }
+    relative = os.path.relpath(path, root)
+    return _sydent_environment(root).get_template(relative.replace(os.sep, "/")).render(variables)
+
+
+@cache
+def _sydent_environment(root: str) -> jinja2.Environment:
+    # Sydent renders these with autoescape on; templates that rely on it stay safe.
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(root), autoescape=True)
+
+
+def single_line(text: str) -> str:
+    """Collapse line breaks so that a value cannot add headers to a message."""
+    return _LINE_BREAKS.sub(" ", text).strip()
+
+
+class VerifiedConnection(Connection):
+    """Flask-Mail's connection with certificate verification and a timeout.
+
+    Flask-Mail 0.10 opens TLS without verifying the server's certificate; we never
+    hand codes and invitation links to a server we have not authenticated.
+    """
+
+    def configure_host(self) -> smtplib.SMTP:
+        config = current_app.config
+        context = ssl.create_default_context(cafile=config["MAIL_CA_FILE"] or None)
+        timeout = config["MAIL_TIMEOUT"]
+        host: smtplib.SMTP
+        if self.mail.use_ssl:
+            host = smtplib.SMTP_SSL(
+                self.mail.server, self.mail.port, timeout=timeout, context=context
+            )
+        else:
+            host = smtplib.SMTP(self.mail.server, self.mail.port, timeout=timeout)
+            if self.mail.use_tls:
+                host.starttls(context=context)
+        if self.mail.username and self.mail.password:
+            host.login(self.mail.username, self.mail.password)
+        return host
+
+
+def _deliver(to: str, *, message: Message | None = None, raw: bytes | None = None) -> None:
+    state = current_app.extensions["mail"]
+    if not state.server:
+        _print_for_development(message.as_bytes() if message else raw or b"")
+        return
+    try:
+        with VerifiedConnection(state) as connection:
+            if message is not None:
+                connection.send(message)
+            elif connection.host is not None:
+                _, sender = email.utils.parseaddr(state.default_sender)
+                connection.host.sendmail(sender, [to], raw)
+    except (OSError, smtplib.SMTPException) as e:
+        logger.warning("Could not send mail to %s: %s", redact(to), type(e).__name__)
+        raise EmailSendError("Failed to send email") from None
+    logger.info("Mail sent to %s", redact(to))
+
+
+def _print_for_development(data: bytes) -> None:
+    # MAIL_SERVER is empty: the embedded mode shows the mail instead of sending it.
+    banner = "=" * 20 + " MAIL_SERVER is not set: this mail was NOT sent " + "=" * 20
+    print(f"{banner}\n{data.decode('utf-8', 'replace')}\n{'=' * len(banner)}", file=sys.stderr)
+
+
+def render_sydent_page(path: str, *, success: bool) -> str:
+    """Render a Sydent-layout ``verify_response_template.html`` (``%(message)s``)."""
+    message = (
+        "Verification successful! Please return to your Matrix client to continue."
+        if success
+        else "Verification failed: you may need to request another verification email"
+    )
+    with open(path, encoding="utf-8") as f:
+        return f.read() % {"message": message}

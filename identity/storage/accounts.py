@@ -1,0 +1,43 @@
+"""Every query on accounts, their access tokens and the terms they accepted."""
+
+from datetime import datetime
+
+from sqlalchemy import delete
+from sqlalchemy import select
+
+from identity.extensions import db
+from identity.storage.models import AcceptedTerms
+from identity.storage.models import AccessToken
+from identity.storage.models import Account
+
+
+def ensure_account(user_id: str, now: datetime) -> Account:
+    account = db.session.get(Account, user_id)
+    if account is None:
+        account = Account(user_id=user_id, created_at=now)
+        db.session.add(account)
+        db.session.flush()
+    return account
+
+
+def add_token(token_hash: str, user_id: str, now: datetime) -> None:
+    db.session.add(AccessToken(token_hash=token_hash, user_id=user_id, created_at=now))
+    db.session.flush()
+
+
+def user_for_token(token_hash: str) -> str | None:
+    return db.session.scalar(select(AccessToken.user_id).filter_by(token_hash=token_hash))
+
+
+def delete_token(token_hash: str) -> None:
+    db.session.execute(delete(AccessToken).filter_by(token_hash=token_hash))
+
+
+def accepted_urls(user_id: str) -> set[str]:
+    return set(db.session.scalars(select(AcceptedTerms.url).filter_by(user_id=user_id)))
+
+
+def accept_urls(user_id: str, urls: set[str], now: datetime) -> None:
+    for url in urls - accepted_urls(user_id):
+        db.session.add(AcceptedTerms(user_id=user_id, url=url, accepted_at=now))
+    db.session.flush()

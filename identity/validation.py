@@ -1,0 +1,185 @@
+"""Email validation sessions: codes sent by mail, send attempts, expiry.
+
+Sessions are keyed by (address, client_secret) and expire a fixed time after their
+last change. Codes are short, come from a CSPRNG, are compared in constant time and
+forgive the spaces and dashes people type.
+"""
+
+import hmac
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from datetime import timedelta
+from urllib.parse import urlencode
+from urllib.parse import urlsplit
+
+from identity import mailer
+from identity.addresses import normalise_email
+from identity.clock import new_code
+from identity.clock import new_token
+from identity.errors import InvalidParam
+from identity.errors import NoValidSession
+from identity.errors import SessionExpired
+from identity.errors import SessionNotValidated
+from identity.errors import TokenIncorrect
+from identity.storage import sessions
+from identity.storage.models import ValidationSession
+
+MEDIUM = "email"
+# The specification's grammar for client secrets.
+_CLIENT_SECRET = re.compile(r"^[0-9a-zA-Z.=_-]{1,255}$")
+_CODE_SEPARATORS = re.compile(r"[\s-]+")
+
+# Sends the code: (session, code formatted for people) → None; raises on failure.
+CodeSender = Callable[[ValidationSession, str], None]
+
+
+@dataclass(frozen=True)
+class Policy:
+    lifetime: timedelta
+    max_attempts: int
+    next_link_hosts: tuple[str, ...] | None
+
+
+def request_code(
+    email: str,
+    client_secret: str,
+    send_attempt: int,
+    next_link: str | None,
+    *,
+    brand: str | None,
+    now: datetime,
+    policy: Policy,
+    send: CodeSender,
+) -> ValidationSession:
+    """Start or continue a session for `email` and mail its code when asked to.
+
+    A repeat with a `send_attempt` no higher than the last one returns the same
+    session and sends nothing, as the specification asks, so that retried requests
+    do not flood the inbox.
+
+    :raises MatrixError: M_INVALID_PARAM (client_secret, next_link), M_INVALID_EMAIL,
+        M_EMAIL_SEND_ERROR.
+    """
+    check_client_secret(client_secret)
+    address = normalise_email(email)
+    if next_link is not None:
+        check_next_link(next_link, policy.next_link_hosts)
+    session = sessions.find(MEDIUM, address, client_secret)
+    if session is not None and is_expired(session, now, policy.lifetime):
+        sessions.remove(session)
+        session = None
+    if session is None:
+        session = sessions.create(
+            ValidationSession(
+                sid=new_token(18),
+                medium=MEDIUM,
+                address=address,
+                client_secret=client_secret,
+                send_attempt=send_attempt,
+                token=new_code(),
+                failed_attempts=0,
+                next_link=next_link,
+                brand=brand,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    elif send_attempt <= session.send_attempt:
+        return session
+    else:
+        session.send_attempt = send_attempt
+        session.next_link = next_link or session.next_link
+        session.brand = brand
+        session.updated_at = now
+    send(session, format_code(session.token))
+    return session
+
+
+def submit_token(
+    sid: str, client_secret: str, token: str, *, now: datetime, policy: Policy
+) -> ValidationSession:
+    """Validate a session with the code its address received.
+
+    A wrong code counts against the session; past `max_attempts` it is closed.
+
+    :raises MatrixError: M_NO_VALID_SESSION, M_SESSION_EXPIRED, M_TOKEN_INCORRECT.
+    """
+    session = sessions.get(sid, client_secret)
+    if session is None or session.failed_attempts >= policy.max_attempts:
+        raise NoValidSession("No valid session was found matching that sid and client secret")
+    if is_expired(session, now, policy.lifetime):
+        raise SessionExpired("This validation session has expired: request a new code")
+    if not codes_match(token, session.token):
+        session.failed_attempts += 1
+        raise TokenIncorrect("The code is incorrect")
+    if session.validated_at is None:
+        session.validated_at = now
+        session.updated_at = now
+    return session
+
+
+def get_validated_session(
+    sid: str, client_secret: str, *, now: datetime, lifetime_seconds: int
+) -> ValidationSession:
+    """Return the session if it exists, is alive and has been validated.
+
+    :raises MatrixError: M_NO_VALID_SESSION, M_SESSION_EXPIRED, M_SESSION_NOT_VALIDATED.
+    """
+    session = sessions.get(sid, client_secret)
+    if session is None:
+        raise NoValidSession("No valid session was found matching that sid and client secret")
+    if is_expired(session, now, timedelta(seconds=lifetime_seconds)):
+        raise SessionExpired("This validation session has expired")
+    if session.validated_at is None:
+        raise SessionNotValidated("This validation session has not been validated yet")
+    return session
+
+
+def purge_expired(*, now: datetime, lifetime: timedelta) -> int:
+    """Delete every session whose last change is older than `lifetime`."""
+    return sessions.delete_expired(now - lifetime)
+
+
+def is_expired(session: ValidationSession, now: datetime, lifetime: timedelta) -> bool:
+    return session.updated_at + lifetime <= now
+
+
+def check_client_secret(client_secret: str) -> None:
+    if not _CLIENT_SECRET.match(client_secret):
+        raise InvalidParam("Invalid client_secret: 1 to 255 characters among [0-9a-zA-Z.=_-]")
+
+
+def check_next_link(next_link: str, allowed_hosts: tuple[str, ...] | None) -> None:
+    """Accept only http(s) links, to hosts on the allowlist when there is one.
+
+    A validation link must never become a `javascript:` or `file:` redirect.
+    """
+    parts = urlsplit(next_link)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidParam("next_link must be an http or https URL")
+    if allowed_hosts is not None and parts.hostname.lower() not in allowed_hosts:
+        raise InvalidParam("next_link points to a host that is not allowed")
+
+
+def codes_match(typed: str, expected: str) -> bool:
+    typed = _CODE_SEPARATORS.sub("", typed).upper()
+    return hmac.compare_digest(typed.encode(), expected.upper().encode())
+
+
+def format_code(code: str) -> str:
+    """Group a code in fours (``ABCD-EFGH``) so that people read and type it easily."""
+    return "-".join(code[i : i + 4] for i in range(0, len(code), 4))
+
+
+def send_code_mail(session: ValidationSession, code: str, *, base_url: str) -> None:
+    """Mail `code` to the session's address, with a link that validates in one click.
+
+    The link uses the v1 path, which needs no access token: it is opened from a mail.
+    """
+    link = f"{base_url}/_matrix/identity/api/v1/validate/email/submitToken?" + urlencode(
+        {"sid": session.sid, "client_secret": session.client_secret, "token": session.token}
+    )
+    context = {"token": session.token, "code": code, "link": link}
+    mailer.send_template("verification", session.address, context, brand=session.brand)

@@ -1,0 +1,66 @@
+"""Steps many tests take through the HTTP API: register, validate an address, read mail."""
+
+import re
+from urllib.parse import parse_qs
+from urllib.parse import urlsplit
+
+V1 = "/_matrix/identity/api/v1"
+V2 = "/_matrix/identity/v2"
+
+
+def register_user(client, fake_homeserver, localpart: str = "alice") -> str:
+    """Register through OpenID with the fake homeserver; return our access token."""
+    r = client.post(
+        f"{V2}/account/register",
+        json={
+            "access_token": fake_homeserver.issue_openid_token(localpart),
+            "token_type": "Bearer",
+            "matrix_server_name": fake_homeserver.server_name,
+            "expires_in": 3600,
+        },
+    )
+    assert r.status_code == 200, r.json
+    return r.json["token"]
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def request_code(client, address, *, secret="s3cret", attempt=1, prefix=V1, headers=None, **extra):
+    body = {"client_secret": secret, "email": address, "send_attempt": attempt, **extra}
+    return client.post(f"{prefix}/validate/email/requestToken", json=body, headers=headers)
+
+
+def code_from_mail(mail) -> str:
+    """The code as people read it in the received mail (``ABCD-EFGH``)."""
+    match = re.search(r"^\s+([A-Z0-9]{4}-[A-Z0-9]{4})\s*$", mail.text(), re.MULTILINE)
+    assert match, mail.text()
+    return match.group(1)
+
+
+def link_from_mail(mail) -> str:
+    match = re.search(r"(https://\S+submitToken\?\S+)", mail.text())
+    assert match, mail.text()
+    return match.group(1)
+
+
+def relative(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
+def query_of(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def validate_address(client, smtp, address, *, secret="s3cret", prefix=V1, headers=None) -> str:
+    """Prove ownership of `address` with the code from the received mail; return the sid."""
+    r = request_code(client, address, secret=secret, prefix=prefix, headers=headers)
+    assert r.status_code == 200, r.json
+    sid = r.json["sid"]
+    code = code_from_mail(smtp.last())
+    body = {"sid": sid, "client_secret": secret, "token": code}
+    r = client.post(f"{prefix}/validate/email/submitToken", json=body, headers=headers)
+    assert r.status_code == 200, r.json
+    return sid
