@@ -32,6 +32,8 @@ CORS_HEADERS = {
 
 
 def register_api(app: Flask) -> None:
+    # Views serve several paths (v1 and v2 twins): never redirect between them.
+    app.url_map.redirect_defaults = False
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     register_error_handlers(app)

@@ -3,8 +3,9 @@
 from flask import Flask
 
 from identity.cli import keys
+from identity.cli import sessions
 
-GROUPS = [keys.group]
+GROUPS = [keys.group, sessions.group]
 
 
 def register_cli(app: Flask) -> None:
