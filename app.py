@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask
 
+from identity import deliveries
 from identity import federation
 from identity import terms
 from identity.api import register_api
@@ -40,6 +41,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, clock: Clock | None =
     mail.init_app(app)
     federation.init_app(app)
     terms.init_app(app)
+    deliveries.init_app(app)
     app.extensions["identity.clock"] = clock or SystemClock()
     app.extensions["identity.settings"] = Settings.from_config(app.config)
 

@@ -176,6 +176,9 @@ class Settings:
     token_max_attempts: int
     next_link_domain_allowlist: tuple[str, ...] | None
     invite_validity_seconds: int
+    lookup_max_addresses: int
+    bulk_lookup_max_threepids: int
+    web_client_location: str
 
     @classmethod
     def from_config(cls, config: Any) -> "Settings":
@@ -187,4 +190,7 @@ class Settings:
             token_max_attempts=config["TOKEN_MAX_ATTEMPTS"],
             next_link_domain_allowlist=tuple(allowlist) if allowlist is not None else None,
             invite_validity_seconds=config["INVITE_VALIDITY_SECONDS"],
+            lookup_max_addresses=config["LOOKUP_MAX_ADDRESSES"],
+            bulk_lookup_max_threepids=config["BULK_LOOKUP_MAX_THREEPIDS"],
+            web_client_location=str(config["WEB_CLIENT_LOCATION"]).rstrip("/"),
         )

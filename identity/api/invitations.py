@@ -1,5 +1,65 @@
-"""Invitations endpoints (filled in by its owner)."""
+"""/store-invite: a homeserver asks us to invite an email address into a room."""
+
+from dataclasses import dataclass
+from datetime import timedelta
 
 from flask import Blueprint
 
+from identity import invitations
+from identity import mailer
+from identity.api.auth import require_user
+from identity.api.http import json_body
+from identity.api.http import now
+from identity.api.http import parse
+from identity.api.http import route
+from identity.api.http import settings
+from identity.api.validation import requested_brand
+from identity.errors import Forbidden
+from identity.extensions import db
+from identity.keys import current_signing_key
+
 bp = Blueprint("invitations", __name__, url_prefix="/_matrix/identity")
+
+
+@dataclass(frozen=True)
+class StoreInviteBody:
+    medium: str
+    address: str
+    room_id: str
+    sender: str
+
+
+@route(bp, "/store-invite", methods=["POST"])
+def store_invite(v2: bool):
+    user_id = require_user() if v2 else None
+    raw = json_body(allow_form=not v2)
+    body = parse(StoreInviteBody, raw)
+    if user_id is not None and user_id != body.sender:
+        raise Forbidden("The sender must be the authenticated user")
+    details = {
+        key: value
+        for key, value in raw.items()
+        if isinstance(value, str) and key not in ("medium", "address", "room_id", "sender")
+    }
+    config = settings()
+    brand = requested_brand()
+    response = invitations.store_invite(
+        body.medium,
+        body.address,
+        body.room_id,
+        body.sender,
+        details,
+        sender_verified=user_id is not None,
+        now=now(),
+        policy=invitations.Policy(
+            validity=timedelta(seconds=config.invite_validity_seconds),
+            base_url=config.public_base_url,
+            web_client_location=config.web_client_location,
+        ),
+        long_term_key=current_signing_key(),
+        send=lambda invitation, context: mailer.send_template(
+            "invite", invitation.address, context, brand=brand
+        ),
+    )
+    db.session.commit()
+    return response

@@ -1,5 +1,63 @@
-"""Keys endpoints (filled in by its owner)."""
+"""/pubkey/* and /sign-ed25519: the keys homeservers check invitations against."""
+
+from dataclasses import dataclass
 
 from flask import Blueprint
+from flask import request
+
+from identity import invitations
+from identity import keys
+from identity.api.auth import require_user
+from identity.api.http import json_body
+from identity.api.http import parse
+from identity.api.http import route
+from identity.api.http import settings
+from identity.errors import NotFound
+from identity.extensions import db
+from identity.storage import ephemeral_keys
 
 bp = Blueprint("keys", __name__, url_prefix="/_matrix/identity")
+
+
+@dataclass(frozen=True)
+class PublicKeyQuery:
+    public_key: str
+
+
+@dataclass(frozen=True)
+class SignBody:
+    mxid: str
+    private_key: str
+    token: str
+
+
+@route(bp, "/pubkey/<key_id>", methods=["GET"])
+def public_key(v2: bool, key_id: str):
+    key = keys.current_signing_key()
+    if key_id != keys.key_id(key):
+        raise NotFound(f"No key {key_id}")
+    return {"public_key": keys.public_key_base64(key)}
+
+
+@route(bp, "/pubkey/isvalid", methods=["GET"])
+def is_valid(v2: bool):
+    query = parse(PublicKeyQuery, request.args.to_dict())
+    return {"valid": query.public_key == keys.public_key_base64(keys.current_signing_key())}
+
+
+@route(bp, "/pubkey/ephemeral/isvalid", methods=["GET"])
+def is_valid_ephemeral(v2: bool):
+    query = parse(PublicKeyQuery, request.args.to_dict())
+    valid = ephemeral_keys.is_known(query.public_key)
+    db.session.commit()
+    return {"valid": valid}
+
+
+@route(bp, "/sign-ed25519", methods=["POST"])
+def sign_ed25519(v2: bool):
+    if v2:
+        require_user()
+    body = parse(SignBody, json_body(allow_form=not v2))
+    return invitations.sign_with_ephemeral_key(
+        body.token, body.mxid, body.private_key, server_name=settings().server_name
+    )

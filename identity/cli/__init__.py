@@ -2,10 +2,11 @@
 
 from flask import Flask
 
+from identity.cli import deliveries
 from identity.cli import keys
 from identity.cli import sessions
 
-GROUPS = [keys.group, sessions.group]
+GROUPS = [keys.group, sessions.group, deliveries.group]
 
 
 def register_cli(app: Flask) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy import TypeDecorator
 from sqlalchemy import UniqueConstraint
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm import relationship
 
 from identity.extensions import db
 
@@ -177,6 +178,8 @@ class Delivery(db.Model):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     # A worker that claimed the job owns it until this moment.
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    invitation: Mapped[Invitation] = relationship()
 
 
 class ServerKey(db.Model):

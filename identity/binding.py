@@ -1,0 +1,84 @@
+"""Binding validated addresses to Matrix IDs, and removing those bindings."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from datetime import timedelta
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from identity import invitations
+from identity import keys
+from identity.accounts import server_of
+from identity.clock import to_ms
+from identity.errors import Forbidden
+from identity.errors import InvalidParam
+from identity.lookup import lookup_hash
+from identity.storage import associations
+from identity.storage import peppers
+from identity.storage.models import Association
+from identity.storage.models import ValidationSession
+
+# Associations stay valid until unbound; the spec's not_after is then far away.
+VALIDITY = timedelta(days=100 * 365)
+
+
+@dataclass(frozen=True)
+class Signer:
+    server_name: str
+    key: SigningKey
+
+    def sign(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return keys.sign(payload, self.server_name, self.key)
+
+
+def bind(session: ValidationSession, mxid: str, *, now: datetime, signer: Signer) -> dict:
+    """Bind the session's validated address to `mxid` and return the signed association.
+
+    Rebinding replaces the previous Matrix ID. Pending invitations for the address are
+    handed over for delivery to the new owner's homeserver in the same transaction.
+
+    :raises MatrixError: M_INVALID_PARAM for a malformed Matrix ID.
+    """
+    if server_of(mxid) is None:
+        raise InvalidParam("mxid is not a valid Matrix user ID")
+    association = associations.find(session.medium, session.address) or Association(
+        medium=session.medium, address=session.address
+    )
+    association.mxid = mxid
+    association.lookup_hash = lookup_hash(
+        session.medium, session.address, peppers.current_pepper(now)
+    )
+    association.created_at = association.not_before = now
+    association.not_after = now + VALIDITY
+    associations.save(association)
+    invitations.hand_over_pending(session.medium, session.address, mxid, now=now)
+    return signer.sign(association_json(association))
+
+
+def association_json(association: Association) -> dict[str, Any]:
+    return {
+        "address": association.address,
+        "medium": association.medium,
+        "mxid": association.mxid,
+        "not_before": to_ms(association.not_before),
+        "not_after": to_ms(association.not_after),
+        "ts": to_ms(association.created_at),
+    }
+
+
+def unbind(medium: str, address: str, mxid: str) -> None:
+    """Remove the binding of `address` to `mxid`; unbinding what is not bound is a no-op."""
+    associations.delete_for_mxid(medium, address, mxid)
+
+
+def check_session_matches(session: ValidationSession, medium: str, address: str) -> None:
+    """:raises MatrixError: M_FORBIDDEN when the session proved another address."""
+    if (session.medium, session.address) != (medium, address):
+        raise Forbidden("The validated session is for another address")
+
+
+def check_origin_owns(origin: str, mxid: str) -> None:
+    """:raises MatrixError: M_FORBIDDEN when a homeserver acts for another server's user."""
+    if server_of(mxid) != origin:
+        raise Forbidden("The homeserver does not own this Matrix ID")

@@ -1,0 +1,23 @@
+"""`flask deliveries run-due|status`: the onbind delivery queue."""
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from identity import deliveries
+from identity.storage import deliveries as queue
+
+group = AppGroup("deliveries", help="Invitations waiting to reach homeservers.")
+
+
+@group.command("run-due")
+def run_due() -> None:
+    """Attempt every due delivery once."""
+    delivered = deliveries.run_once(current_app)
+    click.echo(f"Delivered {delivered} invitation(s).")
+
+
+@group.command("status")
+def status() -> None:
+    """How many deliveries are still waiting."""
+    click.echo(f"{queue.pending_count()} delivery(ies) waiting.")

@@ -1,0 +1,73 @@
+"""Association lookups: the v2 hashed lookup and the legacy v1 plain ones.
+
+For `sha256`, clients send base64url(sha256("<address> <medium> <pepper>")); we
+store that hash with each association and look it up by index, never hashing rows
+per request.
+"""
+
+import base64
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from identity.addresses import lookup_form
+from identity.errors import InvalidParam
+from identity.errors import InvalidPepper
+from identity.errors import TooLarge
+from identity.storage import associations
+from identity.storage import peppers
+
+ALGORITHMS = ["none", "sha256"]
+
+
+def lookup_hash(medium: str, address: str, pepper: str) -> str:
+    digest = hashlib.sha256(f"{address} {medium} {pepper}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def hash_details(*, now: datetime) -> dict[str, Any]:
+    return {"algorithms": ALGORITHMS, "lookup_pepper": peppers.current_pepper(now)}
+
+
+def lookup(
+    addresses: list[str], algorithm: str, pepper: str, *, now: datetime, limit: int
+) -> dict[str, str]:
+    """Map each hash (or "address medium" string) that has a live association to its mxid.
+
+    :raises MatrixError: M_INVALID_PEPPER (with the current pepper), M_INVALID_PARAM for
+        an unknown algorithm, M_TOO_LARGE past `limit` addresses.
+    """
+    current = peppers.current_pepper(now)
+    if pepper != current:
+        raise InvalidPepper("Unknown or invalid pepper", lookup_pepper=current)
+    if algorithm not in ALGORITHMS:
+        raise InvalidParam(f"Unsupported algorithm; use one of {', '.join(ALGORITHMS)}")
+    if len(addresses) > limit:
+        raise TooLarge(f"Too many addresses; at most {limit} per request")
+    if not all(isinstance(a, str) for a in addresses):
+        raise InvalidParam("addresses must be strings")
+    if algorithm == "sha256":
+        return associations.mxids_by_hash(addresses, now=now)
+    queries = {}
+    for query in addresses:
+        address, _, medium = query.rpartition(" ")
+        queries[lookup_hash(medium, lookup_form(address), current)] = query
+    found = associations.mxids_by_hash(queries, now=now)
+    return {queries[h]: mxid for h, mxid in found.items()}
+
+
+def bulk_lookup(threepids: list[Any], *, now: datetime, limit: int) -> list[list[str]]:
+    """The legacy v1 bulk lookup: [[medium, address, mxid], …] for the known pairs.
+
+    :raises MatrixError: M_TOO_LARGE past `limit`, M_INVALID_PARAM for a malformed pair.
+    """
+    if len(threepids) > limit:
+        raise TooLarge(f"Too many threepids; at most {limit} per request")
+    pairs = []
+    for pair in threepids:
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+        ):
+            raise InvalidParam("threepids must be [medium, address] pairs")
+        pairs.append((pair[0], lookup_form(pair[1])))
+    return [[a.medium, a.address, a.mxid] for a in associations.find_many(pairs, now=now)]

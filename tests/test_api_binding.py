@@ -1,0 +1,245 @@
+"""Binds, unbinds and lookups, v1 and v2, with signatures checked by signedjson."""
+
+import base64
+import hashlib
+
+import pytest
+import signedjson.key
+import signedjson.sign
+
+from identity import keys
+from tests.helpers import V1
+from tests.helpers import V2
+from tests.helpers import auth
+from tests.helpers import register_user
+from tests.helpers import validate_address
+
+ADDRESS = "marie.dupont@ac-versailles.fr"
+MXID = "@marie.dupont-ac-versailles.fr:agent.education.tchap.gouv.fr"
+
+
+def bind(client, sid, mxid=MXID, *, secret="s3cret", prefix=V1, headers=None):
+    body = {"sid": sid, "client_secret": secret, "mxid": mxid}
+    return client.post(f"{prefix}/3pid/bind", json=body, headers=headers)
+
+
+def verify_key(config):
+    return signedjson.key.get_verify_key(keys.read(config["SIGNING_KEY_PATH"]))
+
+
+def sha256_hash(address, pepper, medium="email"):
+    digest = hashlib.sha256(f"{address} {medium} {pepper}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def test_bind_returns_a_signed_association(config, client, smtp, clock):
+    sid = validate_address(client, smtp, ADDRESS)
+    r = bind(client, sid)
+    assert r.status_code == 200
+    association = r.json
+    assert {k: association[k] for k in ("address", "medium", "mxid")} == {
+        "address": ADDRESS,
+        "medium": "email",
+        "mxid": MXID,
+    }
+    assert association["ts"] == association["not_before"] == int(clock.now().timestamp() * 1000)
+    assert association["not_after"] > association["ts"]
+    signedjson.sign.verify_signed_json(association, "id.tchap.test", verify_key(config))
+
+
+def test_v1_lookup_returns_the_signed_association(config, client, smtp):
+    bind(client, validate_address(client, smtp, ADDRESS))
+    r = client.get(f"{V1}/lookup?medium=email&address=Marie.Dupont@AC-Versailles.fr")
+    assert r.json["mxid"] == MXID
+    signedjson.sign.verify_signed_json(r.json, "id.tchap.test", verify_key(config))
+    assert client.get(f"{V1}/lookup?medium=email&address=nobody@x.fr").json == {}
+    r = client.get(f"{V1}/lookup?medium=email")
+    assert (r.status_code, r.json["errcode"]) == (400, "M_MISSING_PARAMS")
+
+
+def test_bulk_lookup(client, smtp):
+    bind(client, validate_address(client, smtp, ADDRESS))
+    r = client.post(
+        f"{V1}/bulk_lookup",
+        json={"threepids": [["email", ADDRESS.upper()], ["email", "nobody@x.fr"]]},
+    )
+    assert r.json == {"threepids": [["email", ADDRESS, MXID]]}
+    r = client.post(f"{V1}/bulk_lookup", json={"threepids": [["email"]]})
+    assert (r.status_code, r.json["errcode"]) == (400, "M_INVALID_PARAM")
+
+
+@pytest.fixture
+def small_limits(config):
+    config["LOOKUP_MAX_ADDRESSES"] = 2
+    config["BULK_LOOKUP_MAX_THREEPIDS"] = 2
+
+
+def test_lookup_size_limits(small_limits, client, fake_homeserver):
+    r = client.post(f"{V1}/bulk_lookup", json={"threepids": [["email", "a@b.fr"]] * 3})
+    assert (r.status_code, r.json["errcode"]) == (413, "M_TOO_LARGE")
+    headers = auth(register_user(client, fake_homeserver))
+    pepper = client.get(f"{V2}/hash_details", headers=headers).json["lookup_pepper"]
+    body = {"addresses": ["x", "y", "z"], "algorithm": "sha256", "pepper": pepper}
+    r = client.post(f"{V2}/lookup", json=body, headers=headers)
+    assert (r.status_code, r.json["errcode"]) == (413, "M_TOO_LARGE")
+
+
+def test_v2_hashed_lookup(client, smtp, fake_homeserver):
+    bind(client, validate_address(client, smtp, ADDRESS))
+    headers = auth(register_user(client, fake_homeserver))
+    details = client.get(f"{V2}/hash_details", headers=headers).json
+    assert set(details["algorithms"]) == {"none", "sha256"}
+    pepper = details["lookup_pepper"]
+    assert (
+        pepper and client.get(f"{V2}/hash_details", headers=headers).json["lookup_pepper"] == pepper
+    )
+
+    known, unknown = sha256_hash(ADDRESS, pepper), sha256_hash("x@y.fr", pepper)
+    body = {"addresses": [known, unknown], "algorithm": "sha256", "pepper": pepper}
+    r = client.post(f"{V2}/lookup", json=body, headers=headers)
+    assert r.json == {"mappings": {known: MXID}}
+
+    body = {
+        "addresses": [f"{ADDRESS} email", "x@y.fr email"],
+        "algorithm": "none",
+        "pepper": pepper,
+    }
+    r = client.post(f"{V2}/lookup", json=body, headers=headers)
+    assert r.json == {"mappings": {f"{ADDRESS} email": MXID}}
+
+
+def test_v2_lookup_errors(client, fake_homeserver):
+    headers = auth(register_user(client, fake_homeserver))
+    pepper = client.get(f"{V2}/hash_details", headers=headers).json["lookup_pepper"]
+    body = {"addresses": [], "algorithm": "sha256", "pepper": "stale"}
+    r = client.post(f"{V2}/lookup", json=body, headers=headers)
+    assert (r.status_code, r.json["errcode"]) == (400, "M_INVALID_PEPPER")
+    assert r.json["lookup_pepper"] == pepper
+    body = {"addresses": [], "algorithm": "md5", "pepper": pepper}
+    r = client.post(f"{V2}/lookup", json=body, headers=headers)
+    assert (r.status_code, r.json["errcode"]) == (400, "M_INVALID_PARAM")
+    r = client.post(f"{V2}/lookup", json={"addresses": []}, headers=headers)
+    assert (r.status_code, r.json["errcode"]) == (400, "M_MISSING_PARAMS")
+    r = client.post(f"{V2}/lookup", json=body)
+    assert (r.status_code, r.json["errcode"]) == (401, "M_UNAUTHORIZED")
+    r = client.get(f"{V2}/hash_details")
+    assert (r.status_code, r.json["errcode"]) == (401, "M_UNAUTHORIZED")
+
+
+def test_bind_errors(client, smtp):
+    r = client.post(
+        f"{V1}/validate/email/requestToken",
+        json={"client_secret": "s3cret", "email": ADDRESS, "send_attempt": 1},
+    )
+    sid = r.json["sid"]
+    r = bind(client, sid)
+    assert (r.status_code, r.json["errcode"]) == (400, "M_SESSION_NOT_VALIDATED")
+    r = bind(client, "nope")
+    assert (r.status_code, r.json["errcode"]) == (400, "M_NO_VALID_SESSION")
+    r = client.post(f"{V1}/3pid/bind", json={"sid": sid})
+    assert (r.status_code, r.json["errcode"]) == (400, "M_MISSING_PARAMS")
+
+
+def test_bind_with_invalid_mxid(client, smtp):
+    r = bind(client, validate_address(client, smtp, ADDRESS), mxid="not-a-user-id")
+    assert (r.status_code, r.json["errcode"]) == (400, "M_INVALID_PARAM")
+
+
+def test_bind_of_expired_session(client, smtp, clock):
+    sid = validate_address(client, smtp, ADDRESS)
+    clock.advance(hours=25)
+    r = bind(client, sid)
+    assert (r.status_code, r.json["errcode"]) == (400, "M_SESSION_EXPIRED")
+
+
+def test_v2_bind_only_to_own_mxid(client, smtp, fake_homeserver):
+    headers = auth(register_user(client, fake_homeserver, "marie"))
+    sid = validate_address(client, smtp, ADDRESS, prefix=V2, headers=headers)
+    r = bind(
+        client, sid, mxid="@someone.else:" + fake_homeserver.server_name, prefix=V2, headers=headers
+    )
+    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    r = bind(client, sid, mxid=fake_homeserver.user_id("marie"), prefix=V2, headers=headers)
+    assert r.status_code == 200 and r.json["mxid"] == fake_homeserver.user_id("marie")
+
+
+def test_rebind_replaces_the_mxid(client, smtp):
+    bind(client, validate_address(client, smtp, ADDRESS))
+    other = "@marie:agent.interieur.tchap.gouv.fr"
+    bind(client, validate_address(client, smtp, ADDRESS, secret="second"), other, secret="second")
+    assert client.get(f"{V1}/lookup?medium=email&address={ADDRESS}").json["mxid"] == other
+
+
+def unbind_body(mxid=MXID, address=ADDRESS, **extra):
+    return {"mxid": mxid, "threepid": {"medium": "email", "address": address}, **extra}
+
+
+@pytest.mark.parametrize("prefix", [V1, V2])
+def test_unbind_with_the_validation_session(client, smtp, prefix):
+    sid = validate_address(client, smtp, ADDRESS)
+    bind(client, sid)
+    body = unbind_body(sid=sid, client_secret="s3cret")
+    r = client.post(f"{prefix}/3pid/unbind", json=body)
+    assert (r.status_code, r.json) == (200, {})
+    assert client.get(f"{V1}/lookup?medium=email&address={ADDRESS}").json == {}
+
+
+def test_unbind_with_a_session_for_another_address_is_forbidden(client, smtp):
+    bind(client, validate_address(client, smtp, ADDRESS))
+    other_sid = validate_address(client, smtp, "autre@ac-versailles.fr", secret="other")
+    body = unbind_body(sid=other_sid, client_secret="other")
+    r = client.post(f"{V1}/3pid/unbind", json=body)
+    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+
+
+def test_unbind_signed_by_the_homeserver(client, smtp, fake_homeserver):
+    mxid = fake_homeserver.user_id("marie")
+    bind(client, validate_address(client, smtp, ADDRESS), mxid)
+    path = f"{V2}/3pid/unbind"
+    body = unbind_body(mxid)
+    header = fake_homeserver.sign_request("POST", path, "id.tchap.test", body)
+    r = client.post(path, json=body, headers={"Authorization": header})
+    assert (r.status_code, r.json) == (200, {})
+    assert client.get(f"{V1}/lookup?medium=email&address={ADDRESS}").json == {}
+    assert fake_homeserver.key_requests == 1
+
+
+def test_homeserver_keys_are_cached(client, smtp, fake_homeserver):
+    path = f"{V2}/3pid/unbind"
+    for _ in range(2):
+        body = unbind_body(fake_homeserver.user_id("marie"))
+        header = fake_homeserver.sign_request("POST", path, "id.tchap.test", body)
+        assert client.post(path, json=body, headers={"Authorization": header}).status_code == 200
+    assert fake_homeserver.key_requests == 1
+
+
+def test_unbind_signed_by_another_homeserver_is_forbidden(client, smtp, fake_homeserver):
+    bind(client, validate_address(client, smtp, ADDRESS))  # MXID is on the education server
+    path = f"{V2}/3pid/unbind"
+    body = unbind_body(MXID)
+    header = fake_homeserver.sign_request("POST", path, "id.tchap.test", body)
+    r = client.post(path, json=body, headers={"Authorization": header})
+    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    assert client.get(f"{V1}/lookup?medium=email&address={ADDRESS}").json["mxid"] == MXID
+
+
+def test_unbind_with_a_bad_signature_is_forbidden(client, smtp, fake_homeserver):
+    mxid = fake_homeserver.user_id("marie")
+    bind(client, validate_address(client, smtp, ADDRESS), mxid)
+    path = f"{V2}/3pid/unbind"
+    body = unbind_body(mxid)
+    forged = signedjson.key.generate_signing_key("fake1")
+    header = fake_homeserver.sign_request("POST", path, "id.tchap.test", body, key=forged)
+    r = client.post(path, json=body, headers={"Authorization": header})
+    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    header = fake_homeserver.sign_request("POST", path, "elsewhere.example", body)
+    r = client.post(path, json=body, headers={"Authorization": header})
+    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    assert client.get(f"{V1}/lookup?medium=email&address={ADDRESS}").json["mxid"] == mxid
+
+
+def test_unbind_without_proof_is_forbidden(client):
+    r = client.post(f"{V1}/3pid/unbind", json=unbind_body())
+    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    r = client.post(f"{V1}/3pid/unbind", json={"mxid": MXID})
+    assert (r.status_code, r.json["errcode"]) == (400, "M_MISSING_PARAMS")
