@@ -118,6 +118,7 @@ def mail_context(invitation: Invitation, ephemeral_private_key: str, policy: Pol
     details = {field: "" for field in OPTIONAL_FIELDS} | dict(invitation.details)
     web_client = details.pop("org.matrix.web_client_location", "") or policy.web_client_location
     room_name = _shorten(details["room_name"], 30)
+    verified = invitation.sender_verified
     sender_name = _shorten(details["sender_display_name"], 20)
     context = {
         **details,
@@ -131,9 +132,8 @@ def mail_context(invitation: Invitation, ephemeral_private_key: str, policy: Pol
         "room_name": room_name,
         "sender_display_name": sender_name,
         "bracketed_room_name": f"({room_name}) " if room_name else "",
-        "bracketed_verified_sender": f"({invitation.sender}) "
-        if invitation.sender_verified
-        else "",
+        "bracketed_verified_sender": f"({invitation.sender}) " if verified else "",
+        "sender_verified": "yes" if verified else "",
         "expires_at": invitation.expires_at.strftime("%d/%m/%Y"),
     }
     context["sign_url"] = f"{policy.base_url}/_matrix/identity/api/v1/sign-ed25519?" + urlencode(

@@ -1,0 +1,249 @@
+"""store-invite, the key endpoints, sign-ed25519 and the onbind delivery queue."""
+
+import re
+from urllib.parse import unquote
+
+import pytest
+import signedjson.key
+import signedjson.sign
+from sqlalchemy import func
+from sqlalchemy import select
+
+from app import create_app
+from identity import deliveries
+from identity import keys
+from identity.extensions import db
+from identity.storage.models import Invitation
+from tests.helpers import V1
+from tests.helpers import V2
+from tests.helpers import auth
+from tests.helpers import query_of
+from tests.helpers import register_user
+from tests.helpers import validate_address
+
+GUEST = "claire.martin@partenaire.example"
+ROOM = "!projetx:agent.dinum.tchap.gouv.fr"
+SENDER = "@marie.dupont-numerique.gouv.fr:agent.dinum.tchap.gouv.fr"
+
+
+def store_invite(client, address=GUEST, *, prefix=V1, headers=None, sender=SENDER, **extra):
+    body = {
+        "medium": "email",
+        "address": address,
+        "room_id": ROOM,
+        "sender": sender,
+        "room_name": "Projet X",
+        "sender_display_name": "Marie Dupont",
+        **extra,
+    }
+    return client.post(f"{prefix}/store-invite", json=body, headers=headers)
+
+
+def long_term_key(config):
+    return keys.read(config["SIGNING_KEY_PATH"])
+
+
+@pytest.mark.parametrize("prefix", [V1, V2])
+def test_public_key_endpoints(config, client, prefix):
+    r = client.get(f"{prefix}/pubkey/ed25519:0")
+    expected = signedjson.key.encode_verify_key_base64(long_term_key(config).verify_key)
+    assert r.json == {"public_key": expected}
+    r = client.get(f"{prefix}/pubkey/isvalid", query_string={"public_key": expected})
+    assert r.json == {"valid": True}
+    assert client.get(f"{prefix}/pubkey/isvalid?public_key=AAAA").json == {"valid": False}
+    r = client.get(f"{prefix}/pubkey/ed25519:9")
+    assert (r.status_code, r.json["errcode"]) == (404, "M_NOT_FOUND")
+    r = client.get(f"{prefix}/pubkey/isvalid")
+    assert (r.status_code, r.json["errcode"]) == (400, "M_MISSING_PARAMS")
+
+
+def test_store_invite_mails_the_guest_and_returns_the_keys(config, client, smtp):
+    r = store_invite(client)
+    assert r.status_code == 200
+    answer = r.json
+    assert len(answer["token"]) >= 32
+    assert answer["display_name"] == "cla…@par…"
+    long_term = signedjson.key.encode_verify_key_base64(long_term_key(config).verify_key)
+    assert answer["public_key"] == long_term
+    assert answer["public_keys"][0] == {
+        "public_key": long_term,
+        "key_validity_url": "https://id.tchap.test/_matrix/identity/api/v1/pubkey/isvalid",
+    }
+    ephemeral = answer["public_keys"][1]
+    assert ephemeral["key_validity_url"].endswith("/api/v1/pubkey/ephemeral/isvalid")
+    r = client.get(
+        f"{V1}/pubkey/ephemeral/isvalid", query_string={"public_key": ephemeral["public_key"]}
+    )
+    assert r.json == {"valid": True}
+    assert client.get(f"{V2}/pubkey/ephemeral/isvalid?public_key=nope").json == {"valid": False}
+
+    mail = smtp.last()
+    assert mail.recipients == [GUEST]
+    assert "Marie Dupont vous invite" in mail.message["Subject"]
+    text = mail.text()
+    assert text.index("vous invite à rejoindre") < text.index("invites you to join")
+    assert "Projet X" in text and "Projet X" in mail.html()
+
+
+def test_link_in_the_mail_signs_with_the_ephemeral_key(config, client, smtp):
+    answer = store_invite(client).json
+    link = re.search(r"(https://www\.tchap\.gouv\.fr/#/room/\S+)", smtp.last().text()).group(1)
+    query = query_of(link.replace("#/room/", ""))
+    assert query["email"] == GUEST and query["room_name"] == "Projet X"
+    sign_query = query_of(unquote(query["signurl"]))
+    assert sign_query["token"] == answer["token"]
+    mxid = "@claire.martin-partenaire.example:agent.externe.tchap.gouv.fr"
+    body = {"mxid": mxid, "token": sign_query["token"], "private_key": sign_query["private_key"]}
+    r = client.post(f"{V1}/sign-ed25519", json=body)
+    assert r.status_code == 200
+    assert {k: r.json[k] for k in ("mxid", "sender", "token")} == {
+        "mxid": mxid,
+        "sender": SENDER,
+        "token": answer["token"],
+    }
+    ephemeral_public = answer["public_keys"][1]["public_key"]
+    verify = signedjson.key.decode_verify_key_bytes(
+        "ed25519:0", signedjson.key.decode_base64(ephemeral_public)
+    )
+    signedjson.sign.verify_signed_json(r.json, "id.tchap.test", verify)
+
+
+def test_sign_ed25519_errors(client, smtp):
+    answer = store_invite(client).json
+    r = client.post(
+        f"{V1}/sign-ed25519", json={"mxid": "@a:b", "token": "unknown", "private_key": "x"}
+    )
+    assert (r.status_code, r.json["errcode"]) == (404, "M_UNRECOGNIZED")
+    body = {"mxid": "@a:b", "token": answer["token"], "private_key": "!!"}
+    r = client.post(f"{V1}/sign-ed25519", json=body)
+    assert (r.status_code, r.json["errcode"]) == (400, "M_INVALID_PARAM")
+    r = client.post(f"{V2}/sign-ed25519", json=body)
+    assert (r.status_code, r.json["errcode"]) == (401, "M_UNAUTHORIZED")
+
+
+def test_v2_store_invite_requires_the_sender_to_be_the_user(client, smtp, fake_homeserver):
+    headers = auth(register_user(client, fake_homeserver, "marie"))
+    r = store_invite(client, prefix=V2, headers=headers)
+    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    r = store_invite(client, prefix=V2, headers=headers, sender=fake_homeserver.user_id("marie"))
+    assert r.status_code == 200
+    assert f"({fake_homeserver.user_id('marie')})" in smtp.last().text()  # verified sender
+    r = store_invite(client, prefix=V2)
+    assert (r.status_code, r.json["errcode"]) == (401, "M_UNAUTHORIZED")
+
+
+@pytest.mark.parametrize(
+    ("change", "errcode"),
+    [
+        ({"medium": "msisdn"}, "M_UNRECOGNIZED"),
+        ({"address": "pas-une-adresse"}, "M_INVALID_EMAIL"),
+        ({"room_id": None}, "M_MISSING_PARAMS"),
+    ],
+)
+def test_store_invite_errors(client, smtp, change, errcode):
+    body = {"medium": "email", "address": GUEST, "room_id": ROOM, "sender": SENDER, **change}
+    r = client.post(f"{V1}/store-invite", json={k: v for k, v in body.items() if v is not None})
+    assert (r.status_code, r.json["errcode"]) == (400, errcode)
+    assert smtp.messages == []
+
+
+def test_store_invite_for_a_bound_address_is_threepid_in_use(client, smtp):
+    sid = validate_address(client, smtp, GUEST)
+    mxid = "@claire:agent.externe.tchap.gouv.fr"
+    client.post(f"{V1}/3pid/bind", json={"sid": sid, "client_secret": "s3cret", "mxid": mxid})
+    r = store_invite(client)
+    assert (r.status_code, r.json["errcode"], r.json["mxid"]) == (400, "M_THREEPID_IN_USE", mxid)
+
+
+def test_smtp_failure_stores_no_invitation(app, client, smtp):
+    smtp.refuse = True
+    r = store_invite(client)
+    assert (r.status_code, r.json["errcode"]) == (500, "M_EMAIL_SEND_ERROR")
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Invitation)) == 0
+
+
+# -- delivery on bind ------------------------------------------------------------
+
+
+def bind(client, smtp, mxid, address=GUEST):
+    sid = validate_address(client, smtp, address, secret="bind-secret")
+    body = {"sid": sid, "client_secret": "bind-secret", "mxid": mxid}
+    r = client.post(f"{V1}/3pid/bind", json=body)
+    assert r.status_code == 200, r.json
+
+
+def run_deliveries(app):
+    with app.app_context():
+        return deliveries.run_once(app)
+
+
+def test_bind_delivers_the_invitation_with_onbind(config, app, client, smtp, fake_homeserver):
+    token = store_invite(client).json["token"]
+    mxid = fake_homeserver.user_id("claire")
+    bind(client, smtp, mxid)
+    assert run_deliveries(app) == 1
+    [call] = fake_homeserver.onbind_calls
+    assert (call["medium"], call["address"], call["mxid"]) == ("email", GUEST, mxid)
+    [invite] = call["invites"]
+    assert (invite["room_id"], invite["sender"], invite["mxid"]) == (ROOM, SENDER, mxid)
+    assert invite["signed"]["token"] == token and invite["signed"]["mxid"] == mxid
+    verify = signedjson.key.get_verify_key(long_term_key(config))
+    signedjson.sign.verify_signed_json(invite["signed"], "id.tchap.test", verify)
+    assert run_deliveries(app) == 0 and len(fake_homeserver.onbind_calls) == 1  # exactly once
+
+
+def test_delivery_retries_until_the_homeserver_is_back(app, client, smtp, clock, fake_homeserver):
+    store_invite(client)
+    fake_homeserver.stop()
+    bind(client, smtp, fake_homeserver.user_id("claire"))
+    assert run_deliveries(app) == 0
+    fake_homeserver.start()
+    assert run_deliveries(app) == 0  # not due yet: backing off
+    clock.advance(seconds=11)
+    assert run_deliveries(app) == 1
+    assert len(fake_homeserver.onbind_calls) == 1
+
+
+def test_delivery_survives_a_restart_of_the_service(
+    config, app, client, smtp, clock, fake_homeserver
+):
+    store_invite(client)
+    fake_homeserver.onbind_status = 500
+    bind(client, smtp, fake_homeserver.user_id("claire"))
+    assert run_deliveries(app) == 0
+    fake_homeserver.onbind_status = 200
+    clock.advance(minutes=5)
+    restarted = create_app(config, clock=clock)  # a new process on the same database
+    assert run_deliveries(restarted) == 1
+    assert len(fake_homeserver.onbind_calls) == 1
+    with restarted.app_context():
+        db.engine.dispose()
+
+
+def test_expired_invitation_is_not_delivered(app, client, smtp, clock, fake_homeserver):
+    store_invite(client)
+    clock.advance(days=31)
+    bind(client, smtp, fake_homeserver.user_id("claire"))
+    assert run_deliveries(app) == 0
+    assert fake_homeserver.onbind_calls == []
+
+
+def test_invitation_expiring_while_queued_is_dropped(app, client, smtp, clock, fake_homeserver):
+    store_invite(client)
+    clock.advance(days=29)
+    fake_homeserver.stop()
+    bind(client, smtp, fake_homeserver.user_id("claire"))
+    assert run_deliveries(app) == 0
+    fake_homeserver.start()
+    clock.advance(days=2)
+    assert run_deliveries(app) == 0
+    assert fake_homeserver.onbind_calls == []
+
+
+def test_deliveries_cli(app, client, smtp, runner, fake_homeserver):
+    store_invite(client)
+    bind(client, smtp, fake_homeserver.user_id("claire"))
+    assert "1 delivery" in runner.invoke(args=["deliveries", "status"]).output
+    assert "Delivered 1" in runner.invoke(args=["deliveries", "run-due"]).output
+    assert "0 delivery" in runner.invoke(args=["deliveries", "status"]).output
