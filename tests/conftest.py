@@ -5,7 +5,6 @@ import uuid
 
 import psycopg
 import pytest
-from sqlalchemy import text
 
 from app import create_app
 from identity.extensions import db
@@ -65,8 +64,23 @@ def postgres_database():
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'identity.sqlite3'}"
-    return request.getfixturevalue("postgres_database")
+        yield f"sqlite:///{tmp_path / 'identity.sqlite3'}"
+        return
+    url = request.getfixturevalue("postgres_database")
+    yield url
+    _empty_postgres(url)
+
+
+def _empty_postgres(url: str) -> None:
+    """The PostgreSQL database lives for the whole session: leave it empty for the next test."""
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            " AND tablename <> 'alembic_version'"
+        ).fetchall()
+        if tables:
+            names = ", ".join(f'"{name}"' for (name,) in tables)
+            conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
 
 
 @pytest.fixture
@@ -95,17 +109,22 @@ def app(config, clock):
     app = create_app(config, clock=clock)
     yield app
     with app.app_context():
-        _empty_tables()
         db.engine.dispose()
 
 
-def _empty_tables():
-    # The PostgreSQL database lives for the whole session: leave it empty for the next test.
-    if db.engine.dialect.name != "postgresql":
-        return
-    names = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
-    with db.engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+@pytest.fixture
+def make_app(config, clock):
+    """Build more apps on the test database (another process, a restart), closed afterwards."""
+    made = []
+
+    def make(**overrides):
+        made.append(create_app({**config, **overrides}, clock=clock))
+        return made[-1]
+
+    yield make
+    for other in made:
+        with other.app_context():
+            db.engine.dispose()
 
 
 @pytest.fixture

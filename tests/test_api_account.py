@@ -65,10 +65,8 @@ def test_unreachable_homeserver_is_refused(client, fake_homeserver):
     assert (r.status_code, r.json["errcode"]) == (401, "M_UNAUTHORIZED")
 
 
-def test_homeserver_on_loopback_is_not_called_unless_allowlisted(config, fake_homeserver):
-    config["FEDERATION_IP_ALLOWLIST"] = []
-    app = create_app(config)
-    client = app.test_client()
+def test_homeserver_on_loopback_is_not_called_unless_allowlisted(make_app, fake_homeserver):
+    client = make_app(FEDERATION_IP_ALLOWLIST=[]).test_client()
     token = fake_homeserver.issue_openid_token("alice")
     r = client.post(
         f"{V2}/account/register",
@@ -76,8 +74,6 @@ def test_homeserver_on_loopback_is_not_called_unless_allowlisted(config, fake_ho
     )
     assert (r.status_code, r.json["errcode"]) == (401, "M_UNAUTHORIZED")
     assert fake_homeserver.userinfo_requests == 0
-    with app.app_context():
-        db.engine.dispose()
 
 
 @pytest.mark.parametrize(
@@ -158,7 +154,6 @@ def test_account_endpoint_works_before_terms_are_signed(terms_file, client, fake
 
 
 def test_malformed_terms_file_stops_start_up(config, tmp_path, clock):
-    from app import create_app
     from identity.config import ConfigError
 
     bad = tmp_path / "terms.yaml"

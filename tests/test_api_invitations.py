@@ -9,7 +9,6 @@ import signedjson.sign
 from sqlalchemy import func
 from sqlalchemy import select
 
-from app import create_app
 from identity import deliveries
 from identity import keys
 from identity.extensions import db
@@ -206,7 +205,7 @@ def test_delivery_retries_until_the_homeserver_is_back(app, client, smtp, clock,
 
 
 def test_delivery_survives_a_restart_of_the_service(
-    config, app, client, smtp, clock, fake_homeserver
+    make_app, app, client, smtp, clock, fake_homeserver
 ):
     store_invite(client)
     fake_homeserver.onbind_status = 500
@@ -214,11 +213,9 @@ def test_delivery_survives_a_restart_of_the_service(
     assert run_deliveries(app) == 0
     fake_homeserver.onbind_status = 200
     clock.advance(minutes=5)
-    restarted = create_app(config, clock=clock)  # a new process on the same database
+    restarted = make_app()  # a new process on the same database
     assert run_deliveries(restarted) == 1
     assert len(fake_homeserver.onbind_calls) == 1
-    with restarted.app_context():
-        db.engine.dispose()
 
 
 def test_expired_invitation_is_not_delivered(app, client, smtp, clock, fake_homeserver):

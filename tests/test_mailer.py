@@ -1,0 +1,179 @@
+"""Mail transport (plain, STARTTLS, implicit TLS, verified) and Sydent-layout templates."""
+
+import email
+import email.policy
+import os
+import re
+import ssl
+
+import jinja2
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+
+from tests.helpers import V1
+from tests.helpers import relative
+from tests.helpers import request_code
+from tests.support import SmtpSink
+from tests.support import free_port
+
+SYDENT_TEMPLATES = os.path.join(os.path.dirname(__file__), "fixtures", "sydent_templates")
+ADDRESS = "agent@interieur.gouv.fr"
+
+
+# -- TLS ------------------------------------------------------------------------
+
+
+class TlsSink(SmtpSink):
+    def __init__(self, ca: trustme.CA, *, implicit: bool) -> None:
+        super().__init__()
+        self.ca, self.implicit = ca, implicit
+
+    def start(self) -> "TlsSink":
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert("127.0.0.1").configure_cert(context)
+        self.port = free_port()
+        if self.implicit:
+            self._controller = Controller(
+                self, hostname=self.host, port=self.port, ssl_context=context
+            )
+        else:
+            self._controller = Controller(
+                self,
+                hostname=self.host,
+                port=self.port,
+                tls_context=context,
+                require_starttls=True,
+            )
+        self._controller.start()
+        return self
+
+
+@pytest.fixture(scope="module")
+def trusted_ca(tmp_path_factory):
+    ca = trustme.CA()
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return ca, str(path)
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
+def test_mail_over_verified_tls(make_app, trusted_ca, implicit):
+    ca, ca_file = trusted_ca
+    sink = TlsSink(ca, implicit=implicit).start()
+    try:
+        client = make_app(
+            MAIL_PORT=sink.port,
+            MAIL_CA_FILE=ca_file,
+            MAIL_USE_TLS=not implicit,
+            MAIL_USE_SSL=implicit,
+        ).test_client()
+        r = request_code(client, ADDRESS)
+        assert r.status_code == 200, r.json
+        assert sink.last().recipients == [ADDRESS]
+    finally:
+        sink.stop()
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
+def test_untrusted_certificate_is_refused(make_app, trusted_ca, implicit):
+    _, ca_file = trusted_ca
+    sink = TlsSink(trustme.CA(), implicit=implicit).start()  # signed by a stranger
+    try:
+        client = make_app(
+            MAIL_PORT=sink.port,
+            MAIL_CA_FILE=ca_file,
+            MAIL_USE_TLS=not implicit,
+            MAIL_USE_SSL=implicit,
+        ).test_client()
+        r = request_code(client, ADDRESS)
+        assert (r.status_code, r.json["errcode"]) == (500, "M_EMAIL_SEND_ERROR")
+        assert sink.messages == []
+    finally:
+        sink.stop()
+
+
+# -- Sydent-layout template directories -------------------------------------------
+
+
+@pytest.fixture
+def sydent_templates(config):
+    config["TEMPLATES_PATH"] = SYDENT_TEMPLATES
+    config["DEFAULT_BRAND"] = "tchap"
+
+
+def test_sydent_template_is_sent_byte_for_byte(sydent_templates, client, smtp):
+    r = request_code(client, ADDRESS)
+    assert r.status_code == 200
+    raw = smtp.last().raw.replace(b"\r\n", b"\n")
+    received = email.message_from_bytes(raw, policy=email.policy.compat32)
+    token = re.search(rb"Votre code : (\S+)", raw).group(1).decode()
+    link = re.search(rb"Lien : (\S+)", raw).group(1).decode()
+    boundary = received.get_boundary()
+    expected = (
+        jinja2.Environment(loader=jinja2.FileSystemLoader(SYDENT_TEMPLATES), autoescape=True)
+        .get_template("tchap/verification_template.eml.j2")
+        .render(
+            date=received["Date"],
+            to=ADDRESS,
+            messageid=received["Message-ID"],
+            multipart_boundary=boundary,
+            token=token,
+            link=link,
+            **{"from": "Tchap <noreply@tchap.test>"},
+        )
+    )
+    assert raw.rstrip(b"\n") == expected.encode().rstrip(b"\n")
+    assert boundary and len(boundary) >= 24
+    assert "&amp;" in expected  # autoescape on, as Sydent renders
+
+
+def test_brand_parameter_picks_the_brand_folder(sydent_templates, client, smtp):
+    client.post(
+        f"{V1}/validate/email/requestToken?brand=other",
+        json={"client_secret": "s3cret", "email": ADDRESS, "send_attempt": 1},
+    )
+    assert smtp.last().message["Subject"] == "Other brand"
+    client.post(
+        f"{V1}/validate/email/requestToken?brand=unknown",
+        json={"client_secret": "s3cret2", "email": ADDRESS, "send_attempt": 1},
+    )
+    assert smtp.last().message["Subject"] == "Code Tchap"  # falls back to DEFAULT_BRAND
+
+
+def test_sydent_verify_response_page(sydent_templates, client, smtp):
+    request_code(client, ADDRESS)
+    link = re.search(rb"Lien : (\S+)", smtp.last().raw).group(1).decode()
+    r = client.get(relative(link))
+    assert r.get_data(as_text=True).strip() == (
+        "<html><body><p>Tchap: Verification successful! Please return to your Matrix "
+        "client to continue.</p></body></html>"
+    )
+
+
+def test_sydent_invite_template_gets_sydents_variables(sydent_templates, client, smtp):
+    body = {
+        "medium": "email",
+        "address": "guest@partner.example",
+        "room_id": "!r:hs.example",
+        "sender": "@marie:hs.example",
+        "sender_display_name": "Marie <script>",
+        "room_name": "Projet X",
+    }
+    assert client.post(f"{V1}/store-invite", json=body).status_code == 200
+    mail = smtp.last()
+    html = mail.raw.decode()
+    assert "Marie &lt;script&gt;" in html and "<script>" not in html
+    assert "(Projet X)" in html
+    assert "email=guest%40partner.example" in html
+    assert "Marie" in mail.message["Subject"]
+
+
+# -- the embedded mode ---------------------------------------------------------------
+
+
+def test_without_mail_server_the_mail_is_printed(make_app, capsys):
+    client = make_app(MAIL_SERVER="").test_client()
+    assert request_code(client, ADDRESS).status_code == 200
+    printed = capsys.readouterr().err
+    assert "MAIL_SERVER is not set" in printed and "To: agent@interieur.gouv.fr" in printed
