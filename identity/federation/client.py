@@ -50,7 +50,9 @@ class Policy:
             return False
         if any(address in net for net in self.allowlist):
             return True
-        return address.is_global and not any(address in net for net in _ALWAYS_REFUSED)
+        if address.is_multicast or any(address in net for net in _ALWAYS_REFUSED):
+            return False
+        return address.is_global
 
 
 class FederationClient:

@@ -47,7 +47,9 @@ def split_server_name(server_name: str) -> tuple[str, int | None]:
     :raises ValueError: when the name is malformed.
     """
     if server_name.startswith("["):
-        host, _, rest = server_name[1:].partition("]")
+        host, bracket, rest = server_name[1:].partition("]")
+        if not bracket:
+            raise ValueError(f"bad server name {server_name!r}")
         ipaddress.IPv6Address(host)
         port = rest[1:] if rest.startswith(":") else None
         if rest and port is None:
