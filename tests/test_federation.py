@@ -113,6 +113,8 @@ def test_slow_homeserver_times_out():
     with pytest.raises(FederationError):
         client.get_json(f"127.0.0.1:{listener.getsockname()[1]}", "/x")
     assert time.monotonic() - started < 5
+    for connection, _ in accepted:
+        connection.close()
     listener.close()
 
 
