@@ -1,18 +1,23 @@
 """Delivering accepted invitations to homeservers with /3pid/onbind, until it works.
 
-Jobs live in the database, so a homeserver that is down, or a restart of this
-service, delays a delivery but never loses it. Each web process runs a small worker
-thread; `flask deliveries run-due` does one pass by hand.
+Jobs live in the database (the Delivery table), so a homeserver that is down, or a
+restart of this service, delays a delivery but never loses it. Each web process runs
+a small worker thread; `flask deliveries run-due` does one pass by hand.
+
+A job is claimed with a lease before the homeserver is called, and the claim is
+committed first: another worker (thread, process or host) skips it meanwhile.
 """
 
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
 from typing import Any
 
 from flask import Flask
+from flask import current_app
 
 from identity import federation
 from identity import keys
@@ -23,10 +28,14 @@ from identity.storage.models import Delivery
 
 logger = logging.getLogger(__name__)
 
+# The identity specification's "Invitation storage" says POST, and homeservers
+# (Synapse) serve POST; the server-server API's PUT is a documentation slip.
 ONBIND_PATH = "/_matrix/federation/v1/3pid/onbind"
 FIRST_RETRY = timedelta(seconds=10)
-LEASE = timedelta(minutes=2)
-BATCH = 20
+# Far longer than one call can take (several targets, each with its timeout).
+LEASE = timedelta(minutes=10)
+# Jobs attempted per pass at most, so that one pass stays short.
+MAX_PER_PASS = 100
 
 # Posts JSON to a homeserver: (server_name, path, body) → answer; raises FederationError.
 Poster = Callable[[str, str, dict[str, Any]], Any]
@@ -34,25 +43,50 @@ Poster = Callable[[str, str, dict[str, Any]], Any]
 Signer = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def run_due(*, now: datetime, post: Poster, sign: Signer, max_backoff: timedelta) -> int:
-    """Attempt every due delivery once; return how many were delivered.
+@dataclass(frozen=True)
+class WorkerSettings:
+    enabled: bool
+    poll_seconds: float
+    max_backoff: timedelta
 
-    Claims are committed before calling homeservers, so that other workers skip
-    these jobs while we wait on the network.
+
+def run_due(*, now: datetime) -> int:
+    """Attempt every due delivery once, with the app's federation client and key.
+
+    Needs an app context. Commits as it goes.
+
+    :returns: how many invitations were delivered.
     """
-    jobs = deliveries.claim_due(now=now, lease_until=now + LEASE, limit=BATCH)
-    db.session.commit()
+    settings = current_app.extensions["identity.settings"]
+    key = keys.current_signing_key()
+    return process_due(
+        now=now,
+        post=federation.client().post_json,
+        sign=lambda payload: keys.sign(payload, settings.server_name, key),
+        max_backoff=current_app.extensions["identity.deliveries"].max_backoff,
+    )
+
+
+def process_due(*, now: datetime, post: Poster, sign: Signer, max_backoff: timedelta) -> int:
+    """Claim due jobs one at a time and attempt each; return how many were delivered."""
     delivered = 0
-    for job in jobs:
-        delivered += _attempt(job, now=now, post=post, sign=sign, max_backoff=max_backoff)
+    for _ in range(MAX_PER_PASS):
+        job = deliveries.claim_next(now=now, lease_until=now + LEASE)
+        db.session.commit()
+        if job is None:
+            break
+        delivered += attempt(job, now=now, post=post, sign=sign, max_backoff=max_backoff)
         db.session.commit()
     return delivered
 
 
-def _attempt(job: Delivery, *, now: datetime, post: Poster, sign: Signer, max_backoff) -> int:
+def attempt(
+    job: Delivery, *, now: datetime, post: Poster, sign: Signer, max_backoff: timedelta
+) -> int:
+    """Deliver one claimed job, reschedule it, or drop it when its invitation is dead."""
     invitation = job.invitation
     if invitation.expires_at <= now or invitation.revoked_at is not None:
-        logger.info("Dropping delivery %s: the invitation expired or was revoked", job.id)
+        logger.info("Dropping delivery %s: its invitation expired or was revoked", job.id)
         deliveries.remove(job)
         return 0
     try:
@@ -63,20 +97,23 @@ def _attempt(job: Delivery, *, now: datetime, post: Poster, sign: Signer, max_ba
         job.next_attempt_at = now + backoff(job.attempts, max_backoff)
         job.claimed_until = None
         logger.info(
-            "Delivery %s to %s failed (attempt %s): %s",
-            job.id,
-            job.destination,
-            job.attempts,
-            e,
+            "Delivery %s to %s failed (attempt %s): %s", job.id, job.destination, job.attempts, e
         )
         return 0
     job.delivered_at = now
     job.claimed_until = None
+    job.last_error = None
     logger.info("Delivered invitation for %s to %s", redact(invitation.address), job.destination)
     return 1
 
 
 def onbind_body(job: Delivery, sign: Signer) -> dict[str, Any]:
+    """The /3pid/onbind body for one invitation.
+
+    The homeserver puts `signed` in the member event's `third_party_invite`; rooms
+    accept it because it verifies with the long-term public key that store-invite
+    returned and the m.room.third_party_invite event lists.
+    """
     invitation = job.invitation
     return {
         "medium": invitation.medium,
@@ -101,35 +138,54 @@ def backoff(attempts: int, cap: timedelta) -> timedelta:
 
 
 def init_app(app: Flask) -> None:
-    """Start the delivery thread with the first request (not in CLI commands)."""
-    if not app.config["DELIVERY_WORKER_ENABLED"]:
+    """Read the worker settings; start the worker thread with the first request.
+
+    Starting lazily keeps CLI commands and preloading masters (gunicorn --preload
+    forks after create_app, and threads do not survive a fork) free of the thread.
+    """
+    config = app.config
+    worker = WorkerSettings(
+        enabled=config["DELIVERY_WORKER_ENABLED"],
+        poll_seconds=float(config["DELIVERY_POLL_SECONDS"]),
+        max_backoff=timedelta(seconds=config["DELIVERY_MAX_BACKOFF_SECONDS"]),
+    )
+    app.extensions["identity.deliveries"] = worker
+    if not worker.enabled:
         return
-    started = threading.Event()
+    lock = threading.Lock()
 
     @app.before_request
     def start_worker() -> None:
-        if not started.is_set():
-            started.set()
-            threading.Thread(target=_work, args=(app,), daemon=True, name="deliveries").start()
+        if "identity.deliveries.stop" in app.extensions:
+            return
+        with lock:
+            if "identity.deliveries.stop" not in app.extensions:
+                start(app)
 
 
-def _work(app: Flask) -> None:
-    interval = app.config["DELIVERY_POLL_SECONDS"]
-    while True:
+def start(app: Flask) -> threading.Event:
+    """Start the delivery thread of this process; set the returned event to stop it."""
+    stop = threading.Event()
+    app.extensions["identity.deliveries.stop"] = stop
+    thread = threading.Thread(target=_work, args=(app, stop), daemon=True, name="deliveries")
+    thread.start()
+    return stop
+
+
+def stop(app: Flask) -> None:
+    """Ask this process's delivery thread to stop after its current pass."""
+    event = app.extensions.get("identity.deliveries.stop")
+    if event is not None:
+        event.set()
+
+
+def _work(app: Flask, stop: threading.Event) -> None:
+    interval = app.extensions["identity.deliveries"].poll_seconds
+    while not stop.is_set():
         try:
             with app.app_context():
-                run_once(app)
+                run_due(now=app.extensions["identity.clock"].now())
         except Exception:
+            # The next pass retries; one bad pass must not end deliveries for good.
             logger.exception("Delivery pass failed")
-        threading.Event().wait(interval)
-
-
-def run_once(app: Flask) -> int:
-    settings = app.extensions["identity.settings"]
-    key = keys.current_signing_key()
-    return run_due(
-        now=app.extensions["identity.clock"].now(),
-        post=federation.client().post_json,
-        sign=lambda payload: keys.sign(payload, settings.server_name, key),
-        max_backoff=timedelta(seconds=app.config["DELIVERY_MAX_BACKOFF_SECONDS"]),
-    )
+        stop.wait(interval)

@@ -1,7 +1,12 @@
-"""Third-party invitations: stored for a homeserver, mailed, handed over on bind."""
+"""Third-party invitations: stored for a homeserver, mailed, handed over on bind.
+
+A homeserver that cannot find a Matrix ID for an email address stores an invitation
+here (store-invite). We mail the guest a link to the web client, and when the address
+is later bound to a Matrix ID, the invitation is queued for delivery to that user's
+homeserver (`identity.deliveries`).
+"""
 
 import base64
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
@@ -9,11 +14,13 @@ from email.header import Header
 from typing import Any
 from urllib.parse import quote
 from urllib.parse import urlencode
+from urllib.parse import urlsplit
 
 import signedjson.key
 from nacl.signing import SigningKey
 
 from identity import keys
+from identity import mailer
 from identity.accounts import server_of
 from identity.addresses import normalise_email
 from identity.clock import new_token
@@ -27,7 +34,9 @@ from identity.storage import invites
 from identity.storage.models import Delivery
 from identity.storage.models import Invitation
 
-# The optional string arguments of store-invite that the mail may show.
+# The arguments of store-invite that are not kept in Invitation.details.
+REQUIRED_FIELDS = ("medium", "address", "room_id", "sender")
+# Optional arguments the mail and the web client link use; empty when absent.
 OPTIONAL_FIELDS = (
     "room_alias",
     "room_avatar_url",
@@ -36,23 +45,27 @@ OPTIONAL_FIELDS = (
     "room_type",
     "sender_display_name",
     "sender_avatar_url",
+    # Sydent's invite templates expect these two (guest access is not offered).
+    "guest_user_id",
+    "guest_access_token",
 )
-
-# Sends the invitation mail: (invitation, template variables) → None; raises on failure.
-InviteSender = Callable[[Invitation, dict[str, str]], None]
+WEB_CLIENT_LOCATION_ARG = "org.matrix.web_client_location"
+# Text from the inviter shown in the mail is cut, so that a crafted room or display
+# name cannot carry a whole message under our name.
+ROOM_NAME_LIMIT = 30
+SENDER_NAME_LIMIT = 20
 
 
 @dataclass(frozen=True)
 class Policy:
+    """What the deployment decides about invitations (from Settings)."""
+
     validity: timedelta
     base_url: str
     web_client_location: str
+    # Characters of the address shown in the room's display name (Sydent's defaults).
     reveal_local: int = 3
     reveal_domain: int = 3
-
-
-class Unsupported(Unrecognized):
-    status = 400
 
 
 def store_invite(
@@ -65,21 +78,29 @@ def store_invite(
     sender_verified: bool,
     now: datetime,
     policy: Policy,
-    long_term_key: SigningKey,
-    send: InviteSender,
+    brand: str | None = None,
 ) -> dict[str, Any]:
     """Store an invitation, mail it, and return what the homeserver puts in the room.
 
+    The invitation is flushed, not committed: when the mail cannot be sent the caller
+    commits nothing, so no invitation exists that its guest never heard of.
+
     :param details: every other string argument of the request (room_name, …).
+    :param sender_verified: whether `sender` is the authenticated user (v2).
     :raises MatrixError: M_UNRECOGNIZED for a medium other than email, M_INVALID_EMAIL,
-        M_THREEPID_IN_USE (with the bound mxid), M_EMAIL_SEND_ERROR.
+        M_INVALID_PARAM for a malformed room or user ID, M_THREEPID_IN_USE (with the
+        bound mxid), M_EMAIL_SEND_ERROR.
     """
     if medium != "email":
-        raise Unsupported(f"Unsupported medium {medium!r}: only email is supported")
+        raise Unrecognized(f"Didn't understand medium {medium!r}", status=400)
     address = normalise_email(address)
+    if not room_id.startswith("!"):
+        raise InvalidParam("room_id is not a room ID")
+    if server_of(sender) is None:
+        raise InvalidParam("sender is not a Matrix user ID")
     bound = associations.find(medium, address)
     if bound is not None:
-        raise ThreepidInUse("This address is already bound to a Matrix ID", mxid=bound.mxid)
+        raise ThreepidInUse("Binding already known", mxid=bound.mxid)
     invitation = invites.add(
         Invitation(
             token=new_token(32),
@@ -94,14 +115,22 @@ def store_invite(
         )
     )
     ephemeral = SigningKey.generate()
-    ephemeral_public = _unpadded_urlsafe(ephemeral.verify_key.encode())
+    ephemeral_public = encode_key(ephemeral.verify_key.encode())
     ephemeral_keys.add(ephemeral_public, invitation.id, now)
-    send(invitation, mail_context(invitation, _unpadded_urlsafe(ephemeral.encode()), policy))
-    long_term = keys.public_key_base64(long_term_key)
+    # The private key exists only in the mail: we can never sign with it ourselves.
+    context = mail_context(invitation, encode_key(ephemeral.encode()), policy)
+    mailer.send_template("invite", address, context, brand=brand)
+    return store_invite_response(invitation, ephemeral_public, policy)
+
+
+def store_invite_response(
+    invitation: Invitation, ephemeral_public: str, policy: Policy
+) -> dict[str, Any]:
+    long_term = keys.public_key_base64(keys.current_signing_key())
+    # The v1 paths, as Sydent gives them: rooms keep these URLs for as long as they live.
     validity_base = f"{policy.base_url}/_matrix/identity/api/v1"
     return {
         "token": invitation.token,
-        "public_key": long_term,
         "public_keys": [
             {"public_key": long_term, "key_validity_url": f"{validity_base}/pubkey/isvalid"},
             {
@@ -109,17 +138,21 @@ def store_invite(
                 "key_validity_url": f"{validity_base}/pubkey/ephemeral/isvalid",
             },
         ],
-        "display_name": redact_for_display(address, policy.reveal_local, policy.reveal_domain),
+        # Older homeservers read only this deprecated field.
+        "public_key": long_term,
+        "display_name": redact_for_display(
+            invitation.address, policy.reveal_local, policy.reveal_domain
+        ),
     }
 
 
 def mail_context(invitation: Invitation, ephemeral_private_key: str, policy: Policy) -> dict:
-    """The invitation mail's variables, under the names Sydent templates use."""
+    """The invitation mail's variables, under the names Sydent templates also use."""
     details = {field: "" for field in OPTIONAL_FIELDS} | dict(invitation.details)
-    web_client = details.pop("org.matrix.web_client_location", "") or policy.web_client_location
-    room_name = _shorten(details["room_name"], 30)
+    requested_client = details.pop(WEB_CLIENT_LOCATION_ARG, "")
+    room_name = _shorten(details["room_name"], ROOM_NAME_LIMIT)
+    sender_name = _shorten(details["sender_display_name"], SENDER_NAME_LIMIT)
     verified = invitation.sender_verified
-    sender_name = _shorten(details["sender_display_name"], 20)
     context = {
         **details,
         "medium": invitation.medium,
@@ -128,7 +161,7 @@ def mail_context(invitation: Invitation, ephemeral_private_key: str, policy: Pol
         "sender": invitation.sender,
         "token": invitation.token,
         "ephemeral_private_key": ephemeral_private_key,
-        "web_client_location": web_client,
+        "web_client_location": web_client_location(requested_client, policy),
         "room_name": room_name,
         "sender_display_name": sender_name,
         "bracketed_room_name": f"({room_name}) " if room_name else "",
@@ -145,8 +178,25 @@ def mail_context(invitation: Invitation, ephemeral_private_key: str, policy: Pol
     return context
 
 
+def web_client_location(requested: str, policy: Policy) -> str:
+    """The web client the link opens: the one the request names when it is an https URL.
+
+    Anything else (javascript:, plain http, garbage) falls back to the configured one:
+    the link goes out in a mail under our name.
+    """
+    parts = urlsplit(requested.strip())
+    if parts.scheme == "https" and parts.hostname and not parts.query and not parts.fragment:
+        return requested.strip().rstrip("/")
+    return policy.web_client_location
+
+
 def web_client_link(context: dict[str, str]) -> str:
-    """The web client's room link with the parameters it expects for 3PID invitations."""
+    """The web client's room link with the parameters it reads for a 3PID invitation.
+
+    Element stores `email`, `signurl`, `room_name`, `room_avatar_url`, `inviter_name`
+    and `room_type` from this link, and later POSTs to `signurl` (adding `mxid` to its
+    query) to get the `third_party_signed` object it joins with.
+    """
     query = urlencode(
         {
             "email": context["address"],
@@ -163,9 +213,13 @@ def web_client_link(context: dict[str, str]) -> str:
 def hand_over_pending(medium: str, address: str, mxid: str, *, now: datetime) -> list[Invitation]:
     """Queue the address's live invitations for delivery to `mxid`'s homeserver.
 
-    Each invitation is accepted once: the delivery queue holds one job per invitation.
+    Called by a bind, in its transaction. Each invitation is accepted once and gets
+    exactly one delivery job; expired, revoked or already accepted ones are left out.
+
+    :param mxid: a valid Matrix user ID (the bind has checked it).
+    :returns: the invitations handed over.
     """
-    pending = invites.live_for(medium, address, now=now)
+    pending = invites.live_for(medium, address, now=now, lock=True)
     for invitation in pending:
         invitation.accepted_at = now
         deliveries.add(
@@ -182,43 +236,59 @@ def hand_over_pending(medium: str, address: str, mxid: str, *, now: datetime) ->
 
 
 def has_live_invitation(medium: str, address: str, *, now: datetime) -> bool:
-    return bool(invites.live_for(medium, address, now=now))
+    """Whether someone invited the address and the invitation can still be accepted."""
+    return invites.has_live(medium, address, now=now)
 
 
 def sign_with_ephemeral_key(
-    token: str, mxid: str, private_key: str, *, server_name: str
+    token: str, mxid: str, private_key: str, *, server_name: str, now: datetime
 ) -> dict[str, Any]:
     """Sign {mxid, sender, token} with an invitation's ephemeral key (sign-ed25519).
 
-    :raises MatrixError: M_UNRECOGNIZED for an unknown token, M_INVALID_PARAM for a
-        malformed key.
+    Clients that cannot do the cryptography themselves send us the private key from
+    the mail link; the result is the `third_party_signed` object they join with.
+
+    :raises MatrixError: 404 M_UNRECOGNIZED for an unknown, revoked or expired token;
+        M_INVALID_PARAM for a malformed key or one that is not the invitation's.
     """
     invitation = invites.by_token(token)
     if invitation is None:
-        raise Unrecognized("Unknown invitation token")
+        raise Unrecognized("Didn't recognize token")
+    if invitation.revoked_at is not None or invitation.expires_at <= now:
+        raise Unrecognized("This invitation has expired or was revoked")
     try:
         key = signedjson.key.decode_signing_key_base64("ed25519", "0", private_key)
     except Exception:
         raise InvalidParam("private_key is not a valid ed25519 key") from None
+    issued = ephemeral_keys.public_keys_of(invitation.id)
+    if issued and encode_key(key.verify_key.encode()) not in issued:
+        raise InvalidParam("private_key is not this invitation's key")
     payload = {"mxid": mxid, "sender": invitation.sender, "token": token}
     return keys.sign(payload, server_name, key)
 
 
 def redact_for_display(address: str, reveal_local: int, reveal_domain: int) -> str:
-    """``marie.dupont@ac-versailles.fr`` → ``mar…@ac-…``: enough to recognise, not to harvest."""
-    local, _, domain = address.partition("@")
+    """``marie.dupont@ac-versailles.fr`` → ``mar...@ac-...``: enough to recognise, not to harvest.
+
+    Parts no longer than what would be revealed are still cut, as Sydent does with
+    ``always_obfuscate``, so that no address is shown whole.
+    """
+    local, _, domain = address.rpartition("@")
     return f"{_redact(local, reveal_local)}@{_redact(domain, reveal_domain)}"
 
 
 def _redact(text: str, reveal: int) -> str:
     if len(text) > reveal:
-        return text[:reveal] + "…"
-    return text[:1] + "…" if len(text) > 1 else "…"
+        return text[:reveal] + "..."
+    if len(text) > 5:
+        return text[:3] + "..."
+    return text[:1] + "..." if len(text) > 1 else "..."
 
 
 def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def _unpadded_urlsafe(data: bytes) -> str:
+def encode_key(data: bytes) -> str:
+    """URL-safe unpadded base64, as Sydent encodes ephemeral keys (it survives links)."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

@@ -6,7 +6,6 @@ from datetime import timedelta
 from flask import Blueprint
 
 from identity import invitations
-from identity import mailer
 from identity.api.auth import require_user
 from identity.api.http import json_body
 from identity.api.http import now
@@ -16,7 +15,6 @@ from identity.api.http import settings
 from identity.api.validation import requested_brand
 from identity.errors import Forbidden
 from identity.extensions import db
-from identity.keys import current_signing_key
 
 bp = Blueprint("invitations", __name__, url_prefix="/_matrix/identity")
 
@@ -31,6 +29,7 @@ class StoreInviteBody:
 
 @route(bp, "/store-invite", methods=["POST"])
 def store_invite(v2: bool):
+    """Store an invitation and mail the guest (v2: the sender must be the token's user)."""
     user_id = require_user() if v2 else None
     raw = json_body(allow_form=not v2)
     body = parse(StoreInviteBody, raw)
@@ -39,10 +38,8 @@ def store_invite(v2: bool):
     details = {
         key: value
         for key, value in raw.items()
-        if isinstance(value, str) and key not in ("medium", "address", "room_id", "sender")
+        if isinstance(value, str) and key not in invitations.REQUIRED_FIELDS
     }
-    config = settings()
-    brand = requested_brand()
     response = invitations.store_invite(
         body.medium,
         body.address,
@@ -51,15 +48,17 @@ def store_invite(v2: bool):
         details,
         sender_verified=user_id is not None,
         now=now(),
-        policy=invitations.Policy(
-            validity=timedelta(seconds=config.invite_validity_seconds),
-            base_url=config.public_base_url,
-            web_client_location=config.web_client_location,
-        ),
-        long_term_key=current_signing_key(),
-        send=lambda invitation, context: mailer.send_template(
-            "invite", invitation.address, context, brand=brand
-        ),
+        policy=invite_policy(),
+        brand=requested_brand(),
     )
     db.session.commit()
     return response
+
+
+def invite_policy() -> invitations.Policy:
+    config = settings()
+    return invitations.Policy(
+        validity=timedelta(seconds=config.invite_validity_seconds),
+        base_url=config.public_base_url,
+        web_client_location=config.web_client_location,
+    )

@@ -1,6 +1,7 @@
 """/pubkey/* and /sign-ed25519: the keys homeservers check invitations against."""
 
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Blueprint
 from flask import request
@@ -9,6 +10,7 @@ from identity import invitations
 from identity import keys
 from identity.api.auth import require_user
 from identity.api.http import json_body
+from identity.api.http import now
 from identity.api.http import parse
 from identity.api.http import route
 from identity.api.http import settings
@@ -35,7 +37,7 @@ class SignBody:
 def public_key(v2: bool, key_id: str):
     key = keys.current_signing_key()
     if key_id != keys.key_id(key):
-        raise NotFound(f"No key {key_id}")
+        raise NotFound("The public key was not found")
     return {"public_key": keys.public_key_base64(key)}
 
 
@@ -48,7 +50,7 @@ def is_valid(v2: bool):
 @route(bp, "/pubkey/ephemeral/isvalid", methods=["GET"])
 def is_valid_ephemeral(v2: bool):
     query = parse(PublicKeyQuery, request.args.to_dict())
-    valid = ephemeral_keys.is_known(query.public_key)
+    valid = ephemeral_keys.check_and_count(query.public_key, now=now())
     db.session.commit()
     return {"valid": valid}
 
@@ -57,7 +59,20 @@ def is_valid_ephemeral(v2: bool):
 def sign_ed25519(v2: bool):
     if v2:
         require_user()
-    body = parse(SignBody, json_body(allow_form=not v2))
+    body = parse(SignBody, json_body() if v2 else _legacy_arguments())
     return invitations.sign_with_ephemeral_key(
-        body.token, body.mxid, body.private_key, server_name=settings().server_name
+        body.token, body.mxid, body.private_key, server_name=settings().server_name, now=now()
     )
+
+
+def _legacy_arguments() -> dict[str, Any]:
+    """The v1 arguments: the query string, overridden by a JSON or form body if any.
+
+    The invitation mail's `signurl` carries the token and private key in its query,
+    and Element POSTs to it with no body after adding `mxid` to that query (older
+    versions sent a JSON `null` body).
+    """
+    arguments: dict[str, Any] = request.args.to_dict()
+    if request.get_data().strip() not in (b"", b"null"):
+        arguments.update(json_body(allow_form=True))
+    return arguments

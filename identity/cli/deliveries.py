@@ -13,7 +13,7 @@ group = AppGroup("deliveries", help="Invitations waiting to reach homeservers.")
 @group.command("run-due")
 def run_due() -> None:
     """Attempt every due delivery once."""
-    delivered = deliveries.run_once(current_app)
+    delivered = deliveries.run_due(now=current_app.extensions["identity.clock"].now())
     click.echo(f"Delivered {delivered} invitation(s).")
 
 

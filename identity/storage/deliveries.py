@@ -15,30 +15,28 @@ def add(delivery: Delivery) -> None:
     db.session.flush()
 
 
-def claim_due(*, now: datetime, lease_until: datetime, limit: int) -> list[Delivery]:
-    """Claim up to `limit` due jobs until `lease_until`.
+def claim_next(*, now: datetime, lease_until: datetime) -> Delivery | None:
+    """Claim the most overdue job until `lease_until`, or return None when none is due.
 
-    Row locks make concurrent workers skip each other's jobs (PostgreSQL's
-    SKIP LOCKED; SQLite serialises writers anyway), and the lease keeps a job from
-    being taken again while its worker is calling the homeserver.
+    The row lock makes concurrent workers skip each other's job (PostgreSQL's
+    SKIP LOCKED; SQLite serialises writers anyway). Once the claim is committed, the
+    lease keeps the job from being taken again while its worker calls the homeserver.
     """
-    jobs = list(
-        db.session.scalars(
-            select(Delivery)
-            .where(
-                Delivery.delivered_at.is_(None),
-                Delivery.next_attempt_at <= now,
-                or_(Delivery.claimed_until.is_(None), Delivery.claimed_until <= now),
-            )
-            .order_by(Delivery.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+    job = db.session.scalar(
+        select(Delivery)
+        .where(
+            Delivery.delivered_at.is_(None),
+            Delivery.next_attempt_at <= now,
+            or_(Delivery.claimed_until.is_(None), Delivery.claimed_until <= now),
         )
+        .order_by(Delivery.next_attempt_at, Delivery.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
     )
-    for job in jobs:
+    if job is not None:
         job.claimed_until = lease_until
-    db.session.flush()
-    return jobs
+        db.session.flush()
+    return job
 
 
 def remove(delivery: Delivery) -> None:
@@ -47,6 +45,9 @@ def remove(delivery: Delivery) -> None:
 
 
 def pending_count() -> int:
-    return db.session.scalar(
-        select(func.count()).select_from(Delivery).where(Delivery.delivered_at.is_(None))
-    )
+    query = select(func.count()).select_from(Delivery).where(Delivery.delivered_at.is_(None))
+    return db.session.scalar(query) or 0
+
+
+def for_invitation(invitation_id: int) -> Delivery | None:
+    return db.session.scalar(select(Delivery).filter_by(invitation_id=invitation_id))

@@ -6,6 +6,7 @@ from sqlalchemy import select
 
 from identity.extensions import db
 from identity.storage.models import EphemeralKey
+from identity.storage.models import Invitation
 
 
 def add(public_key: str, invitation_id: int, now: datetime) -> None:
@@ -13,10 +14,27 @@ def add(public_key: str, invitation_id: int, now: datetime) -> None:
     db.session.flush()
 
 
-def is_known(public_key: str) -> bool:
-    """Whether we issued the key; counts the check, as homeservers ask on each use."""
-    key = db.session.scalar(select(EphemeralKey).filter_by(public_key=public_key))
-    if key is None:
+def public_keys_of(invitation_id: int) -> list[str]:
+    query = select(EphemeralKey.public_key).filter_by(invitation_id=invitation_id)
+    return list(db.session.scalars(query))
+
+
+def check_and_count(public_key: str, *, now: datetime) -> bool:
+    """Whether we issued the key and its invitation can still be accepted.
+
+    Each check is counted: homeservers ask when a guest joins with the key. A key
+    whose invitation was revoked or has expired is no longer valid; a key linked to
+    no invitation (imported from Sydent, which keeps no link) stays valid.
+    """
+    row = db.session.execute(
+        select(EphemeralKey, Invitation)
+        .outerjoin(Invitation, EphemeralKey.invitation_id == Invitation.id)
+        .where(EphemeralKey.public_key == public_key)
+    ).first()
+    if row is None:
         return False
+    key, invitation = row
     key.verify_count += 1
-    return True
+    if invitation is None:
+        return key.invitation_id is None
+    return invitation.revoked_at is None and invitation.expires_at > now

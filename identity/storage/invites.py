@@ -2,9 +2,14 @@
 
 from datetime import datetime
 
+from sqlalchemy import ColumnElement
+from sqlalchemy import delete
 from sqlalchemy import select
+from sqlalchemy import update
 
 from identity.extensions import db
+from identity.storage.models import Delivery
+from identity.storage.models import EphemeralKey
 from identity.storage.models import Invitation
 
 
@@ -18,17 +23,75 @@ def by_token(token: str) -> Invitation | None:
     return db.session.scalar(select(Invitation).filter_by(token=token))
 
 
-def live_for(medium: str, address: str, *, now: datetime) -> list[Invitation]:
-    """Invitations for the address that are neither expired, revoked nor accepted."""
-    return list(
-        db.session.scalars(
-            select(Invitation)
-            .filter_by(medium=medium, address=address)
-            .where(
-                Invitation.expires_at > now,
-                Invitation.revoked_at.is_(None),
-                Invitation.accepted_at.is_(None),
-            )
-            .order_by(Invitation.id)
-        )
+def _live(now: datetime) -> list[ColumnElement[bool]]:
+    return [
+        Invitation.expires_at > now,
+        Invitation.revoked_at.is_(None),
+        Invitation.accepted_at.is_(None),
+    ]
+
+
+def live_for(medium: str, address: str, *, now: datetime, lock: bool = False) -> list[Invitation]:
+    """Invitations for the address that are neither expired, revoked nor accepted.
+
+    :param lock: lock the rows until the transaction ends, so that two binds of the
+        same address cannot both hand an invitation over (PostgreSQL re-checks the
+        conditions once the other transaction has committed).
+    """
+    query = (
+        select(Invitation)
+        .filter_by(medium=medium, address=address)
+        .where(*_live(now))
+        .order_by(Invitation.id)
     )
+    if lock:
+        query = query.with_for_update()
+    return list(db.session.scalars(query))
+
+
+def has_live(medium: str, address: str, *, now: datetime) -> bool:
+    query = select(Invitation.id).filter_by(medium=medium, address=address).where(*_live(now))
+    return db.session.scalar(query.limit(1)) is not None
+
+
+def search(
+    *, address: str | None = None, room_id: str | None = None, limit: int = 100
+) -> list[Invitation]:
+    """The newest invitations, optionally for one address or one room."""
+    query = select(Invitation).order_by(Invitation.id.desc()).limit(limit)
+    if address is not None:
+        query = query.filter_by(address=address)
+    if room_id is not None:
+        query = query.filter_by(room_id=room_id)
+    return list(db.session.scalars(query))
+
+
+def revoke(
+    *,
+    now: datetime,
+    token: str | None = None,
+    address: str | None = None,
+    room_id: str | None = None,
+) -> int:
+    """Mark the matching invitations that are not yet revoked as revoked; return how many."""
+    query = update(Invitation).where(Invitation.revoked_at.is_(None)).values(revoked_at=now)
+    if token is not None:
+        query = query.where(Invitation.token == token)
+    if address is not None:
+        query = query.where(Invitation.address == address)
+    if room_id is not None:
+        query = query.where(Invitation.room_id == room_id)
+    return db.session.execute(query).rowcount or 0
+
+
+def delete_expired(*, now: datetime) -> int:
+    """Delete invitations past their expiry, with their keys and delivery jobs.
+
+    The dependent rows are deleted explicitly: SQLite does not enforce foreign keys
+    by default, and an ephemeral key left without its invitation must not stay valid.
+    """
+    expired = select(Invitation.id).where(Invitation.expires_at <= now).scalar_subquery()
+    db.session.execute(delete(EphemeralKey).where(EphemeralKey.invitation_id.in_(expired)))
+    db.session.execute(delete(Delivery).where(Delivery.invitation_id.in_(expired)))
+    result = db.session.execute(delete(Invitation).where(Invitation.expires_at <= now))
+    return result.rowcount or 0
