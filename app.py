@@ -11,6 +11,7 @@ from flask import Flask
 
 from identity import deliveries
 from identity import federation
+from identity import routing
 from identity import terms
 from identity.api import register_api
 from identity.cli import register_cli
@@ -27,7 +28,8 @@ from identity.logs import init_logging
 from identity.pages import bp as pages_bp
 from identity.storage import models  # noqa: F401  (registers the tables)
 
-MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
+HERE = os.path.dirname(os.path.abspath(__file__))
+MIGRATIONS_DIR = os.path.join(HERE, "migrations")
 
 
 def create_app(config: Mapping[str, Any] | None = None, *, clock: Clock | None = None) -> Flask:
@@ -41,6 +43,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, clock: Clock | None =
     mail.init_app(app)
     federation.init_app(app)
     terms.init_app(app)
+    routing.init_app(app)
     deliveries.init_app(app)
     app.extensions["identity.clock"] = clock or SystemClock()
     app.extensions["identity.settings"] = Settings.from_config(app.config)
@@ -66,6 +69,8 @@ def _load_config(app: Flask, config: Mapping[str, Any] | None) -> None:
         )
     if not app.config["SIGNING_KEY_PATH"]:
         app.config["SIGNING_KEY_PATH"] = os.path.join(app.instance_path, "signing.key")
+    if not app.config["DOMAINS_PATH"]:
+        app.config["DOMAINS_PATH"] = os.path.join(HERE, "domains.yaml")
     if app.config.get("AUTO_MIGRATE") is None:
         # The embedded SQLite mode needs no set-up step; PostgreSQL deployments run
         # `flask db upgrade` before starting, as any migration should be run once.

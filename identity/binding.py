@@ -14,6 +14,8 @@ from identity.clock import to_ms
 from identity.errors import Forbidden
 from identity.errors import InvalidParam
 from identity.lookup import lookup_hash
+from identity.routing import RoutingTable
+from identity.routing.answers import may_bind
 from identity.storage import associations
 from identity.storage import peppers
 from identity.storage.models import Association
@@ -32,16 +34,33 @@ class Signer:
         return keys.sign(payload, self.server_name, self.key)
 
 
-def bind(session: ValidationSession, mxid: str, *, now: datetime, signer: Signer) -> dict:
+def bind(
+    session: ValidationSession,
+    mxid: str,
+    *,
+    now: datetime,
+    signer: Signer,
+    routing: RoutingTable | None = None,
+) -> dict:
     """Bind the session's validated address to `mxid` and return the signed association.
 
     Rebinding replaces the previous Matrix ID. Pending invitations for the address are
     handed over for delivery to the new owner's homeserver in the same transaction.
 
-    :raises MatrixError: M_INVALID_PARAM for a malformed Matrix ID.
+    :param routing: when given, the address may only be bound on a homeserver of its
+        platform (or the one it is bound on already), so that nobody on the externals'
+        homeserver claims a ministry address.
+    :raises MatrixError: M_INVALID_PARAM for a malformed Matrix ID, M_FORBIDDEN for a
+        Matrix ID on a homeserver the routing rules do not give.
     """
     if server_of(mxid) is None:
         raise InvalidParam("mxid is not a valid Matrix user ID")
+    if routing is not None and not may_bind(routing, session.address, mxid):
+        platform = routing.resolve(session.address).platform
+        raise Forbidden(
+            f"This address belongs on {platform.server}: it cannot be bound to a Matrix ID"
+            f" on {server_of(mxid)}"
+        )
     association = associations.find(session.medium, session.address) or Association(
         medium=session.medium, address=session.address
     )

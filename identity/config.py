@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 DEFAULTS: dict[str, Any] = {
     # Storage: an SQLite file in the instance folder unless told otherwise.
     "SQLALCHEMY_DATABASE_URI": None,
@@ -64,6 +66,8 @@ DEFAULTS: dict[str, Any] = {
     "INTERNAL_API_TRUSTED_NETWORKS": [],
     "INTERNAL_API_SECRET": None,
     "RESTRICT_BINDS_TO_ROUTING": True,
+    # How often (seconds) a worker looks whether domains.yaml was saved.
+    "DOMAINS_CHECK_SECONDS": 1.0,
     "DELIVERY_MAX_BACKOFF_SECONDS": 3600,
     # Run the onbind delivery worker thread inside each web process.
     "DELIVERY_WORKER_ENABLED": True,
@@ -126,6 +130,7 @@ def check_config(config: Any) -> None:
     base = urlsplit(str(config["PUBLIC_BASE_URL"]))
     if base.scheme not in ("http", "https") or not base.hostname:
         raise ConfigError("PUBLIC_BASE_URL: must be an http(s) URL")
+    config["DOMAINS_CHECK_SECONDS"] = _as_seconds("DOMAINS_CHECK_SECONDS", config)
     config["PUBLIC_BASE_URL"] = str(config["PUBLIC_BASE_URL"]).rstrip("/")
     if not config["SERVER_NAME_FOR_SIGNING"]:
         config["SERVER_NAME_FOR_SIGNING"] = base.netloc
@@ -155,7 +160,17 @@ def _as_positive_int(key: str, value: Any) -> int:
     return number
 
 
-def _as_networks(key: str, value: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def _as_seconds(key: str, config: Any) -> float:
+    try:
+        seconds = float(config[key])
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number of seconds, got {config[key]!r}") from None
+    if seconds < 0:
+        raise ConfigError(f"{key}: expected zero or more seconds, got {config[key]!r}")
+    return seconds
+
+
+def _as_networks(key: str, value: Any) -> list[Network]:
     if isinstance(value, str):
         value = [item.strip() for item in value.split(",") if item.strip()]
     if not isinstance(value, list | tuple):
@@ -179,6 +194,10 @@ class Settings:
     lookup_max_addresses: int
     bulk_lookup_max_threepids: int
     web_client_location: str
+    restrict_binds_to_routing: bool
+    info_trusted_networks: tuple[Network, ...]
+    internal_api_trusted_networks: tuple[Network, ...]
+    internal_api_secret: str | None
 
     @classmethod
     def from_config(cls, config: Any) -> "Settings":
@@ -193,4 +212,8 @@ class Settings:
             lookup_max_addresses=config["LOOKUP_MAX_ADDRESSES"],
             bulk_lookup_max_threepids=config["BULK_LOOKUP_MAX_THREEPIDS"],
             web_client_location=str(config["WEB_CLIENT_LOCATION"]).rstrip("/"),
+            restrict_binds_to_routing=config["RESTRICT_BINDS_TO_ROUTING"],
+            info_trusted_networks=tuple(config["INFO_TRUSTED_NETWORKS"]),
+            internal_api_trusted_networks=tuple(config["INTERNAL_API_TRUSTED_NETWORKS"]),
+            internal_api_secret=config["INTERNAL_API_SECRET"] or None,
         )

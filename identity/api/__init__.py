@@ -5,6 +5,7 @@ from flask import Response
 
 from identity.api import account
 from identity.api import binding
+from identity.api import health
 from identity.api import info
 from identity.api import invitations
 from identity.api import keys
@@ -21,6 +22,7 @@ BLUEPRINTS = [
     keys.bp,
     invitations.bp,
     info.bp,
+    health.bp,
 ]
 
 # The CORS headers the identity specification recommends on every response.

@@ -1,8 +1,15 @@
-"""Bearer-token authentication for the v2 endpoints."""
+"""Who may call: bearer tokens for the v2 endpoints, trusted callers for the internal API."""
+
+import hmac
+import ipaddress
+from collections.abc import Iterable
 
 from flask import request
 
 from identity import accounts
+from identity.api.http import settings
+from identity.config import Network
+from identity.errors import Forbidden
 from identity.terms import current_terms
 
 
@@ -18,3 +25,33 @@ def require_user(check_terms: bool = True) -> str:
     :raises MatrixError: 401 M_UNAUTHORIZED, 403 M_TERMS_NOT_SIGNED.
     """
     return accounts.authenticate(bearer_token(), current_terms(), check_terms=check_terms)
+
+
+def require_internal_caller() -> None:
+    """Let homeservers and the authentication service through, nobody else.
+
+    A caller is let in from INTERNAL_API_TRUSTED_NETWORKS or with INTERNAL_API_SECRET
+    as its bearer token. With neither configured the internal API is closed.
+
+    :raises MatrixError: 403 M_FORBIDDEN.
+    """
+    config = settings()
+    secret, token = config.internal_api_secret, bearer_token()
+    if secret and token and hmac.compare_digest(token.encode(), secret.encode()):
+        return
+    if is_from(config.internal_api_trusted_networks):
+        return
+    if not secret and not config.internal_api_trusted_networks:
+        raise Forbidden("The internal API is not enabled on this server")
+    raise Forbidden("The internal API is for homeservers only")
+
+
+def is_from(networks: Iterable[Network]) -> bool:
+    """Whether the request comes from one of `networks`."""
+    try:
+        client = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped:
+        client = client.ipv4_mapped
+    return any(client in network for network in networks)

@@ -7,6 +7,7 @@ from flask import request
 
 from identity import binding
 from identity import lookup
+from identity import routing
 from identity import validation
 from identity.addresses import normalise_email
 from identity.api.auth import require_user
@@ -77,7 +78,13 @@ def bind(v2: bool):
         now=now(),
         lifetime_seconds=settings().session_lifetime_seconds,
     )
-    association = binding.bind(session, body.mxid, now=now(), signer=signer())
+    association = binding.bind(
+        session,
+        body.mxid,
+        now=now(),
+        signer=signer(),
+        routing=routing.current() if settings().restrict_binds_to_routing else None,
+    )
     db.session.commit()
     return association
 

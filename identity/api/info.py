@@ -1,5 +1,62 @@
-"""Info endpoints (filled in by its owner)."""
+"""/info and /internal-info: which homeserver serves an address (Tchap's extension).
+
+Clients ask /info before login, registration and password reset; homeservers and the
+authentication service ask /internal-info before letting an address register.
+"""
+
+from dataclasses import dataclass
 
 from flask import Blueprint
+from flask import request
+
+from identity import routing
+from identity.addresses import normalise_email
+from identity.api.auth import is_from
+from identity.api.auth import require_internal_caller
+from identity.api.http import now
+from identity.api.http import parse
+from identity.api.http import route
+from identity.api.http import settings
+from identity.errors import Unrecognized
+from identity.routing.answers import homeserver_info
 
 bp = Blueprint("info", __name__, url_prefix="/_matrix/identity")
+
+
+@dataclass(frozen=True)
+class InfoQuery:
+    address: str
+    medium: str = "email"
+
+
+@route(bp, "/info", methods=["GET"])
+def info(v2: bool):
+    config = settings()
+    # No list of trusted networks means everyone is trusted (a network without twins).
+    trusted = not config.info_trusted_networks or is_from(config.info_trusted_networks)
+    return _answer(trusted=trusted, internal=False)
+
+
+@route(bp, "/internal-info", methods=["GET"])
+def internal_info(v2: bool):
+    require_internal_caller()
+    return _answer(trusted=True, internal=True)
+
+
+def _answer(*, trusted: bool, internal: bool) -> dict:
+    address = _queried_address()
+    table = routing.current()
+    return homeserver_info(address, table=table, trusted=trusted, internal=internal, now=now())
+
+
+def _queried_address() -> str:
+    """The normalised address of the query, as real clients send it.
+
+    :raises MatrixError: M_MISSING_PARAMS, M_UNRECOGNIZED for a medium other than
+        email, M_INVALID_EMAIL.
+    """
+    query = parse(InfoQuery, request.args.to_dict())
+    if query.medium not in ("", "email"):
+        raise Unrecognized(f"Unsupported medium {query.medium!r}: only email", status=400)
+    # Some clients send the address unencoded: the + of a local part arrives as a space.
+    return normalise_email(query.address.strip().replace(" ", "+"))

@@ -1,0 +1,61 @@
+"""Routing email addresses to the homeserver of their administration (domains.yaml).
+
+`table.py` resolves, `schema.py` reads and validates the file, `source.py` keeps it
+fresh in a running process, `answers.py` builds the /info answers, `diff.py` compares
+two versions and `sydent_info.py` imports a Tchap Sydent info.yaml.
+"""
+
+import signal
+import threading
+import weakref
+
+from flask import Flask
+from flask import current_app
+
+from identity.config import ConfigError
+from identity.routing.schema import RoutingError
+from identity.routing.source import RoutingSource
+from identity.routing.table import Match
+from identity.routing.table import Platform
+from identity.routing.table import RoutingTable
+
+__all__ = ["Match", "Platform", "RoutingError", "RoutingSource", "RoutingTable", "current"]
+
+
+def init_app(app: Flask) -> None:
+    """Load DOMAINS_PATH; refuse to start when it is invalid."""
+    try:
+        source = RoutingSource(
+            app.config["DOMAINS_PATH"], check_seconds=app.config["DOMAINS_CHECK_SECONDS"]
+        )
+    except RoutingError as e:
+        raise ConfigError(f"DOMAINS_PATH: {e}") from None
+    app.extensions["identity.routing"] = source
+    _reload_on_sighup(source)
+
+
+def current() -> RoutingTable:
+    return source().table()
+
+
+def source() -> RoutingSource:
+    return current_app.extensions["identity.routing"]
+
+
+# The sources of this process's apps (one in production, many in a test session).
+_SOURCES: "weakref.WeakSet[RoutingSource]" = weakref.WeakSet()
+
+
+def _reload_on_sighup(source: RoutingSource) -> None:
+    """Reload on SIGHUP, unless someone else handles the signal (gunicorn's master does:
+    it restarts its workers, which load the file afresh)."""
+    _SOURCES.add(source)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+        signal.signal(signal.SIGHUP, _force_reloads)
+
+
+def _force_reloads(signum: int, frame: object) -> None:
+    for source in list(_SOURCES):
+        source.force_reload()
