@@ -3,10 +3,11 @@
 from flask import Flask
 
 from identity.cli import deliveries
+from identity.cli import domains
 from identity.cli import keys
 from identity.cli import sessions
 
-GROUPS = [keys.group, sessions.group, deliveries.group]
+GROUPS = [keys.group, sessions.group, deliveries.group, domains.group]
 
 
 def register_cli(app: Flask) -> None:

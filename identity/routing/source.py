@@ -9,16 +9,23 @@ kept for /health and logged. SIGHUP forces a reload on the next request.
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from identity.addresses import redact
 from identity.routing.schema import RoutingError
 from identity.routing.schema import load_file
 from identity.routing.table import RoutingTable
 
 logger = logging.getLogger(__name__)
+
+# A file modified this recently may still be being written (an editor that does not
+# save atomically): wait for it to settle rather than load a truncated version.
+SETTLE_SECONDS = 0.3
+_EMAIL = re.compile(r"[^\s'\"]+@[^\s'\":;,()]+")
 
 
 @dataclass(frozen=True)
@@ -79,13 +86,21 @@ class RoutingSource:
             signature = _signature(self.path)
             if signature == self._signature and not self._forced:
                 return False
+            if signature is not None and time.time() - signature[0] / 1e9 < SETTLE_SECONDS:
+                self._next_check = self._monotonic() + SETTLE_SECONDS
+                return False
             self._forced = False
             self._signature = signature
             try:
                 table = load_file(self.path)
             except RoutingError as e:
-                self._error = "; ".join(e.problems)
-                logger.error("Refusing the edited %s, keeping the last good rules: %s", *e.args)
+                # Problems may quote the file's single-address rules: not in logs.
+                self._error = _EMAIL.sub(lambda m: redact(m.group()), "; ".join(e.problems))
+                logger.error(
+                    "Refusing the edited %s, keeping the last good rules: %s",
+                    self.path,
+                    self._error,
+                )
                 return False
             self._table, self._loaded_at, self._error = table, time.time(), None
             logger.info("Reloaded %s: %s rules", self.path, table.rule_count())
@@ -94,6 +109,8 @@ class RoutingSource:
             self._lock.release()
 
     def status(self) -> Status:
+        """What is served and whether the file on disk could be loaded (looked at now)."""
+        self.table()
         return Status(
             path=self.path,
             rules=self._table.rule_count(),
@@ -104,7 +121,8 @@ class RoutingSource:
 
 
 def _signature(path: str) -> tuple[int, int, int] | None:
-    """What changes when the file is saved, in place or by renaming a new file over it."""
+    """(mtime, size, inode): what changes when the file is saved, in place or by
+    renaming a new file over it."""
     try:
         stat = os.stat(path)
     except OSError:

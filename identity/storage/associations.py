@@ -1,6 +1,7 @@
 """Every query on 3PID ↔ Matrix ID associations."""
 
 from collections.abc import Iterable
+from collections.abc import Iterator
 from datetime import datetime
 
 from sqlalchemy import delete
@@ -63,3 +64,9 @@ def delete_for_mxid(medium: str, address: str, mxid: str) -> int:
         delete(Association).filter_by(medium=medium, address=address, mxid=mxid)
     )
     return result.rowcount or 0
+
+
+def addresses(medium: str) -> Iterator[str]:
+    """Every bound address of a medium, streamed (there may be millions)."""
+    query = select(Association.address).filter_by(medium=medium)
+    yield from db.session.scalars(query.execution_options(yield_per=10_000))
