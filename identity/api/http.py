@@ -1,6 +1,7 @@
 """Request helpers shared by every API view: body parsing, twin v1/v2 routes, clock."""
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable
@@ -69,8 +70,7 @@ def parse(model: type[M], data: dict[str, Any]) -> M:
     :raises MatrixError: M_MISSING_PARAMS listing every missing field,
         M_INVALID_PARAM naming the first field of the wrong type.
     """
-    hints = typing.get_type_hints(model)
-    fields = dataclasses.fields(model)  # type: ignore[arg-type]
+    hints, fields = _shape(model)
     missing = [
         f.name
         for f in fields
@@ -85,6 +85,12 @@ def parse(model: type[M], data: dict[str, Any]) -> M:
         if f.name in data and data[f.name] is not None:
             values[f.name] = _coerce(f.name, data[f.name], hints[f.name])
     return model(**values)
+
+
+@functools.cache
+def _shape(model: type) -> tuple[dict[str, Any], tuple[dataclasses.Field, ...]]:
+    """A model's type hints and fields, worked out once (every request parses)."""
+    return typing.get_type_hints(model), dataclasses.fields(model)
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

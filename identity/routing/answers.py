@@ -9,11 +9,11 @@ give, and `requires_invite` only in the internal answer.
 from datetime import datetime
 from typing import Any
 
-from identity import invitations
 from identity.accounts import server_of
 from identity.routing.table import Platform
 from identity.routing.table import RoutingTable
 from identity.storage import associations
+from identity.storage.address_state import address_state
 
 
 def homeserver_info(
@@ -32,14 +32,14 @@ def homeserver_info(
     """
     platform = table.resolve(address).platform
     answer = servers_for(platform, trusted=trusted or internal)
-    bound = associations.find("email", address)
-    bound_server = server_of(bound.mxid) if bound is not None else None
+    state = address_state("email", address, now=now)
+    bound_server = server_of(state.mxid) if state.mxid is not None else None
     if bound_server is not None and bound_server.lower() not in platform.servers:
         answer = {"hs": bound_server, "new_hs": answer["hs"]}
     if internal:
         answer["requires_invite"] = platform.requires_invite
     if internal or platform.requires_invite:
-        answer["invited"] = invitations.has_live_invitation("email", address, now=now)
+        answer["invited"] = state.invited
     return answer
 
 

@@ -68,7 +68,8 @@ class RoutingTable:
         return self.resolve_domain(domain)
 
     def resolve_domain(self, domain: str) -> Match:
-        exact, tree, below = (self.domains[scope] for scope in Scope)
+        domains = self.domains
+        exact, tree, below = domains[Scope.EXACT], domains[Scope.TREE], domains[Scope.BELOW]
         if (platform := exact.get(domain)) is not None:
             return Match(platform, domain)
         suffix, is_parent = domain, False
