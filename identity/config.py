@@ -59,6 +59,19 @@ DEFAULTS: dict[str, Any] = {
     "FEDERATION_MAX_RESPONSE_BYTES": 1024 * 1024,
     # Invitations.
     "INVITE_VALIDITY_SECONDS": 30 * 24 * 3600,
+    # Invitation mails per day: to one address (whoever sends), and from one sender.
+    "INVITE_MAX_PER_ADDRESS_PER_DAY": 5,
+    "INVITE_MAX_PER_SENDER_PER_DAY": 50,
+    # Refused before anything is stored or sent: words in the request's text, sender's
+    # or room's homeservers (and their subdomains), room IDs or aliases.
+    "INVITE_BLOCKED_KEYWORDS": [],
+    "INVITE_BLOCKED_HOMESERVERS": [],
+    "INVITE_BLOCKED_ROOMS": [],
+    # Characters of the local part and of the domain the room sees before the guest joins.
+    "INVITE_REVEAL_LOCAL": 3,
+    "INVITE_REVEAL_DOMAIN": 3,
+    # Signs landing-page links; derived from the signing key when unset.
+    "SECRET_KEY": None,
     # Where the landing page sends guests (overridden by org.matrix.web_client_location).
     "WEB_CLIENT_LOCATION": "https://www.tchap.gouv.fr",
     # Routing (domains.yaml) and the internal API for homeservers.
@@ -92,6 +105,8 @@ _POSITIVE_INT_KEYS = (
     "FEDERATION_TIMEOUT_SECONDS",
     "FEDERATION_MAX_RESPONSE_BYTES",
     "INVITE_VALIDITY_SECONDS",
+    "INVITE_MAX_PER_ADDRESS_PER_DAY",
+    "INVITE_MAX_PER_SENDER_PER_DAY",
     "DELIVERY_MAX_BACKOFF_SECONDS",
 )
 _CIDR_LIST_KEYS = (
@@ -99,6 +114,13 @@ _CIDR_LIST_KEYS = (
     "FEDERATION_IP_BLOCKLIST",
     "INFO_TRUSTED_NETWORKS",
     "INTERNAL_API_TRUSTED_NETWORKS",
+)
+
+
+_STRING_LIST_KEYS = (
+    "INVITE_BLOCKED_KEYWORDS",
+    "INVITE_BLOCKED_HOMESERVERS",
+    "INVITE_BLOCKED_ROOMS",
 )
 
 
@@ -131,6 +153,10 @@ def check_config(config: Any) -> None:
     if base.scheme not in ("http", "https") or not base.hostname:
         raise ConfigError("PUBLIC_BASE_URL: must be an http(s) URL")
     config["DOMAINS_CHECK_SECONDS"] = _as_seconds("DOMAINS_CHECK_SECONDS", config)
+    for key in _STRING_LIST_KEYS:
+        config[key] = _as_strings(key, config[key])
+    for key in ("INVITE_REVEAL_LOCAL", "INVITE_REVEAL_DOMAIN"):
+        config[key] = _as_positive_int(key, config[key]) if config[key] != 0 else 0
     config["PUBLIC_BASE_URL"] = str(config["PUBLIC_BASE_URL"]).rstrip("/")
     if not config["SERVER_NAME_FOR_SIGNING"]:
         config["SERVER_NAME_FOR_SIGNING"] = base.netloc
@@ -158,6 +184,14 @@ def _as_positive_int(key: str, value: Any) -> int:
     if number <= 0 or isinstance(value, bool):
         raise ConfigError(f"{key}: expected a positive whole number, got {value!r}")
     return number
+
+
+def _as_strings(key: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [item.strip() for item in value.split(",")]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+    return [item for item in value if item.strip()]
 
 
 def _as_seconds(key: str, config: Any) -> float:
@@ -198,6 +232,13 @@ class Settings:
     info_trusted_networks: tuple[Network, ...]
     internal_api_trusted_networks: tuple[Network, ...]
     internal_api_secret: str | None
+    invite_max_per_address_per_day: int | None
+    invite_max_per_sender_per_day: int | None
+    invite_blocked_keywords: tuple[str, ...]
+    invite_blocked_homeservers: tuple[str, ...]
+    invite_blocked_rooms: tuple[str, ...]
+    invite_reveal_local: int
+    invite_reveal_domain: int
 
     @classmethod
     def from_config(cls, config: Any) -> "Settings":
@@ -216,4 +257,16 @@ class Settings:
             info_trusted_networks=tuple(config["INFO_TRUSTED_NETWORKS"]),
             internal_api_trusted_networks=tuple(config["INTERNAL_API_TRUSTED_NETWORKS"]),
             internal_api_secret=config["INTERNAL_API_SECRET"] or None,
+            # RATELIMIT_ENABLED=false switches every limit off, these quotas included.
+            invite_max_per_address_per_day=(
+                config["INVITE_MAX_PER_ADDRESS_PER_DAY"] if config["RATELIMIT_ENABLED"] else None
+            ),
+            invite_max_per_sender_per_day=(
+                config["INVITE_MAX_PER_SENDER_PER_DAY"] if config["RATELIMIT_ENABLED"] else None
+            ),
+            invite_blocked_keywords=tuple(config["INVITE_BLOCKED_KEYWORDS"]),
+            invite_blocked_homeservers=tuple(config["INVITE_BLOCKED_HOMESERVERS"]),
+            invite_blocked_rooms=tuple(config["INVITE_BLOCKED_ROOMS"]),
+            invite_reveal_local=config["INVITE_REVEAL_LOCAL"],
+            invite_reveal_domain=config["INVITE_REVEAL_DOMAIN"],
         )

@@ -19,14 +19,18 @@ from urllib.parse import urlsplit
 import signedjson.key
 from nacl.signing import SigningKey
 
+from identity import abuse
 from identity import keys
 from identity import mailer
+from identity.abuse import Blocklists
+from identity.abuse import Quotas
 from identity.accounts import server_of
 from identity.addresses import normalise_email
 from identity.clock import new_token
 from identity.errors import InvalidParam
 from identity.errors import ThreepidInUse
 from identity.errors import Unrecognized
+from identity.routing import RoutingTable
 from identity.storage import associations
 from identity.storage import deliveries
 from identity.storage import ephemeral_keys
@@ -66,6 +70,8 @@ class Policy:
     # Characters of the address shown in the room's display name (Sydent's defaults).
     reveal_local: int = 3
     reveal_domain: int = 3
+    quotas: Quotas = Quotas(per_address=None, per_sender=None)
+    blocklists: Blocklists = Blocklists()
 
 
 def store_invite(
@@ -78,6 +84,7 @@ def store_invite(
     sender_verified: bool,
     now: datetime,
     policy: Policy,
+    routing: RoutingTable,
     brand: str | None = None,
 ) -> dict[str, Any]:
     """Store an invitation, mail it, and return what the homeserver puts in the room.
@@ -87,9 +94,12 @@ def store_invite(
 
     :param details: every other string argument of the request (room_name, …).
     :param sender_verified: whether `sender` is the authenticated user (v2).
+    :param routing: tells the mail whether the guest will get an account on an
+        invitation-only platform or signs in as an agent of a known administration.
     :raises MatrixError: M_UNRECOGNIZED for a medium other than email, M_INVALID_EMAIL,
-        M_INVALID_PARAM for a malformed room or user ID, M_THREEPID_IN_USE (with the
-        bound mxid), M_EMAIL_SEND_ERROR.
+        M_INVALID_PARAM for a malformed room or user ID, M_FORBIDDEN for a blocklisted
+        invitation, M_THREEPID_IN_USE (with the bound mxid), M_LIMIT_EXCEEDED (with
+        retry_after_ms), M_EMAIL_SEND_ERROR.
     """
     if medium != "email":
         raise Unrecognized(f"Didn't understand medium {medium!r}", status=400)
@@ -98,9 +108,14 @@ def store_invite(
         raise InvalidParam("room_id is not a room ID")
     if server_of(sender) is None:
         raise InvalidParam("sender is not a Matrix user ID")
+    abuse.check_blocklists(
+        policy.blocklists, room_id=room_id, sender=sender, texts=[sender, *details.values()]
+    )
     bound = associations.find(medium, address)
     if bound is not None:
         raise ThreepidInUse("Binding already known", mxid=bound.mxid)
+    abuse.check_quotas(policy.quotas, medium=medium, address=address, sender=sender, now=now)
+    already_invited = invites.has_live(medium, address, now=now)
     invitation = invites.add(
         Invitation(
             token=new_token(32),
@@ -119,6 +134,10 @@ def store_invite(
     ephemeral_keys.add(ephemeral_public, invitation.id, now)
     # The private key exists only in the mail: we can never sign with it ourselves.
     context = mail_context(invitation, encode_key(ephemeral.encode()), policy)
+    context |= {
+        "guest": routing.resolve(address).platform.requires_invite,
+        "already_invited": already_invited,
+    }
     mailer.send_template("invite", address, context, brand=brand)
     return store_invite_response(invitation, ephemeral_public, policy)
 
@@ -268,21 +287,18 @@ def sign_with_ephemeral_key(
 
 
 def redact_for_display(address: str, reveal_local: int, reveal_domain: int) -> str:
-    """``marie.dupont@ac-versailles.fr`` → ``mar...@ac-...``: enough to recognise, not to harvest.
+    """``marie.dupont@ac-versailles.fr`` → ``mar…@ac-…``: enough to recognise, not to harvest.
 
-    Parts no longer than what would be revealed are still cut, as Sydent does with
-    ``always_obfuscate``, so that no address is shown whole.
+    The room's members see this name until the guest joins. A part no longer than
+    what would be revealed is still cut to half, so that no address is shown whole.
     """
     local, _, domain = address.rpartition("@")
     return f"{_redact(local, reveal_local)}@{_redact(domain, reveal_domain)}"
 
 
 def _redact(text: str, reveal: int) -> str:
-    if len(text) > reveal:
-        return text[:reveal] + "..."
-    if len(text) > 5:
-        return text[:3] + "..."
-    return text[:1] + "..." if len(text) > 1 else "..."
+    shown = reveal if len(text) > reveal else len(text) // 2
+    return text[:shown] + "…"
 
 
 def _shorten(text: str, limit: int) -> str:

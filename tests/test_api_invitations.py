@@ -61,7 +61,7 @@ def test_store_invite_mails_the_guest_and_returns_the_keys(config, client, smtp)
     assert r.status_code == 200
     answer = r.json
     assert len(answer["token"]) >= 32
-    assert answer["display_name"] == "cla...@par..."
+    assert answer["display_name"] == "cla…@par…"
     long_term = signedjson.key.encode_verify_key_base64(long_term_key(config).verify_key)
     assert answer["public_key"] == long_term
     assert answer["public_keys"][0] == {

@@ -6,6 +6,9 @@ from datetime import timedelta
 from flask import Blueprint
 
 from identity import invitations
+from identity import routing
+from identity.abuse import Blocklists
+from identity.abuse import Quotas
 from identity.api.auth import require_user
 from identity.api.http import json_body
 from identity.api.http import now
@@ -49,6 +52,7 @@ def store_invite(v2: bool):
         sender_verified=user_id is not None,
         now=now(),
         policy=invite_policy(),
+        routing=routing.current(),
         brand=requested_brand(),
     )
     db.session.commit()
@@ -61,4 +65,15 @@ def invite_policy() -> invitations.Policy:
         validity=timedelta(seconds=config.invite_validity_seconds),
         base_url=config.public_base_url,
         web_client_location=config.web_client_location,
+        reveal_local=config.invite_reveal_local,
+        reveal_domain=config.invite_reveal_domain,
+        quotas=Quotas(
+            per_address=config.invite_max_per_address_per_day,
+            per_sender=config.invite_max_per_sender_per_day,
+        ),
+        blocklists=Blocklists(
+            keywords=config.invite_blocked_keywords,
+            homeservers=config.invite_blocked_homeservers,
+            rooms=config.invite_blocked_rooms,
+        ),
     )

@@ -4,6 +4,7 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement
 from sqlalchemy import delete
+from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import update
 
@@ -11,6 +12,7 @@ from identity.extensions import db
 from identity.storage.models import Delivery
 from identity.storage.models import EphemeralKey
 from identity.storage.models import Invitation
+from identity.storage.models import UTCDateTime
 
 
 def add(invitation: Invitation) -> Invitation:
@@ -95,3 +97,25 @@ def delete_expired(*, now: datetime) -> int:
     db.session.execute(delete(Delivery).where(Delivery.invitation_id.in_(expired)))
     result = db.session.execute(delete(Invitation).where(Invitation.expires_at <= now))
     return result.rowcount or 0
+
+
+def created_since(
+    since: datetime,
+    *,
+    medium: str | None = None,
+    address: str | None = None,
+    sender: str | None = None,
+) -> tuple[int, datetime | None]:
+    """How many invitations were created since `since` for an address or by a sender,
+    and when the oldest of them was (counting expired and revoked ones too)."""
+    query = select(func.count(), func.min(Invitation.created_at)).where(
+        Invitation.created_at > since
+    )
+    if address is not None:
+        query = query.filter_by(medium=medium, address=address)
+    if sender is not None:
+        query = query.filter_by(sender=sender)
+    count, oldest = db.session.execute(query).one()
+    if isinstance(oldest, str):  # SQLite returns aggregates without the column's type
+        oldest = UTCDateTime().process_result_value(datetime.fromisoformat(oldest), None)
+    return count, oldest
