@@ -70,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
     # Characters of the local part and of the domain the room sees before the guest joins.
     "INVITE_REVEAL_LOCAL": 3,
     "INVITE_REVEAL_DOMAIN": 3,
+    # The mobile apps the landing page links to.
+    "IOS_APP_URL": "https://apps.apple.com/fr/app/tchap/id1446253779",
+    "ANDROID_APP_URL": "https://play.google.com/store/apps/details?id=fr.gouv.tchap.a",
     # Signs landing-page links; derived from the signing key when unset.
     "SECRET_KEY": None,
     # Where the landing page sends guests (overridden by org.matrix.web_client_location).
@@ -232,6 +235,9 @@ class Settings:
     info_trusted_networks: tuple[Network, ...]
     internal_api_trusted_networks: tuple[Network, ...]
     internal_api_secret: str | None
+    secret_key: str | None
+    ios_app_url: str
+    android_app_url: str
     invite_max_per_address_per_day: int | None
     invite_max_per_sender_per_day: int | None
     invite_blocked_keywords: tuple[str, ...]
@@ -257,6 +263,9 @@ class Settings:
             info_trusted_networks=tuple(config["INFO_TRUSTED_NETWORKS"]),
             internal_api_trusted_networks=tuple(config["INTERNAL_API_TRUSTED_NETWORKS"]),
             internal_api_secret=config["INTERNAL_API_SECRET"] or None,
+            secret_key=config["SECRET_KEY"] or None,
+            ios_app_url=config["IOS_APP_URL"],
+            android_app_url=config["ANDROID_APP_URL"],
             # RATELIMIT_ENABLED=false switches every limit off, these quotas included.
             invite_max_per_address_per_day=(
                 config["INVITE_MAX_PER_ADDRESS_PER_DAY"] if config["RATELIMIT_ENABLED"] else None

@@ -7,6 +7,7 @@ homeserver (`identity.deliveries`).
 """
 
 import base64
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
@@ -20,13 +21,16 @@ import signedjson.key
 from nacl.signing import SigningKey
 
 from identity import abuse
+from identity import dates
 from identity import keys
+from identity import landing
 from identity import mailer
 from identity.abuse import Blocklists
 from identity.abuse import Quotas
 from identity.accounts import server_of
 from identity.addresses import normalise_email
 from identity.clock import new_token
+from identity.config import Settings
 from identity.errors import InvalidParam
 from identity.errors import ThreepidInUse
 from identity.errors import Unrecognized
@@ -55,9 +59,14 @@ OPTIONAL_FIELDS = (
 )
 WEB_CLIENT_LOCATION_ARG = "org.matrix.web_client_location"
 # Text from the inviter shown in the mail is cut, so that a crafted room or display
-# name cannot carry a whole message under our name.
-ROOM_NAME_LIMIT = 30
-SENDER_NAME_LIMIT = 20
+# name cannot carry a whole message under our name (Sydent's cuts for its variables).
+SYDENT_ROOM_NAME_LIMIT = 30
+SYDENT_SENDER_LIMIT = 20
+DISPLAY_LIMIT = 40
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+_LINKABLE = re.compile(r"[.:/@]")
+# Where the landing page lives (identity/pages.py serves it).
+LANDING_PATH = "/_matrix/identity/invitation"
 
 
 @dataclass(frozen=True)
@@ -67,11 +76,33 @@ class Policy:
     validity: timedelta
     base_url: str
     web_client_location: str
+    # Signs the landing page links (identity.landing.secret_from).
+    landing_secret: str
     # Characters of the address shown in the room's display name (Sydent's defaults).
     reveal_local: int = 3
     reveal_domain: int = 3
     quotas: Quotas = Quotas(per_address=None, per_sender=None)
     blocklists: Blocklists = Blocklists()
+
+    @classmethod
+    def from_settings(cls, config: Settings, signing_key: SigningKey) -> "Policy":
+        return cls(
+            validity=timedelta(seconds=config.invite_validity_seconds),
+            base_url=config.public_base_url,
+            web_client_location=config.web_client_location,
+            landing_secret=landing.secret_from(config.secret_key, signing_key),
+            reveal_local=config.invite_reveal_local,
+            reveal_domain=config.invite_reveal_domain,
+            quotas=Quotas(
+                per_address=config.invite_max_per_address_per_day,
+                per_sender=config.invite_max_per_sender_per_day,
+            ),
+            blocklists=Blocklists(
+                keywords=config.invite_blocked_keywords,
+                homeservers=config.invite_blocked_homeservers,
+                rooms=config.invite_blocked_rooms,
+            ),
+        )
 
 
 def store_invite(
@@ -133,11 +164,13 @@ def store_invite(
     ephemeral_public = encode_key(ephemeral.verify_key.encode())
     ephemeral_keys.add(ephemeral_public, invitation.id, now)
     # The private key exists only in the mail: we can never sign with it ourselves.
-    context = mail_context(invitation, encode_key(ephemeral.encode()), policy)
-    context |= {
-        "guest": routing.resolve(address).platform.requires_invite,
-        "already_invited": already_invited,
-    }
+    context = mail_context(
+        invitation,
+        encode_key(ephemeral.encode()),
+        policy,
+        guest=routing.resolve(address).platform.requires_invite,
+        already_invited=already_invited,
+    )
     mailer.send_template("invite", address, context, brand=brand)
     return store_invite_response(invitation, ephemeral_public, policy)
 
@@ -165,12 +198,27 @@ def store_invite_response(
     }
 
 
-def mail_context(invitation: Invitation, ephemeral_private_key: str, policy: Policy) -> dict:
-    """The invitation mail's variables, under the names Sydent templates also use."""
+def mail_context(
+    invitation: Invitation,
+    ephemeral_private_key: str,
+    policy: Policy,
+    *,
+    guest: bool = False,
+    already_invited: bool = False,
+) -> dict[str, Any]:
+    """The variables of the invitation mail and of its landing page.
+
+    Sydent's names (`room_name`, `sender_display_name`, `bracketed_room_name`, …, cut as
+    Sydent cuts them) keep Sydent-layout templates working; our own templates use the
+    display forms (`inviter`, `room`), cut, on one line, and defanged so that mail
+    clients do not turn a crafted name into a link.
+
+    :param guest: the address's platform takes invited guests (an account will be
+        created); otherwise the address belongs to an administration's platform.
+    :param already_invited: other invitations for the address are pending.
+    """
     details = {field: "" for field in OPTIONAL_FIELDS} | dict(invitation.details)
     requested_client = details.pop(WEB_CLIENT_LOCATION_ARG, "")
-    room_name = _shorten(details["room_name"], ROOM_NAME_LIMIT)
-    sender_name = _shorten(details["sender_display_name"], SENDER_NAME_LIMIT)
     verified = invitation.sender_verified
     context = {
         **details,
@@ -181,20 +229,64 @@ def mail_context(invitation: Invitation, ephemeral_private_key: str, policy: Pol
         "token": invitation.token,
         "ephemeral_private_key": ephemeral_private_key,
         "web_client_location": web_client_location(requested_client, policy),
-        "room_name": room_name,
-        "sender_display_name": sender_name,
-        "bracketed_room_name": f"({room_name}) " if room_name else "",
-        "bracketed_verified_sender": f"({invitation.sender}) " if verified else "",
+        "room_name": _shorten(details["room_name"], SYDENT_ROOM_NAME_LIMIT),
+        "sender_display_name": _shorten(details["sender_display_name"], SYDENT_SENDER_LIMIT),
         "sender_verified": "yes" if verified else "",
-        "expires_at": invitation.expires_at.strftime("%d/%m/%Y"),
     }
+    context["bracketed_room_name"] = f"({context['room_name']}) " if details["room_name"] else ""
+    context["bracketed_verified_sender"] = f"({invitation.sender}) " if verified else ""
     context["sign_url"] = f"{policy.base_url}/_matrix/identity/api/v1/sign-ed25519?" + urlencode(
         {"token": invitation.token, "private_key": ephemeral_private_key}
     )
-    context["invite_link"] = web_client_link(context)
-    subject = f"{sender_name or invitation.sender} vous invite sur Tchap / invites you to Tchap"
-    context["subject_header_value"] = Header(subject, "utf-8").encode()
+    context["web_client_link"] = web_client_link(
+        context | {"room_name": details["room_name"], "sender_display_name": inviter_name(details)}
+    )
+    landing = landing_url(invitation, ephemeral_private_key, policy)
+    inviter = one_line(inviter_name(details) or invitation.sender, DISPLAY_LIMIT)
+    room = one_line(details["room_name"], DISPLAY_LIMIT)
+    subject = (
+        f"{inviter} vous invite à rejoindre le salon « {room} » sur Tchap"
+        if room
+        else f"{inviter} vous invite à rejoindre Tchap"
+    )
+    context |= {
+        "inviter": defang(inviter),
+        "inviter_id": defang(invitation.sender) if verified else "",
+        "room": defang(room),
+        # Undefanged, for the landing page (browsers link nothing by themselves).
+        "inviter_text": inviter,
+        "inviter_id_text": invitation.sender if verified else "",
+        "room_text": room,
+        "landing_link": landing,
+        "landing_link_en": landing + "?lang=en",
+        "expires_fr": dates.long_date(invitation.expires_at, "fr"),
+        "expires_en": dates.long_date(invitation.expires_at, "en"),
+        "guest": guest,
+        "already_invited": already_invited,
+        "subject": subject,
+        "subject_header_value": Header(subject, "utf-8").encode(),
+    }
     return context
+
+
+def inviter_name(details: dict[str, str]) -> str:
+    return details.get("sender_display_name", "")
+
+
+def landing_url(invitation: Invitation, ephemeral_private_key: str, policy: Policy) -> str:
+    token = landing.landing_token(invitation, ephemeral_private_key, policy.landing_secret)
+    return f"{policy.base_url}{LANDING_PATH}/{token}"
+
+
+def one_line(text: str, limit: int) -> str:
+    """Text from the request as one line of at most `limit` characters."""
+    return _shorten(" ".join(_CONTROL.sub(" ", text).split()), limit)
+
+
+def defang(text: str) -> str:
+    """Keep mail clients from linking a URL or domain inside a name: a zero-width space
+    after each `.`, `:`, `/` and `@` breaks their detection and shows nothing."""
+    return _LINKABLE.sub(lambda m: m.group() + "\u200b", text)
 
 
 def web_client_location(requested: str, policy: Policy) -> str:
@@ -302,7 +394,14 @@ def _redact(text: str, reveal: int) -> str:
 
 
 def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    """Cut to `limit` characters with an ellipsis, at a word boundary when one is near."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit * 2 // 3:
+        cut = cut[:space]
+    return cut.rstrip() + "…"
 
 
 def encode_key(data: bytes) -> str:

@@ -1,5 +1,6 @@
 """Steps many tests take through the HTTP API: register, validate an address, read mail."""
 
+import html
 import re
 from urllib.parse import parse_qs
 from urllib.parse import urlsplit
@@ -64,3 +65,17 @@ def validate_address(client, smtp, address, *, secret="s3cret", prefix=V1, heade
     r = client.post(f"{prefix}/validate/email/submitToken", json=body, headers=headers)
     assert r.status_code == 200, r.json
     return sid
+
+
+def landing_link_from_mail(mail, lang: str = "fr") -> str:
+    """The invitation's landing page link, as the French (or English) button gives it."""
+    links = re.findall(r"(https://\S+/_matrix/identity/invitation/\S+)", mail.text())
+    assert len(links) == 2, mail.text()
+    return links[0] if lang == "fr" else links[1]
+
+
+def web_client_link_from_page(page: str) -> str:
+    """The landing page's button to the web client, unescaped."""
+    match = re.search(r'href="(https://www\.tchap\.gouv\.fr/#/room/[^"]+)"', page)
+    assert match, page
+    return html.unescape(match.group(1))

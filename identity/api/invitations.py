@@ -1,14 +1,11 @@
 """/store-invite: a homeserver asks us to invite an email address into a room."""
 
 from dataclasses import dataclass
-from datetime import timedelta
 
 from flask import Blueprint
 
 from identity import invitations
 from identity import routing
-from identity.abuse import Blocklists
-from identity.abuse import Quotas
 from identity.api.auth import require_user
 from identity.api.http import json_body
 from identity.api.http import now
@@ -18,6 +15,7 @@ from identity.api.http import settings
 from identity.api.validation import requested_brand
 from identity.errors import Forbidden
 from identity.extensions import db
+from identity.keys import current_signing_key
 
 bp = Blueprint("invitations", __name__, url_prefix="/_matrix/identity")
 
@@ -60,20 +58,4 @@ def store_invite(v2: bool):
 
 
 def invite_policy() -> invitations.Policy:
-    config = settings()
-    return invitations.Policy(
-        validity=timedelta(seconds=config.invite_validity_seconds),
-        base_url=config.public_base_url,
-        web_client_location=config.web_client_location,
-        reveal_local=config.invite_reveal_local,
-        reveal_domain=config.invite_reveal_domain,
-        quotas=Quotas(
-            per_address=config.invite_max_per_address_per_day,
-            per_sender=config.invite_max_per_sender_per_day,
-        ),
-        blocklists=Blocklists(
-            keywords=config.invite_blocked_keywords,
-            homeservers=config.invite_blocked_homeservers,
-            rooms=config.invite_blocked_rooms,
-        ),
-    )
+    return invitations.Policy.from_settings(settings(), current_signing_key())

@@ -4,10 +4,11 @@ from flask import Flask
 
 from identity.cli import deliveries
 from identity.cli import domains
+from identity.cli import invites
 from identity.cli import keys
 from identity.cli import sessions
 
-GROUPS = [keys.group, sessions.group, deliveries.group, domains.group]
+GROUPS = [keys.group, sessions.group, deliveries.group, domains.group, invites.group]
 
 
 def register_cli(app: Flask) -> None:

@@ -1,6 +1,7 @@
 """Every query on pending 3PID invitations."""
 
 from datetime import datetime
+from datetime import timedelta
 
 from sqlalchemy import ColumnElement
 from sqlalchemy import delete
@@ -56,15 +57,59 @@ def has_live(medium: str, address: str, *, now: datetime) -> bool:
     return db.session.scalar(query.limit(1)) is not None
 
 
+# What `search` and `state_of` call an invitation, in order of precedence.
+STATES = ("revoked", "accepted", "expired", "pending")
+
+
+def _in_state(state: str, now: datetime) -> list[ColumnElement[bool]]:
+    """SQL conditions for the invitations in `state` at `now` (see `state_of`)."""
+    not_revoked = Invitation.revoked_at.is_(None)
+    if state == "revoked":
+        return [Invitation.revoked_at.is_not(None)]
+    if state == "accepted":
+        return [not_revoked, Invitation.accepted_at.is_not(None)]
+    if state == "expired":
+        return [not_revoked, Invitation.accepted_at.is_(None), Invitation.expires_at <= now]
+    if state == "pending":
+        return _live(now)
+    raise ValueError(f"unknown invitation state {state!r}")
+
+
+def state_of(invitation: Invitation, now: datetime) -> str:
+    """revoked, else accepted, else expired, else pending: the same rules as `_in_state`."""
+    if invitation.revoked_at is not None:
+        return "revoked"
+    if invitation.accepted_at is not None:
+        return "accepted"
+    if invitation.expires_at <= now:
+        return "expired"
+    return "pending"
+
+
 def search(
-    *, address: str | None = None, room_id: str | None = None, limit: int = 100
+    *,
+    address: str | None = None,
+    room_id: str | None = None,
+    sender: str | None = None,
+    state: str | None = None,
+    now: datetime | None = None,
+    limit: int = 100,
 ) -> list[Invitation]:
-    """The newest invitations, optionally for one address or one room."""
+    """The newest invitations, optionally for one address, room, sender or state.
+
+    :param state: one of STATES; `now` is then required (expiry depends on it).
+    """
     query = select(Invitation).order_by(Invitation.id.desc()).limit(limit)
     if address is not None:
         query = query.filter_by(address=address)
     if room_id is not None:
         query = query.filter_by(room_id=room_id)
+    if sender is not None:
+        query = query.filter_by(sender=sender)
+    if state is not None:
+        if now is None:
+            raise ValueError("searching by state needs `now`")
+        query = query.where(*_in_state(state, now))
     return list(db.session.scalars(query))
 
 
@@ -86,16 +131,17 @@ def revoke(
     return db.session.execute(query).rowcount or 0
 
 
-def delete_expired(*, now: datetime) -> int:
-    """Delete invitations past their expiry, with their keys and delivery jobs.
+def delete_expired(*, now: datetime, older_than: timedelta = timedelta(0)) -> int:
+    """Delete invitations expired for at least `older_than`, with their keys and delivery jobs.
 
     The dependent rows are deleted explicitly: SQLite does not enforce foreign keys
     by default, and an ephemeral key left without its invitation must not stay valid.
     """
-    expired = select(Invitation.id).where(Invitation.expires_at <= now).scalar_subquery()
+    cutoff = now - older_than
+    expired = select(Invitation.id).where(Invitation.expires_at <= cutoff).scalar_subquery()
     db.session.execute(delete(EphemeralKey).where(EphemeralKey.invitation_id.in_(expired)))
     db.session.execute(delete(Delivery).where(Delivery.invitation_id.in_(expired)))
-    result = db.session.execute(delete(Invitation).where(Invitation.expires_at <= now))
+    result = db.session.execute(delete(Invitation).where(Invitation.expires_at <= cutoff))
     return result.rowcount or 0
 
 
@@ -119,3 +165,7 @@ def created_since(
     if isinstance(oldest, str):  # SQLite returns aggregates without the column's type
         oldest = UTCDateTime().process_result_value(datetime.fromisoformat(oldest), None)
     return count, oldest
+
+
+def by_id(invitation_id: int) -> Invitation | None:
+    return db.session.get(Invitation, invitation_id)

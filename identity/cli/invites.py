@@ -1,0 +1,113 @@
+"""`flask invites revoke|list|purge-expired`: pending 3PID invitations for admins."""
+
+from datetime import datetime
+from datetime import timedelta
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from identity.addresses import normalise_email
+from identity.addresses import redact
+from identity.errors import MatrixError
+from identity.extensions import db
+from identity.storage import invites
+
+group = AppGroup("invites", help="Invitations stored by homeservers (store-invite).")
+
+
+def _now() -> datetime:
+    return current_app.extensions["identity.clock"].now()
+
+
+def _address(address: str | None) -> str | None:
+    """The normalised form of an --address option; a bad address is a usage error."""
+    if address is None:
+        return None
+    try:
+        return normalise_email(address)
+    except MatrixError as e:
+        raise click.BadParameter(e.error, param_hint="'--address'") from None
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+@group.command("revoke")
+@click.argument("token", required=False)
+@click.option("--address", help="Revoke every invitation of this email address.")
+@click.option("--room", "room_id", help="Revoke every invitation to this room ID.")
+def revoke(token: str | None, address: str | None, room_id: str | None) -> None:
+    """Revoke the invitation TOKEN, or those of an --address or a --room.
+
+    A revoked invitation can no longer be accepted, and its ephemeral key is no longer
+    valid, as if it had expired.
+    """
+    given = [value for value in (token, address, room_id) if value is not None]
+    if len(given) != 1:
+        raise click.UsageError("Give exactly one of TOKEN, --address or --room.")
+    if not given[0].strip():
+        raise click.UsageError("The invitation selector must not be empty.")
+    count = invites.revoke(now=_now(), token=token, address=_address(address), room_id=room_id)
+    db.session.commit()
+    click.echo(f"Revoked {count} invitation(s).")
+
+
+@group.command("list")
+@click.option("--address", help="Only the invitations of this email address.")
+@click.option("--room", "room_id", help="Only the invitations to this room ID.")
+@click.option("--sender", help="Only the invitations sent by this Matrix user ID.")
+@click.option("--state", type=click.Choice(invites.STATES))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--show-addresses", is_flag=True, help="Print whole addresses (redacted otherwise).")
+def list_command(
+    address: str | None,
+    room_id: str | None,
+    sender: str | None,
+    state: str | None,
+    limit: int,
+    show_addresses: bool,
+) -> None:
+    """The newest invitations: created, state, address, room, sender, expiry, token."""
+    now = _now()
+    found = invites.search(
+        address=_address(address),
+        room_id=room_id,
+        sender=sender,
+        state=state,
+        now=now,
+        limit=limit,
+    )
+    for invitation in found:
+        shown = invitation.address if show_addresses else redact(invitation.address)
+        click.echo(
+            "  ".join(
+                [
+                    _when(invitation.created_at),
+                    f"{invites.state_of(invitation, now):<8}",
+                    shown,
+                    invitation.room_id,
+                    invitation.sender,
+                    f"expires {_when(invitation.expires_at)}",
+                    f"{invitation.token[:8]}…",
+                ]
+            )
+        )
+    click.echo(f"{len(found)} invitation(s).")
+
+
+@group.command("purge-expired")
+@click.option(
+    "--older-than",
+    "days",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Keep invitations expired for fewer than this many days.",
+)
+def purge_expired(days: int) -> None:
+    """Delete expired invitations, with their ephemeral keys and delivery jobs."""
+    count = invites.delete_expired(now=_now(), older_than=timedelta(days=days))
+    db.session.commit()
+    click.echo(f"Deleted {count} expired invitation(s).")

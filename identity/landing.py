@@ -1,0 +1,78 @@
+"""The page a guest lands on from the invitation mail.
+
+The mail's button carries an opaque signed token (itsdangerous): the invitation's id
+and its ephemeral private key, which the page needs to build the web client's
+`signurl`. The address never appears in the link, and a forged or altered token is
+refused. The token expires with the invitation; the page also tells revoked and
+accepted invitations apart.
+"""
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from itsdangerous import BadSignature
+from itsdangerous import SignatureExpired
+from itsdangerous import URLSafeTimedSerializer
+from nacl.signing import SigningKey
+
+from identity.storage import invites
+from identity.storage.models import Invitation
+
+_SALT = "invitation-landing"
+
+
+class State(Enum):
+    """What the page says, and the HTTP status it says it with."""
+
+    PENDING = 200
+    ACCEPTED = 409  # the address was bound and the invitation handed over already
+    EXPIRED = 410
+    REVOKED = 410
+    UNKNOWN = 404  # a forged, altered or purged link
+
+
+@dataclass(frozen=True)
+class Landing:
+    state: State
+    invitation: Invitation | None = None
+    ephemeral_private_key: str | None = None
+
+    @property
+    def status(self) -> int:
+        return self.state.value
+
+
+def secret_from(configured: str | None, signing_key: SigningKey) -> str:
+    """The key that signs landing links: SECRET_KEY, or one derived from the signing
+    key so that a deployment has nothing more to configure (and every worker agrees)."""
+    if configured:
+        return configured
+    return hmac.new(signing_key.encode(), b"landing links", hashlib.sha256).hexdigest()
+
+
+def landing_token(invitation: Invitation, ephemeral_private_key: str, secret: str) -> str:
+    return URLSafeTimedSerializer(secret, salt=_SALT).dumps([invitation.id, ephemeral_private_key])
+
+
+def open_landing(token: str, *, secret: str, max_age_seconds: int, now: datetime) -> Landing:
+    """Read a landing token and say what the page should show."""
+    serializer = URLSafeTimedSerializer(secret, salt=_SALT)
+    try:
+        invitation_id, private_key = serializer.loads(token, max_age=max_age_seconds)
+    except SignatureExpired:
+        return Landing(State.EXPIRED)
+    except (BadSignature, ValueError, TypeError):
+        return Landing(State.UNKNOWN)
+    invitation = invites.by_id(invitation_id) if isinstance(invitation_id, int) else None
+    if invitation is None:
+        return Landing(State.UNKNOWN)
+    return Landing(State[invites.state_of(invitation, now).upper()], invitation, private_key)
+
+
+def page_context(landing: Landing, mail_context: dict[str, Any] | None) -> dict[str, Any]:
+    """The template variables: the state, and for a known invitation who invites where."""
+    return {"state": landing.state.name.lower(), **(mail_context or {})}
