@@ -26,13 +26,13 @@ _SALT = "invitation-landing"
 
 
 class State(Enum):
-    """What the page says, and the HTTP status it says it with."""
+    """What the page says; the value is the HTTP status it says it with."""
 
-    PENDING = 200
-    ACCEPTED = 409  # the address was bound and the invitation handed over already
-    EXPIRED = 410
-    REVOKED = 410
-    UNKNOWN = 404  # a forged, altered or purged link
+    PENDING = "pending", 200
+    ACCEPTED = "accepted", 409  # the address was bound, the invitation handed over
+    EXPIRED = "expired", 410
+    REVOKED = "revoked", 410
+    UNKNOWN = "unknown", 404  # a forged, altered or purged link
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Landing:
 
     @property
     def status(self) -> int:
-        return self.state.value
+        return self.state.value[1]
 
 
 def secret_from(configured: str | None, signing_key: SigningKey) -> str:
@@ -75,4 +75,4 @@ def open_landing(token: str, *, secret: str, max_age_seconds: int, now: datetime
 
 def page_context(landing: Landing, mail_context: dict[str, Any] | None) -> dict[str, Any]:
     """The template variables: the state, and for a known invitation who invites where."""
-    return {"state": landing.state.name.lower(), **(mail_context or {})}
+    return {"state": landing.state.value[0], **(mail_context or {})}
