@@ -257,7 +257,8 @@ def mail_context(
         "inviter_text": inviter,
         "inviter_id_text": invitation.sender if verified else "",
         "room_text": room,
-        "landing_link": landing,
+        # Each language's button opens the page in that language, whatever the browser's.
+        "landing_link": landing + "?lang=fr",
         "landing_link_en": landing + "?lang=en",
         "expires_fr": dates.long_date(invitation.expires_at, "fr"),
         "expires_en": dates.long_date(invitation.expires_at, "en"),

@@ -69,7 +69,7 @@ def validate_address(client, smtp, address, *, secret="s3cret", prefix=V1, heade
 
 def landing_link_from_mail(mail, lang: str = "fr") -> str:
     """The invitation's landing page link, as the French (or English) button gives it."""
-    links = re.findall(r"(https://\S+/_matrix/identity/invitation/\S+)", mail.text())
+    links = re.findall(r"(https?://\S+/_matrix/identity/invitation/\S+)", mail.text())
     assert len(links) == 2, mail.text()
     return links[0] if lang == "fr" else links[1]
 

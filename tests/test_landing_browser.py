@@ -1,0 +1,161 @@
+"""The landing page in a real headless Chromium: accessibility (axe-core, WCAG 2.1 AA),
+keyboard use and visible focus, without JavaScript, at phone and desktop widths, in
+French and English, for each state of an invitation. Screenshots go to artifacts/."""
+
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+from app import create_app
+from identity.extensions import db
+from tests.browser import DESKTOP
+from tests.browser import PHONE
+from tests.browser import axe_violations
+from tests.browser import browser_fixture  # noqa: F401  (provides the `browser` fixture)
+from tests.browser import format_violations
+from tests.browser import save_screenshot
+from tests.helpers import V1
+from tests.helpers import landing_link_from_mail
+from tests.support import free_port
+
+pytestmark = pytest.mark.browser
+
+WIDTHS = {"phone": PHONE, "desktop": DESKTOP}
+
+
+@pytest.fixture
+def site(tmp_path, smtp, clock):
+    """The service on a real HTTP port, its mails going to the SMTP sink."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    app = create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'identity.sqlite3'}",
+            "SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+            "MAIL_SERVER": smtp.host,
+            "MAIL_PORT": smtp.port,
+            "MAIL_SUPPRESS_SEND": False,
+            "PUBLIC_BASE_URL": base,
+            "DELIVERY_WORKER_ENABLED": False,
+            "RATELIMIT_ENABLED": False,
+        },
+        clock=clock,
+    )
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield app, base
+    server.shutdown()
+    with app.app_context():
+        db.engine.dispose()
+
+
+def invite(site, smtp, address="claire.martin@partenaire.example", lang="fr") -> str:
+    """Store an invitation through the API; return the landing link from the mail."""
+    app, _ = site
+    body = {
+        "medium": "email",
+        "address": address,
+        "room_id": "!projetx:agent.dinum.tchap.gouv.fr",
+        "sender": "@marie.dupont:agent.dinum.tchap.gouv.fr",
+        "sender_display_name": "Marie Dupont",
+        "room_name": "Projet X : coordination",
+    }
+    r = app.test_client().post(f"{V1}/store-invite", json=body)
+    assert r.status_code == 200, r.json
+    return landing_link_from_mail(smtp.last(), lang)
+
+
+def check_page(browser, url: str, name: str, *, status: int, heading: str) -> None:
+    """Open `url` at each width: status, heading, no axe violation; save screenshots."""
+    for width_name, viewport in WIDTHS.items():
+        page = browser.new_page(viewport=viewport, locale="fr-FR")
+        try:
+            response = page.goto(url)
+            assert response.status == status
+            assert page.locator("h1").inner_text().startswith(heading)
+            violations = axe_violations(page)
+            save_screenshot(page, f"landing-{name}-{width_name}")
+            assert violations == [], format_violations(violations)
+            # Nothing wider than the screen: no sideways scrolling on a phone.
+            overflow = page.evaluate("document.documentElement.scrollWidth > window.innerWidth")
+            assert not overflow
+        finally:
+            page.close()
+
+
+@pytest.mark.parametrize("lang", ["fr", "en"])
+def test_pending_invitation(browser, site, smtp, lang):
+    url = invite(site, smtp, lang=lang)
+    heading = "Marie Dupont vous invite" if lang == "fr" else "Marie Dupont invites you"
+    check_page(browser, url, f"pending-{lang}", status=200, heading=heading)
+
+
+@pytest.mark.parametrize("lang", ["fr", "en"])
+def test_expired_invitation(browser, site, smtp, clock, lang):
+    url = invite(site, smtp, lang=lang)
+    clock.advance(days=31)
+    heading = "Cette invitation a expiré" if lang == "fr" else "This invitation has expired"
+    check_page(browser, url, f"expired-{lang}", status=410, heading=heading)
+
+
+@pytest.mark.parametrize("lang", ["fr", "en"])
+def test_revoked_invitation(browser, site, smtp, lang):
+    app, _ = site
+    url = invite(site, smtp, lang=lang)
+    result = app.test_cli_runner().invoke(
+        args=["invites", "revoke", "--address", "claire.martin@partenaire.example"]
+    )
+    assert "Revoked 1" in result.output
+    heading = "Cette invitation a été annulée" if lang == "fr" else "This invitation has been"
+    check_page(browser, url, f"revoked-{lang}", status=410, heading=heading)
+
+
+def test_invalid_link(browser, site):
+    _, base = site
+    check_page(
+        browser, f"{base}/_matrix/identity/invitation/forged", "invalid", status=404,
+        heading="Ce lien d'invitation n'est pas valable",
+    )  # fmt: skip
+
+
+def test_keyboard_reaches_the_button_with_a_visible_focus(browser, site, smtp):
+    url = invite(site, smtp)
+    page = browser.new_page(viewport=DESKTOP, locale="fr-FR")
+    try:
+        page.goto(url)
+        for _ in range(10):
+            page.keyboard.press("Tab")
+            focused = page.evaluate("document.activeElement.textContent.trim()")
+            if focused == "Ouvrir Tchap dans mon navigateur":
+                break
+        else:
+            pytest.fail("Tab never reached the button to the web client")
+        outline = page.evaluate(
+            "(() => { const s = getComputedStyle(document.activeElement);"
+            " return [s.outlineStyle, s.outlineWidth]; })()"
+        )
+        assert outline[0] != "none" and outline[1] != "0px", outline
+        save_screenshot(page, "landing-keyboard-focus")
+        # The link prefills the address; Enter follows it to the web client.
+        href = page.evaluate("document.activeElement.href")
+        assert "#/room/" in href and "email=claire.martin%40partenaire.example" in href
+        with page.expect_request(lambda request: "www.tchap.gouv.fr" in request.url):
+            page.keyboard.press("Enter")
+    finally:
+        page.close()
+
+
+def test_works_without_javascript(browser, site, smtp):
+    url = invite(site, smtp)
+    context = browser.new_context(java_script_enabled=False, viewport=PHONE, locale="fr-FR")
+    try:
+        page = context.new_page()
+        assert page.goto(url).status == 200
+        button = page.get_by_role("link", name="Ouvrir Tchap dans mon navigateur")
+        assert "signurl=" in button.get_attribute("href")
+        save_screenshot(page, "landing-no-javascript-phone")
+    finally:
+        context.close()
