@@ -1,12 +1,8 @@
 """Real-browser accessibility harness: headless Debian Chromium driven by Playwright, plus axe-core.
 
-Import what a test module needs, fixture included:
-
-    from tests.browser import axe_violations
-    from tests.browser import browser_fixture  # noqa: F401  (provides the `browser` fixture)
-
-then take `browser` as a test argument. (The function is named browser_fixture so that the
-argument does not shadow an imported name, which ruff would report as F811.)
+A pytest plugin (tests/conftest.py loads it), so that the session's one browser is
+shared by every test module: take `browser` as a test argument, and import the helpers
+(`axe_violations`, `save_screenshot`, …) from here.
 
 Chromium is Debian's (/usr/bin/chromium, installed by scripts/test), so Playwright never
 downloads a browser of its own. axe-core is the `axe.min.js` bundled in the
@@ -46,8 +42,8 @@ def axe_source() -> str:
     return _axe_source
 
 
-@pytest.fixture(scope="session", name="browser")
-def browser_fixture() -> Iterator[Browser]:
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
     """One headless Debian Chromium for the whole session."""
     if not CHROMIUM.exists():
         reason = f"{CHROMIUM} is missing: install Debian's chromium (scripts/test does it as root)"

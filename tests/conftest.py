@@ -11,7 +11,7 @@ from identity.extensions import db
 from tests.support import FakeClock
 from tests.support import SmtpSink
 
-pytest_plugins = ["tests.fake_homeserver"]
+pytest_plugins = ["tests.fake_homeserver", "tests.browser"]
 
 # PostgreSQL server for the storage tests; a database of our own is created on it.
 POSTGRES_URL = os.environ.get(

@@ -12,7 +12,6 @@ from identity.extensions import db
 from tests.browser import DESKTOP
 from tests.browser import PHONE
 from tests.browser import axe_violations
-from tests.browser import browser_fixture  # noqa: F401  (provides the `browser` fixture)
 from tests.browser import format_violations
 from tests.browser import save_screenshot
 from tests.helpers import V1
