@@ -44,8 +44,28 @@ def bind(
 ) -> dict:
     """Bind the session's validated address to `mxid` and return the signed association.
 
-    Rebinding replaces the previous Matrix ID. Pending invitations for the address are
-    handed over for delivery to the new owner's homeserver in the same transaction.
+    See `bind_address`.
+    """
+    return bind_address(
+        session.medium, session.address, mxid, now=now, signer=signer, routing=routing
+    )
+
+
+def bind_address(
+    medium: str,
+    address: str,
+    mxid: str,
+    *,
+    now: datetime,
+    signer: Signer,
+    routing: RoutingTable | None = None,
+) -> dict:
+    """Bind a proven address to `mxid` and return the signed association.
+
+    The address was proven by a validation session, or by the homeserver itself at
+    registration (the internal API). Rebinding replaces the previous Matrix ID.
+    Pending invitations for the address are handed over for delivery to the new
+    owner's homeserver in the same transaction.
 
     :param routing: when given, the address may only be bound on a homeserver of its
         platform (or the one it is bound on already), so that nobody on the externals'
@@ -55,23 +75,21 @@ def bind(
     """
     if server_of(mxid) is None:
         raise InvalidParam("mxid is not a valid Matrix user ID")
-    if routing is not None and not may_bind(routing, session.address, mxid):
-        platform = routing.resolve(session.address).platform
+    if routing is not None and not may_bind(routing, address, mxid):
+        platform = routing.resolve(address).platform
         raise Forbidden(
             f"This address belongs on {platform.server}: it cannot be bound to a Matrix ID"
             f" on {server_of(mxid)}"
         )
-    association = associations.find(session.medium, session.address) or Association(
-        medium=session.medium, address=session.address
+    association = associations.find(medium, address) or Association(
+        medium=medium, address=address
     )
     association.mxid = mxid
-    association.lookup_hash = lookup_hash(
-        session.medium, session.address, peppers.current_pepper(now)
-    )
+    association.lookup_hash = lookup_hash(medium, address, peppers.current_pepper(now))
     association.created_at = association.not_before = now
     association.not_after = now + VALIDITY
     associations.save(association)
-    invitations.hand_over_pending(session.medium, session.address, mxid, now=now)
+    invitations.hand_over_pending(medium, address, mxid, now=now)
     return signer.sign(association_json(association))
 
 

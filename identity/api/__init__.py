@@ -7,6 +7,7 @@ from identity.api import account
 from identity.api import binding
 from identity.api import health
 from identity.api import info
+from identity.api import internal
 from identity.api import invitations
 from identity.api import keys
 from identity.api import status
@@ -22,6 +23,7 @@ BLUEPRINTS = [
     keys.bp,
     invitations.bp,
     info.bp,
+    internal.bp,
     health.bp,
 ]
 
