@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from identity import deliveries
 from identity import federation
+from identity import limits
 from identity import routing
 from identity import terms
 from identity.api import register_api
@@ -45,12 +47,16 @@ def create_app(config: Mapping[str, Any] | None = None, *, clock: Clock | None =
     terms.init_app(app)
     routing.init_app(app)
     deliveries.init_app(app)
+    limits.init_app(app)
     app.extensions["identity.clock"] = clock or SystemClock()
     app.extensions["identity.settings"] = Settings.from_config(app.config)
 
     register_api(app)
     app.register_blueprint(pages_bp)
     register_cli(app)
+    if app.config["TRUSTED_PROXY_COUNT"]:
+        # Client IPs (rate limits, trusted networks) come from the proxies' X-Forwarded-For.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXY_COUNT"])
     if app.config["AUTO_MIGRATE"]:
         _upgrade_schema(app)
     return app

@@ -33,6 +33,13 @@ DEFAULTS: dict[str, Any] = {
     # Rate limits (Flask-Limiter keys).
     "RATELIMIT_ENABLED": True,
     "RATELIMIT_STORAGE_URI": "memory://",
+    # Limits in the `limits` notation ("30/minute;500/hour").
+    "RATELIMIT_PER_IP": "120/minute;2000/hour",
+    "RATELIMIT_PER_USER": "300/minute",
+    # Mails one address may receive, whatever asks for them (codes and invitations).
+    "MAIL_LIMIT_PER_ADDRESS": "10/hour",
+    # Reverse proxies in front of the service whose X-Forwarded-For is trusted.
+    "TRUSTED_PROXY_COUNT": 0,
     # Service identity.
     "SERVER_NAME_FOR_SIGNING": None,
     "PUBLIC_BASE_URL": "http://localhost:5000",
@@ -156,6 +163,9 @@ def check_config(config: Any) -> None:
     if base.scheme not in ("http", "https") or not base.hostname:
         raise ConfigError("PUBLIC_BASE_URL: must be an http(s) URL")
     config["DOMAINS_CHECK_SECONDS"] = _as_seconds("DOMAINS_CHECK_SECONDS", config)
+    proxies = config["TRUSTED_PROXY_COUNT"]
+    if proxies != 0:
+        config["TRUSTED_PROXY_COUNT"] = _as_positive_int("TRUSTED_PROXY_COUNT", proxies)
     for key in _STRING_LIST_KEYS:
         config[key] = _as_strings(key, config[key])
     for key in ("INVITE_REVEAL_LOCAL", "INVITE_REVEAL_DOMAIN"):

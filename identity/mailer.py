@@ -22,6 +22,7 @@ from flask import render_template
 from flask_mail import Connection
 from flask_mail import Message
 
+from identity import limits
 from identity.addresses import redact
 from identity.clock import new_token
 from identity.errors import EmailSendError
@@ -44,8 +45,11 @@ def send_template(name: str, to: str, context: dict[str, str], *, brand: str | N
     :param name: ``verification`` or ``invite``.
     :param context: the template variables (Sydent's names, e.g. ``token``, ``link``).
     :param brand: a brand folder of TEMPLATES_PATH; unknown brands fall back to DEFAULT_BRAND.
-    :raises MatrixError: M_EMAIL_SEND_ERROR when the mail cannot be handed to the server.
+    :raises MatrixError: M_LIMIT_EXCEEDED when the address got too many mails lately,
+        M_EMAIL_SEND_ERROR when the mail cannot be handed to the server.
     """
+    # However many clients ask, nobody's mailbox is flooded in our name.
+    limits.current().check("mails_per_address", limits.private_key(to))
     sydent_template = sydent_template_path(name, brand)
     if sydent_template is not None:
         raw = render_sydent_mail(sydent_template, to, context)

@@ -2,7 +2,9 @@
 
 from flask import Flask
 from flask import Response
+from flask import request
 
+from identity import limits
 from identity.api import account
 from identity.api import binding
 from identity.api import health
@@ -12,6 +14,7 @@ from identity.api import invitations
 from identity.api import keys
 from identity.api import status
 from identity.api import validation
+from identity.api.auth import bearer_token
 from identity.api.errors import register_error_handlers
 
 # Blueprints of the Identity Service API, all under /_matrix/identity.
@@ -27,6 +30,9 @@ BLUEPRINTS = [
     health.bp,
 ]
 
+API_PREFIX = "/_matrix/identity/"
+INTERNAL_PREFIX = "/_matrix/identity/internal/"
+
 # The CORS headers the identity specification recommends on every response.
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -41,7 +47,22 @@ def register_api(app: Flask) -> None:
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     register_error_handlers(app)
+    app.before_request(limit_anonymous_requests)
     app.after_request(add_cors_headers)
+
+
+def limit_anonymous_requests() -> None:
+    """Count requests without an access token against their client IP.
+
+    Requests with a token are counted per user once authenticated (`require_user`);
+    the internal API is for trusted homeservers and is not limited.
+    """
+    path = request.path
+    if request.method == "OPTIONS" or not path.startswith(API_PREFIX):
+        return
+    if path.startswith(INTERNAL_PREFIX) or bearer_token() is not None:
+        return
+    limits.current().check("per_ip", request.remote_addr or "unknown")
 
 
 def add_cors_headers(response: Response) -> Response:

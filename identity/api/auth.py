@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from flask import request
 
 from identity import accounts
+from identity import limits
 from identity.api.http import settings
 from identity.config import Network
 from identity.errors import Forbidden
@@ -22,9 +23,11 @@ def bearer_token() -> str | None:
 def require_user(check_terms: bool = True) -> str:
     """The user of the request's access token.
 
-    :raises MatrixError: 401 M_UNAUTHORIZED, 403 M_TERMS_NOT_SIGNED.
+    :raises MatrixError: 401 M_UNAUTHORIZED, 403 M_TERMS_NOT_SIGNED, 429 M_LIMIT_EXCEEDED.
     """
-    return accounts.authenticate(bearer_token(), current_terms(), check_terms=check_terms)
+    user_id = accounts.authenticate(bearer_token(), current_terms(), check_terms=check_terms)
+    limits.current().check("per_user", user_id)
+    return user_id
 
 
 def require_internal_caller() -> None:
