@@ -27,6 +27,7 @@ from identity.extensions import db
 from identity.extensions import mail
 from identity.extensions import migrate
 from identity.logs import init_logging
+from identity.logs import init_request_ids
 from identity.pages import bp as pages_bp
 from identity.storage import models  # noqa: F401  (registers the tables)
 
@@ -38,7 +39,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, clock: Clock | None =
     """Build the service: configuration, extensions, API, pages and commands."""
     app = Flask(__name__, instance_relative_config=True)
     _load_config(app, config)
-    init_logging(app.config["LOG_LEVEL"])
+    init_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
 
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
@@ -51,6 +52,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, clock: Clock | None =
     app.extensions["identity.clock"] = clock or SystemClock()
     app.extensions["identity.settings"] = Settings.from_config(app.config)
 
+    init_request_ids(app)
     register_api(app)
     app.register_blueprint(pages_bp)
     register_cli(app)

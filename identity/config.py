@@ -19,6 +19,8 @@ DEFAULTS: dict[str, Any] = {
     # Run migrations at start-up; by default only in the embedded SQLite mode.
     "AUTO_MIGRATE": None,
     "LOG_LEVEL": "INFO",
+    # JSON lines for production log pipelines, or "text" to read them in a terminal.
+    "LOG_FORMAT": "json",
     # Mail. An empty MAIL_SERVER prints messages to the log instead of sending them.
     "MAIL_SERVER": "",
     "MAIL_PORT": 25,
@@ -162,6 +164,8 @@ def check_config(config: Any) -> None:
     base = urlsplit(str(config["PUBLIC_BASE_URL"]))
     if base.scheme not in ("http", "https") or not base.hostname:
         raise ConfigError("PUBLIC_BASE_URL: must be an http(s) URL")
+    if config["LOG_FORMAT"] not in ("json", "text"):
+        raise ConfigError(f"LOG_FORMAT: expected json or text, got {config['LOG_FORMAT']!r}")
     config["DOMAINS_CHECK_SECONDS"] = _as_seconds("DOMAINS_CHECK_SECONDS", config)
     proxies = config["TRUSTED_PROXY_COUNT"]
     if proxies != 0:
