@@ -41,3 +41,7 @@ def accept_urls(user_id: str, urls: set[str], now: datetime) -> None:
     for url in urls - accepted_urls(user_id):
         db.session.add(AcceptedTerms(user_id=user_id, url=url, accepted_at=now))
     db.session.flush()
+
+
+def exists(user_id: str) -> bool:
+    return db.session.get(Account, user_id) is not None

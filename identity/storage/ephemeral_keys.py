@@ -38,3 +38,16 @@ def check_and_count(public_key: str, *, now: datetime) -> bool:
     if invitation is None:
         return key.invitation_id is None
     return invitation.revoked_at is None and invitation.expires_at > now
+
+
+def exists(public_key: str) -> bool:
+    return db.session.scalar(select(EphemeralKey.id).filter_by(public_key=public_key)) is not None
+
+
+def add_unlinked(public_key: str, now: datetime, verify_count: int = 0) -> None:
+    """A key with no invitation of ours (imported from Sydent, which keeps no link)."""
+    key = EphemeralKey(
+        public_key=public_key, invitation_id=None, created_at=now, verify_count=verify_count
+    )
+    db.session.add(key)
+    db.session.flush()

@@ -18,3 +18,14 @@ def current_pepper(now: datetime) -> str:
         db.session.add(Pepper(value=pepper, created_at=now))
         db.session.flush()
     return pepper
+
+
+def all_peppers() -> list[str]:
+    """Every pepper, newest (the current one) first."""
+    return list(db.session.scalars(select(Pepper.value).order_by(Pepper.id.desc())))
+
+
+def add(pepper: str, now: datetime) -> None:
+    """Make `pepper` the current one."""
+    db.session.add(Pepper(value=pepper, created_at=now))
+    db.session.flush()

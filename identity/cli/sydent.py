@@ -1,0 +1,72 @@
+"""`flask sydent import`: moving a Sydent deployment to this service."""
+
+from datetime import timedelta
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from identity import sydent_import
+from identity.extensions import db
+
+group = AppGroup("sydent", help="Moving from Sydent.")
+
+# How many row references are printed per reason; the counts are always complete.
+_SHOWN_ROWS = 5
+
+
+@group.command("import")
+@click.argument("sydent_db", type=click.Path(dir_okay=False))
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Sydent's sydent.conf, to import its signing key ([crypto] ed25519.signingkey).",
+)
+@click.option(
+    "--replace-key",
+    is_flag=True,
+    help="Replace a different signing key at SIGNING_KEY_PATH (breaks its signatures).",
+)
+def import_command(sydent_db: str, config_path: str | None, replace_key: bool) -> None:
+    """Import Sydent's SQLite database SYDENT_DB: bindings, pepper, pending invitations,
+    ephemeral keys, accounts, access tokens and accepted terms.
+
+    Running it again imports only what is new.
+    """
+    config = current_app.config
+    try:
+        report = sydent_import.import_sydent(
+            sydent_db,
+            config_path,
+            now=current_app.extensions["identity.clock"].now(),
+            invite_validity=timedelta(seconds=config["INVITE_VALIDITY_SECONDS"]),
+            signing_key_path=config["SIGNING_KEY_PATH"],
+            replace_key=replace_key,
+        )
+    except sydent_import.SydentImportError as e:
+        db.session.rollback()
+        raise click.ClickException(str(e)) from None
+    db.session.commit()
+    if report.written_key is not None:
+        # This process signs with the imported key from now on; restart the workers.
+        current_app.extensions["identity.signing_key"] = report.written_key
+    for name, kind in report.kinds.items():
+        click.echo(
+            f"{name}: {kind.imported} imported, {kind.present} already present,"
+            f" {kind.skipped_count} skipped"
+        )
+        for reason, rows in kind.skipped.items():
+            shown = ", ".join(rows[:_SHOWN_ROWS]) + (" …" if len(rows) > _SHOWN_ROWS else "")
+            click.echo(f"  skipped {len(rows)}: {reason} ({shown})")
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    if report.written_key is not None:
+        click.echo(
+            f"Signing key {config['SIGNING_KEY_PATH']} now holds Sydent's key;"
+            " restart the service to use it."
+        )
+    click.echo(
+        f"Total: {report.imported} imported, {report.present} already present,"
+        f" {report.skipped} skipped."
+    )

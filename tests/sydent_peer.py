@@ -1,0 +1,221 @@
+"""A real Sydent 2.6.1, installed in its own cached virtualenv, run as a subprocess.
+
+The virtualenv lives outside the repository, in ~/.cache/tchap-identity/sydent-venv
+($TCHAP_IDENTITY_CACHE/sydent-venv), and is created once; later sessions reuse it as long
+as it imports the pinned version.
+"""
+
+import configparser
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support import free_port
+
+SYDENT_VERSION = "2.6.1"
+CACHE_DIR = Path(os.environ.get("TCHAP_IDENTITY_CACHE", "~/.cache/tchap-identity")).expanduser()
+VENV = CACHE_DIR / "sydent-venv"
+# Sydent's wheel carries no templates: the Tchap-branded ones of our mail tests.
+TEMPLATES = Path(__file__).parent / "fixtures" / "sydent_templates"
+_CHECK = (
+    "import importlib.metadata as m, sydent.sydent, prometheus_client;"
+    f"assert m.version('matrix-sydent') == '{SYDENT_VERSION}'"
+)
+
+
+class SydentUnavailable(Exception):
+    """The virtualenv could not be created or Sydent did not start."""
+
+
+def ensure_venv() -> Path:
+    """The Python of a virtualenv with Sydent installed, created on first use."""
+    python = VENV / "bin" / "python"
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(VENV.parent / "sydent-venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one creator when sessions run side by side
+        if python.exists() and _works(python):
+            return python
+        steps = [
+            [getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--clear", str(VENV)],
+            # prometheus_client is used by Sydent but missing from its dependencies.
+            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+             f"matrix-sydent=={SYDENT_VERSION}", "prometheus_client"],
+        ]  # fmt: skip
+        for step in steps:
+            try:
+                done = subprocess.run(step, capture_output=True, text=True, timeout=900)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise SydentUnavailable(f"{' '.join(step[:4])} … failed: {e}") from None
+            if done.returncode != 0:
+                raise SydentUnavailable(
+                    f"{' '.join(step[:4])} … failed: {done.stderr.strip()[-2000:]}"
+                )
+        if not _works(python):
+            raise SydentUnavailable(f"Sydent {SYDENT_VERSION} does not import in {VENV}")
+    return python
+
+
+def _works(python: Path) -> bool:
+    return subprocess.run([str(python), "-c", _CHECK], capture_output=True).returncode == 0
+
+
+@dataclass
+class Sydent:
+    """One Sydent server with its working directory, config and SQLite database."""
+
+    python: Path
+    workdir: Path
+    smtp_host: str
+    smtp_port: int
+    server_name: str = "sydent.test"
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "sydent.conf"
+
+    @property
+    def db_path(self) -> Path:
+        return self.workdir / "sydent.db"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_config(self) -> None:
+        """A config for a test: loopback, our SMTP sink, no signing key (Sydent makes one)."""
+        self.port = free_port()
+        config = configparser.ConfigParser(interpolation=None)
+        config["general"] = {
+            "server.name": self.server_name,
+            "templates.path": str(TEMPLATES),
+            "brand.default": "tchap",
+            "pidfile.path": str(self.workdir / "sydent.pid"),
+            "log.path": "",
+        }
+        config["db"] = {"db.file": str(self.db_path)}
+        config["http"] = {
+            "clientapi.http.bind_address": "127.0.0.1",
+            "clientapi.http.port": str(self.port),
+            "client_http_base": self.base_url,
+        }
+        config["email"] = {
+            "email.smtphost": self.smtp_host,
+            "email.smtpport": str(self.smtp_port),
+            "email.hostname": self.server_name,
+            "email.from": f"Sydent <noreply@{self.server_name}>",
+            "email.tlsmode": "0",
+        }
+        config["crypto"] = {}
+        with open(self.config_path, "w") as f:
+            config.write(f)
+
+    def start(self, timeout: float = 30) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.config_path.exists():
+            self.write_config()
+        log = open(self.workdir / "sydent.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [str(self.python), "-m", "sydent.sydent"],
+            cwd=self.workdir,
+            env={**os.environ, "SYDENT_CONF": str(self.config_path)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self._log = log
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SydentUnavailable(f"Sydent exited: {self.log_tail()}")
+            try:
+                self.get("/_matrix/identity/v2")
+                return
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.1)
+        self.stop()
+        raise SydentUnavailable(f"Sydent did not answer within {timeout} s: {self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if getattr(self, "_log", None):
+            self._log.close()
+            self._log = None
+
+    def log_tail(self) -> str:
+        path = self.workdir / "sydent.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    # -- HTTP ----------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.base_url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"} if data else {},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def get(self, path: str) -> dict:
+        status, body = self.request("GET", path)
+        assert status == 200, (path, status, body)
+        return body
+
+    def post(self, path: str, body: dict) -> dict:
+        status, answer = self.request("POST", path, body)
+        assert status == 200, (path, status, answer, self.log_tail())
+        return answer
+
+    def bind(self, smtp, address: str, mxid: str) -> dict:
+        """Validate `address` with the code Sydent mails, then bind it (v1 API)."""
+        secret = "sydent-secret"
+        v1 = "/_matrix/identity/api/v1"
+        before = len(smtp.messages)
+        body = {"email": address, "client_secret": secret, "send_attempt": 1}
+        sid = self.post(f"{v1}/validate/email/requestToken", body)["sid"]
+        code = _code(_wait_for_mail(smtp, before))
+        self.post(
+            f"{v1}/validate/email/submitToken",
+            {"sid": sid, "client_secret": secret, "token": code},
+        )
+        return self.post(f"{v1}/3pid/bind", {"sid": sid, "client_secret": secret, "mxid": mxid})
+
+    def store_invite(self, address: str, room_id: str, sender: str, **extra: str) -> dict:
+        body = {"medium": "email", "address": address, "room_id": room_id, "sender": sender}
+        return self.post("/_matrix/identity/api/v1/store-invite", {**body, **extra})
+
+
+def _wait_for_mail(smtp, before: int, timeout: float = 10):
+    deadline = time.monotonic() + timeout
+    while len(smtp.messages) <= before:
+        if time.monotonic() > deadline:
+            raise AssertionError("Sydent sent no mail")
+        time.sleep(0.05)
+    return smtp.messages[-1]
+
+
+def _code(mail) -> str:
+    match = re.search(r"Votre code : (\S+)", mail.text())
+    assert match, mail.text()
+    return match.group(1)

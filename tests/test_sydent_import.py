@@ -1,0 +1,417 @@
+"""`flask sydent import`, from the database and config of a real Sydent 2.6.1.
+
+Sydent runs once per session from its own virtualenv (tests/sydent_peer.py): addresses
+are bound and invitations stored through its HTTP API, then rows an older or a
+replicating Sydent would hold (mixed-case addresses, conflicts, bad rows, accounts)
+are added with SQL following the schema it created. The import is checked through our
+own HTTP API, on SQLite and PostgreSQL.
+"""
+
+import base64
+import hashlib
+import os
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import UTC
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from identity.extensions import db
+from identity.storage.models import AccessToken
+from identity.storage.models import Association
+from identity.storage.models import Invitation
+from tests.helpers import V1
+from tests.helpers import V2
+from tests.helpers import auth
+from tests.helpers import validate_address
+from tests.support import FakeClock
+from tests.sydent_peer import Sydent
+from tests.sydent_peer import SydentUnavailable
+from tests.sydent_peer import ensure_venv
+
+pytestmark = pytest.mark.interop
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+YEAR_MS = 365 * 24 * 3600 * 1000
+DAY_MS = 24 * 3600 * 1000
+NOW_MS = int(time.time() * 1000)
+
+ALICE = ("alice.martin@numerique.gouv.fr", "@alice.martin-numerique.gouv.fr:agent.dinum.test")
+BRUNO = ("bruno.petit@interieur.gouv.fr", "@bruno.petit-interieur.gouv.fr:agent.interieur.test")
+# Stored before Sydent casefolded addresses; our lookups use the normalised form.
+LEGACY = ("Legacy.User@Example.ORG", "@legacy:example.org")
+# Bound twice under two spellings: the newest binding wins.
+CAROL_OLD = ("Carol@Example.org", "@carol.old:example.org")
+CAROL = ("carol@example.org", "@carol:example.org")
+DORA = "@dora:example.org"
+DORA_TOKEN = "SydentPlainAccessToken_dora_0123456789abcdef"
+TERMS_URL = "https://tchap.test/cgu-fr.html"
+PENDING_GUEST = "claire@partenaire.example"
+ROOM = "!projetx:agent.dinum.test"
+SENDER = "@marie:agent.dinum.test"
+
+
+@dataclass
+class Deployment:
+    """A stopped Sydent's database and config, and what we expect from importing them."""
+
+    db_path: str
+    config_path: str
+    public_key: str
+    pepper: str
+    pending_token: str
+    ephemeral_keys: list[str]
+    # {normalised address: (mxid, ts, not_before, not_after)} of the live bindings.
+    bindings: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def sydent_deployment(tmp_path_factory, smtp) -> Deployment:
+    started = time.monotonic()
+    try:
+        python = ensure_venv()
+    except (SydentUnavailable, OSError) as e:
+        _unavailable(f"Sydent 2.6.1 cannot be installed: {e}")
+    print(f"sydent venv ready in {time.monotonic() - started:.1f} s")
+    sydent = Sydent(python, tmp_path_factory.mktemp("sydent"), smtp.host, smtp.port)
+    try:
+        sydent.start()
+    except SydentUnavailable as e:
+        _unavailable(str(e))
+    try:
+        public_key = sydent.get(f"{V1}/pubkey/ed25519:0")["public_key"]
+        sydent.bind(smtp, *ALICE)
+        sydent.bind(smtp, *BRUNO)
+        pending = sydent.store_invite(PENDING_GUEST, ROOM, SENDER, room_name="Projet X")
+        delivered = sydent.store_invite("denis@partenaire.example", ROOM, "@jean:agent.test")
+        old = sydent.store_invite("emma@partenaire.example", ROOM, "@luc:agent.test")
+    finally:
+        sydent.stop()
+    _add_rows(sydent.db_path, delivered=delivered["token"], old=old["token"])
+    deployment = Deployment(
+        db_path=str(sydent.db_path),
+        config_path=str(sydent.config_path),
+        public_key=public_key,
+        pepper=_sydent_pepper(sydent.db_path),
+        pending_token=pending["token"],
+        ephemeral_keys=[a["public_keys"][1]["public_key"] for a in (pending, delivered, old)],
+    )
+    with sqlite3.connect(sydent.db_path) as conn:
+        for address, mxid in (ALICE, BRUNO, LEGACY, CAROL):
+            row = conn.execute(
+                "SELECT ts, notBefore, notAfter FROM global_threepid_associations"
+                " WHERE address = ? AND mxid = ?",
+                (address, mxid),
+            ).fetchone()
+            deployment.bindings[address.casefold()] = (mxid, *row)
+    return deployment
+
+
+def _add_rows(db_path: Path, *, delivered: str, old: str) -> None:
+    """Rows Sydent's HTTP API cannot produce today, in the schema it created."""
+    legacy_ts, carol_old_ts, carol_ts = NOW_MS - 5 * YEAR_MS, NOW_MS - 3 * YEAR_MS, NOW_MS - YEAR_MS
+    origin_id = iter(range(1000, 2000))
+    globals_ = [
+        (*LEGACY, legacy_ts, legacy_ts, legacy_ts + 100 * YEAR_MS),
+        (*CAROL_OLD, carol_old_ts, carol_old_ts, carol_old_ts + 100 * YEAR_MS),
+        (*CAROL, carol_ts, carol_ts, carol_ts + 100 * YEAR_MS),
+        ("not an address", "email", "@x:example.org", NOW_MS, NOW_MS, NOW_MS + YEAR_MS),
+        ("33612345678", "msisdn", "@phone:example.org", NOW_MS, NOW_MS, NOW_MS + YEAR_MS),
+        ("gone@example.org", "email", "@gone:example.org", 1, 1, NOW_MS - DAY_MS),
+        ("bad-mxid@example.org", "email", "no-server", NOW_MS, NOW_MS, NOW_MS + YEAR_MS),
+    ]
+    with sqlite3.connect(db_path) as conn:
+        for address, medium, mxid, ts, not_before, not_after in (
+            (row[0], "email", *row[1:]) if len(row) == 5 else row for row in globals_
+        ):
+            conn.execute(
+                "INSERT INTO global_threepid_associations (medium, address, mxid, ts, notBefore,"
+                " notAfter, originServer, originId, sgAssoc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '{}')",
+                (medium, address, mxid, ts, not_before, not_after, "old.sydent", next(origin_id)),
+            )
+        # An address unbound in Sydent: its local row keeps no Matrix ID.
+        conn.execute(
+            "INSERT INTO local_threepid_associations (medium, address, mxid, ts, notBefore,"
+            " notAfter) VALUES ('email', 'unbound@example.org', NULL, ?, NULL, NULL)",
+            (NOW_MS,),
+        )
+        # Sydent counts invitation and ephemeral key times in seconds.
+        now_s = NOW_MS // 1000
+        conn.execute("UPDATE invite_tokens SET sent_ts = ? WHERE token = ?", (now_s, delivered))
+        conn.execute(
+            "UPDATE invite_tokens SET received_ts = ? WHERE token = ?", (now_s - 60 * 86400, old)
+        )
+        conn.execute(
+            "INSERT INTO invite_tokens (medium, address, room_id, sender, token, received_ts)"
+            " VALUES ('email', 'nobody', ?, ?, 'bad-address-token', ?)",
+            (ROOM, SENDER, now_s),
+        )
+        conn.execute(
+            "INSERT INTO ephemeral_public_keys (public_key, verify_count, persistence_ts)"
+            " VALUES ('short', 0, ?)",
+            (now_s,),
+        )
+        # Accounts come from OpenID registrations through a homeserver: written directly.
+        conn.execute(
+            "INSERT INTO accounts (user_id, created_ts, consent_version) VALUES (?, ?, NULL)",
+            (DORA, NOW_MS - YEAR_MS),
+        )
+        conn.execute("INSERT INTO tokens (token, user_id) VALUES (?, ?)", (DORA_TOKEN, DORA))
+        conn.execute("INSERT INTO tokens (token, user_id) VALUES ('orphan', '@ghost:example.org')")
+        conn.execute(
+            "INSERT INTO accepted_terms_urls (user_id, url) VALUES (?, ?)", (DORA, TERMS_URL)
+        )
+
+
+def _sydent_pepper(db_path: Path) -> str:
+    with sqlite3.connect(db_path) as conn:
+        (pepper,) = conn.execute("SELECT lookup_pepper FROM hashing_metadata").fetchone()
+    return pepper
+
+
+@pytest.fixture
+def clock():
+    """Sydent stamped its rows with the wall clock: ours starts there too."""
+    return FakeClock(datetime.now(UTC))
+
+
+@pytest.fixture
+def terms_config(config, tmp_path):
+    terms = tmp_path / "terms.yaml"
+    terms.write_text(
+        'master_version: "1"\n'
+        "docs:\n"
+        "  cgu:\n"
+        '    version: "1.0"\n'
+        "    langs:\n"
+        f"      fr: {{name: CGU, url: '{TERMS_URL}'}}\n"
+    )
+    config["TERMS_PATH"] = str(terms)
+    return config
+
+
+def run_import(runner, deployment: Deployment, *options: str, with_config: bool = True):
+    args = ["sydent", "import", deployment.db_path]
+    if with_config:
+        args += ["--config", deployment.config_path]
+    return runner.invoke(args=[*args, *options])
+
+
+def totals(output: str) -> tuple[int, int, int]:
+    match = re.search(r"Total: (\d+) imported, (\d+) already present, (\d+) skipped", output)
+    assert match, output
+    return tuple(int(n) for n in match.groups())
+
+
+def kind_line(output: str, kind: str) -> tuple[int, int, int]:
+    match = re.search(
+        rf"^{kind}: (\d+) imported, (\d+) already present, (\d+) skipped$", output, re.MULTILINE
+    )
+    assert match, output
+    return tuple(int(n) for n in match.groups())
+
+
+def sha256_hash(address: str, pepper: str) -> str:
+    digest = hashlib.sha256(f"{address} email {pepper}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+# -- the import, seen through our API ---------------------------------------------
+
+
+def test_imported_bindings_answer_v1_lookups_with_their_timestamps(
+    sydent_deployment, app, client, runner
+):
+    result = run_import(runner, sydent_deployment)
+    assert result.exit_code == 0, result.output
+    assert kind_line(result.output, "associations")[0] == len(sydent_deployment.bindings)
+
+    for address, (mxid, ts, not_before, not_after) in sydent_deployment.bindings.items():
+        # Looked up in any case: the legacy row was stored with capitals.
+        r = client.get(f"{V1}/lookup", query_string={"medium": "email", "address": address.upper()})
+        assert r.status_code == 200
+        assert (r.json["address"], r.json["mxid"]) == (address, mxid)
+        assert (r.json["ts"], r.json["not_before"], r.json["not_after"]) == (
+            ts,
+            not_before,
+            not_after,
+        )
+        assert r.json["signatures"]
+
+
+def test_v2_lookups_work_with_sydents_pepper(sydent_deployment, terms_config, app, client, runner):
+    assert run_import(runner, sydent_deployment).exit_code == 0
+
+    # The imported token works, and its user's accepted terms came along.
+    r = client.get(f"{V2}/hash_details", headers=auth(DORA_TOKEN))
+    assert r.status_code == 200, r.json
+    assert r.json["lookup_pepper"] == sydent_deployment.pepper
+
+    hashes = {
+        sha256_hash(a, sydent_deployment.pepper): b[0]
+        for a, b in sydent_deployment.bindings.items()
+    }
+    body = {"addresses": list(hashes), "algorithm": "sha256", "pepper": sydent_deployment.pepper}
+    r = client.post(f"{V2}/lookup", json=body, headers=auth(DORA_TOKEN))
+    assert r.status_code == 200, r.json
+    assert r.json["mappings"] == hashes
+
+
+def test_imported_access_token_is_stored_hashed(sydent_deployment, app, client, runner):
+    assert run_import(runner, sydent_deployment).exit_code == 0
+
+    r = client.get(f"{V2}/account", headers=auth(DORA_TOKEN))
+    assert r.status_code == 200, r.json
+    assert r.json == {"user_id": DORA}
+    assert client.get(f"{V2}/account", headers=auth("orphan")).status_code == 401
+    with app.app_context():
+        stored = list(db.session.scalars(select(AccessToken.token_hash)))
+    assert stored == [hashlib.sha256(DORA_TOKEN.encode()).hexdigest()]
+    assert DORA_TOKEN not in stored
+
+
+def test_imported_ephemeral_keys_and_signing_key_are_valid(sydent_deployment, client, runner):
+    assert run_import(runner, sydent_deployment).exit_code == 0
+
+    for public_key in sydent_deployment.ephemeral_keys:
+        r = client.get(f"{V1}/pubkey/ephemeral/isvalid", query_string={"public_key": public_key})
+        assert r.json == {"valid": True}
+    r = client.get(f"{V1}/pubkey/ephemeral/isvalid", query_string={"public_key": "A" * 43})
+    assert r.json == {"valid": False}
+
+    r = client.get(f"{V1}/pubkey/ed25519:0")
+    assert r.json == {"public_key": sydent_deployment.public_key}
+    r = client.get(
+        f"{V1}/pubkey/isvalid", query_string={"public_key": sydent_deployment.public_key}
+    )
+    assert r.json == {"valid": True}
+
+
+def test_only_the_pending_invitation_is_imported(sydent_deployment, app, runner, clock):
+    result = run_import(runner, sydent_deployment)
+    assert result.exit_code == 0, result.output
+
+    assert kind_line(result.output, "invitations") == (1, 0, 3)
+    with app.app_context():
+        (invitation,) = db.session.scalars(select(Invitation))
+        assert invitation.token == sydent_deployment.pending_token
+        assert (invitation.address, invitation.room_id, invitation.sender) == (
+            PENDING_GUEST,
+            ROOM,
+            SENDER,
+        )
+        validity = app.config["INVITE_VALIDITY_SECONDS"]
+        assert (invitation.expires_at - invitation.created_at).total_seconds() == validity
+        with sqlite3.connect(sydent_deployment.db_path) as conn:
+            (received,) = conn.execute(
+                "SELECT received_ts FROM invite_tokens WHERE token = ?", (invitation.token,)
+            ).fetchone()
+        assert invitation.created_at.timestamp() == received
+        assert abs((clock.now() - invitation.created_at).total_seconds()) < 600
+    listed = runner.invoke(args=["invites", "list", "--state", "pending"])
+    assert "1 invitation(s)." in listed.output
+
+
+def test_second_run_imports_nothing(sydent_deployment, runner):
+    first = run_import(runner, sydent_deployment)
+    assert first.exit_code == 0, first.output
+    imported, present, skipped = totals(first.output)
+    assert imported > 0 and present == 0
+
+    second = run_import(runner, sydent_deployment)
+    assert second.exit_code == 0, second.output
+    assert totals(second.output) == (0, imported, skipped)
+
+
+def test_bad_rows_are_reported_with_their_reason(sydent_deployment, runner):
+    result = run_import(runner, sydent_deployment)
+    assert result.exit_code == 0, result.output
+    output = result.output
+
+    assert kind_line(output, "associations") == (4, 0, 6)
+    for reason in (
+        "skipped 1: not a valid email address (global_threepid_associations#",
+        "skipped 1: medium 'msisdn' is not supported",
+        "skipped 1: expired (not_after has passed)",
+        "skipped 1: not a valid Matrix user ID",
+        "skipped 1: unbound in Sydent (no Matrix ID) (local_threepid_associations#",
+        "skipped 1: superseded by a newer binding to another Matrix ID",
+        "skipped 1: already delivered to the invitee's homeserver",
+        "skipped 1: expired: received more than 30 day(s) ago",
+        "skipped 1: not an ed25519 public key in unpadded base64",
+        "skipped 1: no imported account for its user (tokens#",
+    ):
+        assert reason in output, output
+    # Reports name rows, never addresses or tokens.
+    assert "orphan" not in output and "nobody" not in output
+    assert kind_line(output, "pepper") == (1, 0, 0)
+    assert kind_line(output, "signing key") == (1, 0, 0)
+
+
+# -- an existing deployment of ours ----------------------------------------------
+
+
+def test_a_different_signing_key_is_replaced_only_when_asked(sydent_deployment, client, runner):
+    assert runner.invoke(args=["keys", "generate"]).exit_code == 0
+    ours = client.get(f"{V1}/pubkey/ed25519:0").json["public_key"]
+
+    refused = run_import(runner, sydent_deployment)
+    assert refused.exit_code == 1
+    assert "--replace-key" in refused.output and "nothing was imported" in refused.output
+    lookup = {"medium": "email", "address": ALICE[0]}
+    assert client.get(f"{V1}/lookup", query_string=lookup).json == {}
+    assert client.get(f"{V1}/pubkey/ed25519:0").json["public_key"] == ours
+
+    replaced = run_import(runner, sydent_deployment, "--replace-key")
+    assert replaced.exit_code == 0, replaced.output
+    assert "now holds Sydent's key" in replaced.output
+    assert client.get(f"{V1}/pubkey/ed25519:0").json["public_key"] == sydent_deployment.public_key
+    assert client.get(f"{V1}/lookup", query_string=lookup).json["mxid"] == ALICE[1]
+
+    again = run_import(runner, sydent_deployment)
+    assert again.exit_code == 0, again.output
+    assert kind_line(again.output, "signing key") == (0, 1, 0)
+
+
+def test_our_bindings_are_rehashed_and_conflicts_kept(sydent_deployment, app, client, runner, smtp):
+    ours = {"zoe@example.org": "@zoe:example.org", BRUNO[0]: "@bruno:other.example.org"}
+    for address, mxid in ours.items():
+        sid = validate_address(client, smtp, address, secret="ours")
+        body = {"sid": sid, "client_secret": "ours", "mxid": mxid}
+        assert client.post(f"{V1}/3pid/bind", json=body).status_code == 200
+
+    # Our bindings are signed with our key: keep it (no --config).
+    result = run_import(runner, sydent_deployment, with_config=False)
+    assert result.exit_code == 0, result.output
+    assert "note: No Sydent config given: the signing key was not imported." in result.output
+    assert "signing key:" not in result.output
+    assert "skipped 1: the address is bound here to another Matrix ID" in result.output
+    assert "note: pepper: 2 existing association(s) hashed with it." in result.output
+
+    with app.app_context():
+        rows = {a.address: a for a in db.session.scalars(select(Association))}
+    pepper = sydent_deployment.pepper
+    assert rows[BRUNO[0]].mxid == ours[BRUNO[0]]
+    for address, association in rows.items():
+        assert association.lookup_hash == sha256_hash(address, pepper)
+
+
+def test_a_missing_or_foreign_database_is_refused(runner, tmp_path):
+    result = runner.invoke(args=["sydent", "import", str(tmp_path / "absent.db")])
+    assert result.exit_code == 1 and "no such file" in result.output
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    result = runner.invoke(args=["sydent", "import", str(other)])
+    assert result.exit_code == 1 and "not a Sydent database" in result.output
