@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from identity import deliveries
 from identity import federation
 from identity import limits
+from identity import metrics
 from identity import routing
 from identity import terms
 from identity.api import register_api
@@ -53,6 +54,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, clock: Clock | None =
     app.extensions["identity.settings"] = Settings.from_config(app.config)
 
     init_request_ids(app)
+    metrics.init_app(app)
     register_api(app)
     app.register_blueprint(pages_bp)
     register_cli(app)

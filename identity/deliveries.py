@@ -21,6 +21,7 @@ from flask import current_app
 
 from identity import federation
 from identity import keys
+from identity import metrics
 from identity.addresses import redact
 from identity.extensions import db
 from identity.storage import deliveries
@@ -101,6 +102,7 @@ def attempt(
         )
         return 0
     job.delivered_at = now
+    metrics.INVITATIONS_DELIVERED.inc()
     job.claimed_until = None
     job.last_error = None
     logger.info("Delivered invitation for %s to %s", redact(invitation.address), job.destination)

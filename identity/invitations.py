@@ -25,6 +25,7 @@ from identity import dates
 from identity import keys
 from identity import landing
 from identity import mailer
+from identity import metrics
 from identity.abuse import Blocklists
 from identity.abuse import Quotas
 from identity.accounts import server_of
@@ -172,6 +173,7 @@ def store_invite(
         already_invited=already_invited,
     )
     mailer.send_template("invite", address, context, brand=brand)
+    metrics.INVITATIONS_STORED.inc()
     return store_invite_response(invitation, ephemeral_public, policy)
 
 

@@ -23,6 +23,7 @@ from flask_mail import Connection
 from flask_mail import Message
 
 from identity import limits
+from identity import metrics
 from identity.addresses import redact
 from identity.clock import new_token
 from identity.errors import EmailSendError
@@ -145,7 +146,9 @@ def _deliver(to: str, *, message: Message | None = None, raw: bytes | None = Non
                 connection.host.sendmail(sender, [to], raw)
     except (OSError, smtplib.SMTPException) as e:
         logger.warning("Could not send mail to %s: %s", redact(to), type(e).__name__)
+        metrics.MAILS.labels("failed").inc()
         raise EmailSendError("Failed to send email") from None
+    metrics.MAILS.labels("sent").inc()
     logger.info("Mail sent to %s", redact(to))
 
 

@@ -13,7 +13,6 @@ from identity.extensions import db
 from identity.storage.models import Delivery
 from identity.storage.models import EphemeralKey
 from identity.storage.models import Invitation
-from identity.storage.models import UTCDateTime
 
 
 def add(invitation: Invitation) -> Invitation:
@@ -162,8 +161,6 @@ def created_since(
     if sender is not None:
         query = query.filter_by(sender=sender)
     count, oldest = db.session.execute(query).one()
-    if isinstance(oldest, str):  # SQLite returns aggregates without the column's type
-        oldest = UTCDateTime().process_result_value(datetime.fromisoformat(oldest), None)
     return count, oldest
 
 

@@ -1,0 +1,68 @@
+"""Gunicorn settings for production: `gunicorn -c gunicorn.conf.py 'app:create_app()'`.
+
+Every value can be overridden on the command line or with GUNICORN_CMD_ARGS. Workers
+are stateless: rate limits (Redis), the delivery queue and everything else shared live
+in PostgreSQL and Redis, so any number of workers and hosts answer alike.
+"""
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+
+bind = os.environ.get("IDENTITY_BIND", "0.0.0.0:8090")
+
+# Threads overlap the waits on PostgreSQL, SMTP and homeservers; processes use the
+# cores. See docs/performance.md for the measurements behind these defaults.
+worker_class = "gthread"
+workers = int(os.environ.get("IDENTITY_WORKERS", multiprocessing.cpu_count() + 1))
+threads = int(os.environ.get("IDENTITY_THREADS", 4))
+
+# Graceful restarts: SIGHUP reloads the configuration and replaces the workers one by
+# one; a worker finishes its requests for up to graceful_timeout seconds.
+graceful_timeout = 30
+timeout = 60
+keepalive = 5
+# Recycle workers now and then, so that no slow leak can build up.
+max_requests = 10_000
+max_requests_jitter = 1_000
+
+# Access log: JSON, the route without its query string (addresses, codes, secrets)
+# and landing-page tokens scrubbed by identity.logs.GunicornLogger.
+logger_class = "identity.logs.GunicornLogger"
+accesslog = "-"
+errorlog = "-"
+access_log_format = (
+    '{"time": "%(t)s", "remote": "%(h)s", "request": "%(r)s", "status": "%(s)s",'
+    ' "bytes": "%(B)s", "duration_ms": "%(M)s", "request_id": "%({x-request-id}o)s"}'
+)
+
+# Behind a reverse proxy, set TRUSTED_PROXY_COUNT in the service's configuration (the
+# app applies Werkzeug's ProxyFix); gunicorn itself needs the proxy's address here.
+forwarded_allow_ips = os.environ.get("IDENTITY_FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# Optional TLS, when no proxy terminates it.
+certfile = os.environ.get("IDENTITY_TLS_CERT") or None
+keyfile = os.environ.get("IDENTITY_TLS_KEY") or None
+
+# Prometheus: every worker writes its counters to a shared directory, which /metrics
+# adds up; a fresh directory per master, removed when it stops.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def on_starting(server) -> None:  # noqa: ANN001 (gunicorn's hook signature)
+    global _metrics_dir
+    if not _metrics_dir:
+        _metrics_dir = tempfile.mkdtemp(prefix="identity-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir  # inherited by the workers
+
+
+def child_exit(server, worker) -> None:  # noqa: ANN001
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:  # noqa: ANN001
+    if _metrics_dir and _metrics_dir.startswith(tempfile.gettempdir()):
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

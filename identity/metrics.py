@@ -1,0 +1,114 @@
+"""Prometheus metrics, served at GET /metrics.
+
+Counters and histograms are kept by each process; under gunicorn, set the
+PROMETHEUS_MULTIPROC_DIR environment variable (gunicorn.conf.py does) so that
+every worker's values are added up at scrape time. What the database or the
+routing table knows (queue depth, oldest job, domains.yaml status) is read at scrape
+time instead, so every instance reports the same truth.
+"""
+
+import os
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
+from flask import Blueprint
+from flask import Flask
+from flask import Response
+from flask import current_app
+from flask import g
+from flask import request
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter
+from prometheus_client import Histogram
+from prometheus_client import generate_latest
+from prometheus_client import multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY
+from prometheus_client.registry import Collector
+
+from identity import routing
+from identity.storage import deliveries
+
+REQUESTS = Counter(
+    "identity_requests_total", "HTTP requests answered", ["endpoint", "method", "status"]
+)
+LATENCY = Histogram(
+    "identity_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["endpoint"],
+    buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+MAILS = Counter("identity_mails_total", "Mails handed to the SMTP server", ["outcome"])
+INVITATIONS_STORED = Counter("identity_invitations_stored_total", "Invitations stored")
+INVITATIONS_DELIVERED = Counter(
+    "identity_invitations_delivered_total", "Invitations delivered to homeservers (onbind)"
+)
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = _with_process_metrics(registry)
+    registry.register(_StateCollector(current_app.extensions["identity.clock"].now()))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _with_process_metrics(registry: CollectorRegistry) -> CollectorRegistry:
+    # One process: its default registry holds our counters and the process metrics.
+    for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001 (no public listing)
+        registry.register(collector)
+    return registry
+
+
+class _StateCollector(Collector):
+    """Gauges read at scrape time from the database and the routing table."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth, oldest = deliveries.queue_state()
+        yield GaugeMetricFamily(
+            "identity_delivery_queue_depth", "Invitations waiting to reach homeservers", depth
+        )
+        age = (self.now - oldest).total_seconds() if oldest is not None else 0
+        yield GaugeMetricFamily(
+            "identity_delivery_queue_oldest_age_seconds", "Age of the oldest waiting delivery", age
+        )
+        status = routing.source().status()
+        yield GaugeMetricFamily(
+            "identity_domains_ok",
+            "1 when domains.yaml on disk is the version served",
+            1 - bool(status.error),
+        )
+        yield GaugeMetricFamily("identity_domains_rules", "Routing rules served", status.rules)
+        yield GaugeMetricFamily(
+            "identity_domains_loaded_timestamp_seconds",
+            "When the served rules were loaded",
+            status.loaded_at,
+        )
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+    @app.before_request
+    def start_timer() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        # The route's template, never the path: paths may hold tokens.
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        started = g.get("metrics_started")
+        if started is not None:
+            LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+        return response
