@@ -24,8 +24,11 @@ def new_code(length: int = 8) -> str:
 
 
 def new_token(nbytes: int = 24) -> str:
-    """Return an unguessable URL-safe token."""
-    return secrets.token_urlsafe(nbytes)
+    """Return an unguessable URL-safe token, never starting with "-" (so that admins
+    can pass it to commands as an argument)."""
+    while (token := secrets.token_urlsafe(nbytes)).startswith("-"):
+        pass
+    return token
 
 
 def to_ms(moment: datetime) -> int:

@@ -80,14 +80,22 @@ class FakeHomeserver:
         return f"{self.signing_key.alg}:{self.signing_key.version}"
 
     def sign_request(
-        self, method: str, uri: str, destination: str, content: dict | None = None, *, key=None
+        self,
+        method: str,
+        uri: str,
+        destination: str,
+        content: dict | None = None,
+        *,
+        key=None,
+        destination_field: str = "destination",
     ) -> str:
-        """The Authorization header a homeserver would send (server-server API)."""
+        """The Authorization header a homeserver would send (server-server API; Synapse
+        signs `destination_is` instead when it calls identity servers)."""
         request = {
             "method": method,
             "uri": uri,
             "origin": self.server_name,
-            "destination": destination,
+            destination_field: destination,
         }
         if content is not None:
             request["content"] = content

@@ -124,6 +124,9 @@ def test_v2_lookup_errors(client, fake_homeserver):
     assert (r.status_code, r.json["errcode"]) == (401, "M_UNAUTHORIZED")
     r = client.get(f"{V2}/hash_details")
     assert (r.status_code, r.json["errcode"]) == (401, "M_UNAUTHORIZED")
+    # The deprecated query parameter, which Synapse still sends, is accepted too.
+    token = headers["Authorization"].split(" ", 1)[1]
+    assert client.get(f"{V2}/hash_details", query_string={"access_token": token}).status_code == 200
 
 
 def test_bind_errors(client, smtp):
@@ -192,12 +195,15 @@ def test_unbind_with_a_session_for_another_address_is_forbidden(client, smtp):
     assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
 
 
-def test_unbind_signed_by_the_homeserver(client, smtp, fake_homeserver):
+@pytest.mark.parametrize("destination_field", ["destination", "destination_is"])
+def test_unbind_signed_by_the_homeserver(client, smtp, fake_homeserver, destination_field):
     mxid = fake_homeserver.user_id("marie")
     bind(client, validate_address(client, smtp, ADDRESS), mxid)
     path = f"{V2}/3pid/unbind"
     body = unbind_body(mxid)
-    header = fake_homeserver.sign_request("POST", path, "id.tchap.test", body)
+    header = fake_homeserver.sign_request(
+        "POST", path, "id.tchap.test", body, destination_field=destination_field
+    )
     r = client.post(path, json=body, headers={"Authorization": header})
     assert (r.status_code, r.json) == (200, {})
     assert client.get(f"{V1}/lookup?medium=email&address={ADDRESS}").json == {}

@@ -15,9 +15,13 @@ from identity.terms import current_terms
 
 
 def bearer_token() -> str | None:
-    # Since v1.20 of the specification, tokens travel only in the Authorization header.
+    """The request's access token: the Authorization header, else `access_token` in the
+    query string, which the specification deprecated but Synapse still sends (on
+    /hash_details and /lookup); access logs never show query strings."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    if scheme.lower() == "bearer":
+        return token.strip() or None
+    return request.args.get("access_token") or None
 
 
 def require_user(check_terms: bool = True) -> str:

@@ -62,16 +62,21 @@ def authenticate_request(
         if fields.get("destination", destination) != destination:
             raise Unauthorized("The request was signed for another destination")
         origin = fields["origin"]
-        signed = {"method": method, "uri": uri, "origin": origin, "destination": destination}
-        if content is not None:
-            signed["content"] = content
-        signed["signatures"] = {origin: {fields["key"]: fields["sig"]}}
         verify_key = _verify_key(origin, fields["key"], now=now)
-        try:
-            signedjson.sign.verify_signed_json(signed, origin, verify_key)
-        except SignatureVerifyException:
-            raise Unauthorized("Invalid X-Matrix signature") from None
-        return origin
+        # The server-server form signs `destination`; homeservers calling identity
+        # servers (Synapse's unbind) sign `destination_is`, as Sydent checks.
+        for destination_field in ("destination", "destination_is"):
+            signed = {"method": method, "uri": uri, "origin": origin}
+            signed[destination_field] = destination
+            if content is not None:
+                signed["content"] = content
+            signed["signatures"] = {origin: {fields["key"]: fields["sig"]}}
+            try:
+                signedjson.sign.verify_signed_json(signed, origin, verify_key)
+            except SignatureVerifyException:
+                continue
+            return origin
+        raise Unauthorized("Invalid X-Matrix signature")
     raise Unauthorized("Missing X-Matrix authorization")
 
 
