@@ -1,0 +1,1 @@
+"""End-to-end tests against real peers (a real Synapse) on loopback."""

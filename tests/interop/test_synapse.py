@@ -1,0 +1,316 @@
+"""Interoperability with a real Synapse, end to end on loopback.
+
+Each test is one scenario and builds what it needs (users, rooms, addresses) itself;
+they share one Synapse and one instance of our service for the session.
+"""
+
+import re
+import time
+import uuid
+
+import pytest
+
+from tests.helpers import code_from_mail
+from tests.interop.synapse import CLIENT
+from tests.interop.synapse import V1
+from tests.interop.synapse import V2
+from tests.interop.synapse import MatrixUser
+from tests.interop.synapse import wait_until
+
+pytestmark = pytest.mark.interop
+
+
+def guest_address(tag: str) -> str:
+    """A fresh address on the externals' platform (the default route: Synapse)."""
+    return f"{tag}-{uuid.uuid4().hex[:8]}@guest.example"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def our_token(synapse, identity_server, user: MatrixUser) -> str:
+    """Register `user` with our service through an OpenID token from Synapse."""
+    return identity_server.register(synapse.openid_token(user))
+
+
+def mails_to(smtp, address: str, count: int = 1) -> list:
+    return wait_until(
+        lambda: len(smtp.to(address)) >= count and smtp.to(address),
+        timeout=15,
+        what=f"{count} mail(s) to {address}",
+    )
+
+
+def validate_with_us(identity_server, smtp, token: str, address: str, secret: str) -> str:
+    """Prove ownership of `address` to our service with the mailed code; return the sid."""
+    before = len(smtp.to(address))
+    r = identity_server.post(
+        f"{V2}/validate/email/requestToken",
+        json={"client_secret": secret, "email": address, "send_attempt": 1},
+        headers=bearer(token),
+    )
+    assert r.status_code == 200, r.text
+    sid = r.json()["sid"]
+    code = code_from_mail(mails_to(smtp, address, before + 1)[-1])
+    r = identity_server.post(
+        f"{V2}/validate/email/submitToken",
+        json={"sid": sid, "client_secret": secret, "token": code},
+        headers=bearer(token),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json().get("success") is True, r.text
+    return sid
+
+
+def invite_by_email(synapse, identity_server, smtp, inviter: MatrixUser, address: str) -> str:
+    """`inviter` invites `address` into a new room through Synapse; return the room ID."""
+    room_id = synapse.create_room(inviter)
+    token = our_token(synapse, identity_server, inviter)
+    r = synapse.invite_email(inviter, room_id, address, identity_server.host, token)
+    assert r.status_code == 200, r.text
+    mails_to(smtp, address)
+    return room_id
+
+
+def lookup(identity_server, address: str) -> dict:
+    r = identity_server.get(f"{V1}/lookup", params={"medium": "email", "address": address})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def requests_seen(identity_server) -> str:
+    """Our access log: the requests that reached us (Synapse's calls included)."""
+    return identity_server.log_file.read_text(errors="replace")
+
+
+def statuses(calls: str, method: str, path: str) -> list[int]:
+    """The HTTP statuses we answered to `method path` in an access-log excerpt."""
+    pattern = rf'"{method} {re.escape(path)}(?:\?\S*)? HTTP/[\d.]+" (\d{{3}})'
+    return [int(status) for status in re.findall(pattern, calls)]
+
+
+def answered(identity_server, since: int, method: str, path: str, timeout: float = 5) -> list:
+    """The statuses we answered to `method path` since log offset `since`.
+
+    gunicorn logs a request once its response is sent, so the caller may already have
+    its answer: wait a little for the line, and return [] if none comes.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = statuses(requests_seen(identity_server)[since:], method, path)
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+# Known incompatibilities of our service with Synapse, reported as expected failures
+# only when exactly that symptom is observed; every other step of the scenario asserts.
+def test_openid_registration(synapse, identity_server):
+    """1. A Synapse user registers with us through an OpenID token from Synapse."""
+    alice = synapse.register()
+    openid = synapse.openid_token(alice)
+    assert openid["matrix_server_name"] == synapse.server_name
+    token = identity_server.register(openid)
+    r = identity_server.get(f"{V2}/account", headers=bearer(token))
+    assert r.status_code == 200, r.text
+    assert r.json()["user_id"] == alice.user_id
+    # A token Synapse never issued: Synapse does not vouch for it, we refuse it.
+    forged = {**openid, "access_token": "forged" + uuid.uuid4().hex}
+    r = identity_server.post(f"{V2}/account/register", json=forged)
+    assert r.status_code == 401, r.text
+    assert r.json()["errcode"] == "M_UNAUTHORIZED"
+    r = identity_server.get(f"{V2}/account", headers=bearer("forged" + uuid.uuid4().hex))
+    assert r.status_code == 401, r.text
+
+
+def test_email_invite_through_synapse(synapse, identity_server, smtp):
+    """2. Synapse looks the address up, stores the invite with us; we mail the guest."""
+    alice = synapse.register()
+    token = our_token(synapse, identity_server, alice)
+    room_id = synapse.create_room(alice)
+    address = guest_address("invitee")
+    log_start = len(requests_seen(identity_server))
+
+    r = synapse.invite_email(alice, room_id, address, identity_server.host, token)
+    assert r.status_code == 200, r.text
+
+    assert answered(identity_server, log_start, "POST", f"{V2}/store-invite") == [200]
+    (mail,) = mails_to(smtp, address)
+    assert address in mail.recipients
+    state = synapse.room_state(alice, room_id)
+    invites = [e for e in state if e["type"] == "m.room.third_party_invite"]
+    assert len(invites) == 1, invites
+    content = invites[0]["content"]
+    ours = identity_server.public_key()
+    assert content["public_key"] == ours
+    assert ours in {k["public_key"] for k in content["public_keys"]}
+    for key in content["public_keys"]:
+        assert key["key_validity_url"].startswith(identity_server.base + "/_matrix/identity/")
+    # Before storing the invite, Synapse looks the address up with us.
+    hash_details = answered(identity_server, log_start, "GET", f"{V2}/hash_details")
+    assert hash_details == [200], requests_seen(identity_server)[log_start:]
+    assert answered(identity_server, log_start, "POST", f"{V2}/lookup") == [200]
+
+
+def test_bind_through_synapse_delivers_the_invitation(synapse, identity_server, smtp):
+    """3. B validates with us, binds through Synapse; our onbind makes Synapse invite B."""
+    alice, bob = synapse.register(), synapse.register()
+    address = guest_address("bound")
+    room_id = invite_by_email(synapse, identity_server, smtp, alice, address)
+    bob_token = our_token(synapse, identity_server, bob)
+    sid = validate_with_us(identity_server, smtp, bob_token, address, "bind-secret-3")
+    log_start = len(requests_seen(identity_server))
+
+    r = synapse.request(
+        "POST",
+        f"{CLIENT}/account/3pid/bind",
+        bob,
+        json={
+            "id_server": identity_server.host,
+            "id_access_token": bob_token,
+            "sid": sid,
+            "client_secret": "bind-secret-3",
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert lookup(identity_server, address).get("mxid") == bob.user_id
+
+    wait_until(
+        lambda: synapse.membership(alice, room_id, bob.user_id) == "invite",
+        timeout=30,
+        what="Synapse to invite B after our onbind",
+    )
+    # Synapse asked whether the key that signed the invitation is still valid.
+    assert answered(identity_server, log_start, "GET", f"{V2}/pubkey/isvalid") == [200]
+    signed = synapse.member_event(alice, room_id, bob.user_id)["third_party_invite"]["signed"]
+    assert signed["mxid"] == bob.user_id
+    assert identity_server.host in signed["signatures"]
+    # B sees the invitation too, and can accept it.
+    r = synapse.request("POST", f"{CLIENT}/rooms/{room_id}/join", bob, json={})
+    assert r.status_code == 200, r.text
+    assert synapse.membership(alice, room_id, bob.user_id) == "join"
+
+
+def test_unbind_through_synapse(synapse, identity_server, smtp):
+    """4. B removes the address through Synapse, which signs the unbind to us (X-Matrix)."""
+    bob = synapse.register()
+    address = guest_address("unbound")
+    bob_token = our_token(synapse, identity_server, bob)
+    sid = validate_with_us(identity_server, smtp, bob_token, address, "bind-secret-4")
+    r = synapse.request(
+        "POST",
+        f"{CLIENT}/account/3pid/bind",
+        bob,
+        json={
+            "id_server": identity_server.host,
+            "id_access_token": bob_token,
+            "sid": sid,
+            "client_secret": "bind-secret-4",
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert lookup(identity_server, address).get("mxid") == bob.user_id
+    log_start = len(requests_seen(identity_server))
+
+    r = synapse.request(
+        "POST",
+        f"{CLIENT}/account/3pid/unbind",
+        bob,
+        json={"medium": "email", "address": address, "id_server": identity_server.host},
+    )
+    unbind = answered(identity_server, log_start, "POST", f"{V2}/3pid/unbind")
+    assert unbind == [200], requests_seen(identity_server)[log_start:]
+    assert r.status_code == 200, r.text
+    assert r.json()["id_server_unbind_result"] == "success", r.text
+    assert lookup(identity_server, address) == {}
+
+
+def test_delivery_waits_for_synapse_to_come_back(synapse, identity_server, smtp):
+    """5. Synapse is down when B binds: the invitation arrives once it is back."""
+    alice, bob = synapse.register(), synapse.register()
+    address = guest_address("later")
+    room_id = invite_by_email(synapse, identity_server, smtp, alice, address)
+    bob_token = our_token(synapse, identity_server, bob)
+    sid = validate_with_us(identity_server, smtp, bob_token, address, "bind-secret-5")
+
+    synapse.stop()
+    try:
+        r = identity_server.post(
+            f"{V2}/3pid/bind",
+            json={"sid": sid, "client_secret": "bind-secret-5", "mxid": bob.user_id},
+            headers=bearer(bob_token),
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["mxid"] == bob.user_id
+        # Let at least one delivery attempt fail against the stopped homeserver.
+        (waiting,) = wait_until(
+            lambda: identity_server.query(
+                "SELECT delivery.attempts, delivery.delivered_at FROM delivery"
+                " JOIN invitation ON invitation.id = delivery.invitation_id"
+                " WHERE invitation.address = ? AND delivery.attempts > 0",
+                address,
+            ),
+            timeout=15,
+            what="a failed delivery attempt",
+        )
+        assert waiting[1] is None, waiting
+    finally:
+        synapse.start()
+    wait_until(
+        lambda: synapse.membership(alice, room_id, bob.user_id) == "invite",
+        timeout=60,
+        interval=0.5,
+        what="the delayed invitation to reach the restarted Synapse",
+    )
+    ((delivered_at,),) = identity_server.query(
+        "SELECT delivery.delivered_at FROM delivery"
+        " JOIN invitation ON invitation.id = delivery.invitation_id WHERE invitation.address = ?",
+        address,
+    )
+    assert delivered_at is not None
+
+
+def request_registration_token(synapse, address: str):
+    return synapse.request(
+        "POST",
+        f"{CLIENT}/register/email/requestToken",
+        json={"client_secret": "register-secret", "email": address, "send_attempt": 1},
+    )
+
+
+def test_registration_gated_by_routing(synapse, identity_server, smtp):
+    """6. Synapse's is_3pid_allowed asks our /internal-info: invitation-only, routed."""
+    guest = guest_address("newcomer")
+    log_start = len(requests_seen(identity_server))
+    r = request_registration_token(synapse, guest)
+    assert r.status_code == 403, r.text
+    assert r.json()["errcode"] == "M_THREEPID_DENIED"
+
+    # An invitation stored with us (a homeserver's store-invite) opens the door.
+    alice = synapse.register()
+    token = our_token(synapse, identity_server, alice)
+    room_id = synapse.create_room(alice)
+    r = identity_server.post(
+        f"{V2}/store-invite",
+        json={"medium": "email", "address": guest, "room_id": room_id, "sender": alice.user_id},
+        headers=bearer(token),
+    )
+    assert r.status_code == 200, r.text
+    mails_to(smtp, guest)  # our invitation
+    r = request_registration_token(synapse, guest)
+    assert r.status_code == 200, r.text
+    assert r.json()["sid"]
+    mails_to(smtp, guest, 2)  # Synapse's own validation mail
+
+    # An address that routes to another platform never registers here.
+    agent = f"agent-{uuid.uuid4().hex[:8]}@dept.agent.example"
+    r = request_registration_token(synapse, agent)
+    assert r.status_code == 403, r.text
+    assert r.json()["errcode"] == "M_THREEPID_DENIED"
+    # The gate asked our internal API, with the shared secret, each time.
+    wait_until(
+        lambda: answered(identity_server, log_start, "GET", f"{V1}/internal-info", 0) == [200] * 3,
+        timeout=5,
+        what="three internal-info calls in our log",
+    )
