@@ -13,11 +13,10 @@ from identity.accounts import server_of
 from identity.clock import to_ms
 from identity.errors import Forbidden
 from identity.errors import InvalidParam
-from identity.lookup import lookup_hash
+from identity.lookup import hash_association
 from identity.routing import RoutingTable
 from identity.routing.answers import may_bind
 from identity.storage import associations
-from identity.storage import peppers
 from identity.storage.models import Association
 from identity.storage.models import ValidationSession
 
@@ -85,7 +84,7 @@ def bind_address(
         medium=medium, address=address
     )
     association.mxid = mxid
-    association.lookup_hash = lookup_hash(medium, address, peppers.current_pepper(now))
+    hash_association(association, now=now)
     association.created_at = association.not_before = now
     association.not_after = now + VALIDITY
     associations.save(association)

@@ -7,6 +7,7 @@ per request.
 
 import base64
 import hashlib
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from identity.errors import InvalidPepper
 from identity.errors import TooLarge
 from identity.storage import associations
 from identity.storage import peppers
+from identity.storage.models import Association
 
 ALGORITHMS = ["none", "sha256"]
 
@@ -37,9 +39,9 @@ def lookup(
     :raises MatrixError: M_INVALID_PEPPER (with the current pepper), M_INVALID_PARAM for
         an unknown algorithm, M_TOO_LARGE past `limit` addresses.
     """
-    current = peppers.current_pepper(now)
-    if pepper != current:
-        raise InvalidPepper("Unknown or invalid pepper", lookup_pepper=current)
+    current = peppers.current(now)
+    if pepper != current.value:
+        raise InvalidPepper("Unknown or invalid pepper", lookup_pepper=current.value)
     if algorithm not in ALGORITHMS:
         raise InvalidParam(f"Unsupported algorithm; use one of {', '.join(ALGORITHMS)}")
     if len(addresses) > limit:
@@ -47,13 +49,59 @@ def lookup(
     if not all(isinstance(a, str) for a in addresses):
         raise InvalidParam("addresses must be strings")
     if algorithm == "sha256":
-        return associations.mxids_by_hash(addresses, now=now)
+        return associations.mxids_by_hash(addresses, slot=current.slot, now=now)
     queries = {}
     for query in addresses:
         address, _, medium = query.rpartition(" ")
-        queries[lookup_hash(medium, lookup_form(address), current)] = query
-    found = associations.mxids_by_hash(queries, now=now)
+        queries[lookup_hash(medium, lookup_form(address), current.value)] = query
+    found = associations.mxids_by_hash(queries, slot=current.slot, now=now)
     return {queries[h]: mxid for h, mxid in found.items()}
+
+
+def hash_association(association: Association, *, now: datetime) -> None:
+    """Set the association's hashes for the current pepper, and for the pepper being
+    rotated in if any (so that the rotation need not come back to it)."""
+    for pepper in filter(None, (peppers.current(now), peppers.pending())):
+        value = lookup_hash(association.medium, association.address, pepper.value)
+        setattr(association, associations.hash_column(pepper.slot).key, value)
+
+
+def rotate_pepper(
+    *, now: datetime, batch: int = 5_000, commit: Callable[[], None], progress=None
+) -> str:
+    """Replace the lookup pepper without stopping lookups; return the new pepper.
+
+    A new pepper is created in the slot the current one does not use, and every
+    association's hash for it is computed there, `batch` rows per transaction, while
+    lookups keep answering with the current pepper. Once every row has one, the new
+    pepper becomes current: clients still hashing with the old one get
+    M_INVALID_PEPPER with the new one, as the specification says. An interrupted
+    rotation resumes where it stopped.
+
+    :param commit: ends each batch's transaction (the caller owns the session).
+    :param progress: called with the number of rows hashed so far.
+    """
+    pending = peppers.pending()
+    if pending is None:
+        pending = peppers.start_pending(1 - peppers.current(now).slot, now)
+        associations.clear_slot(pending.slot)
+        commit()
+    done = 0
+    while rows := associations.missing_in_slot(pending.slot, batch):
+        associations.set_hashes(
+            pending.slot,
+            {
+                row_id: lookup_hash(medium, address, pending.value)
+                for row_id, medium, address in rows
+            },
+        )
+        commit()
+        done += len(rows)
+        if progress is not None:
+            progress(done)
+    pending.activated_at = now
+    commit()
+    return pending.value
 
 
 def bulk_lookup(threepids: list[Any], *, now: datetime, limit: int) -> list[list[str]]:

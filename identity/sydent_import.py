@@ -44,7 +44,7 @@ from identity.accounts import token_hash
 from identity.addresses import normalise_email
 from identity.errors import MatrixError
 from identity.extensions import db
-from identity.lookup import lookup_hash
+from identity.lookup import hash_association
 from identity.storage import accounts
 from identity.storage import associations
 from identity.storage import ephemeral_keys
@@ -149,8 +149,8 @@ def import_sydent(
         for kind, table in _TABLES.items():
             if table not in tables:
                 report.notes.append(f"{kind}: Sydent's database has no {table} table.")
-        pepper = _import_pepper(conn, tables, report, now=now)
-        _import_associations(conn, tables, report.kind("associations"), pepper, now=now)
+        _import_pepper(conn, tables, report, now=now)
+        _import_associations(conn, tables, report.kind("associations"), now=now)
         _import_invitations(
             conn, tables, report.kind("invitations"), now=now, validity=invite_validity
         )
@@ -278,19 +278,19 @@ def _import_pepper(
         return None
     peppers.add(pepper, now)
     kind.imported += 1
-    rehashed = _rehash_associations(pepper)
+    rehashed = _rehash_associations(now)
     if rehashed:
         report.notes.append(f"pepper: {rehashed} existing association(s) hashed with it.")
     return pepper
 
 
-def _rehash_associations(pepper: str) -> int:
-    """Hash the associations we already hold with a new current pepper."""
+def _rehash_associations(now: datetime) -> int:
+    """Hash the associations we already hold with the (new) current pepper."""
     count = 0
     for address in list(associations.addresses("email")):
         association = associations.find("email", address)
         if association is not None:
-            association.lookup_hash = lookup_hash("email", address, pepper)
+            hash_association(association, now=now)
             count += 1
     db.session.flush()
     return count
@@ -322,7 +322,6 @@ def _import_associations(
     conn: sqlite3.Connection,
     tables: set[str],
     kind: KindReport,
-    pepper: str | None,
     *,
     now: datetime,
 ) -> None:
@@ -335,8 +334,6 @@ def _import_associations(
             binding = _binding(row, f"{table}#{row['id']}", kind, now=now)
             if binding is not None:
                 bindings.setdefault(binding.address, []).append(binding)
-    if pepper is None:
-        pepper = peppers.current_pepper(now)
     for address, candidates in bindings.items():
         candidates.sort(key=lambda b: (b.ts, b.ref.startswith("global")), reverse=True)
         newest = candidates[0]
@@ -350,17 +347,16 @@ def _import_associations(
             else:
                 kind.skip("the address is bound here to another Matrix ID", newest.ref)
             continue
-        associations.save(
-            Association(
-                medium="email",
-                address=address,
-                mxid=newest.mxid,
-                lookup_hash=lookup_hash("email", address, pepper),
-                created_at=newest.ts,
-                not_before=newest.not_before,
-                not_after=newest.not_after,
-            )
+        association = Association(
+            medium="email",
+            address=address,
+            mxid=newest.mxid,
+            created_at=newest.ts,
+            not_before=newest.not_before,
+            not_after=newest.not_after,
         )
+        hash_association(association, now=now)
+        associations.save(association)
         kind.imported += 1
 
 

@@ -6,10 +6,19 @@ from identity.cli import deliveries
 from identity.cli import domains
 from identity.cli import invites
 from identity.cli import keys
+from identity.cli import lookup
 from identity.cli import sessions
 from identity.cli import sydent
 
-GROUPS = [keys.group, sessions.group, deliveries.group, domains.group, invites.group, sydent.group]
+GROUPS = [
+    keys.group,
+    sessions.group,
+    deliveries.group,
+    domains.group,
+    invites.group,
+    lookup.group,
+    sydent.group,
+]
 
 
 def register_cli(app: Flask) -> None:

@@ -7,6 +7,8 @@ from datetime import datetime
 from sqlalchemy import delete
 from sqlalchemy import select
 from sqlalchemy import tuple_
+from sqlalchemy import update
+from sqlalchemy.orm import InstrumentedAttribute
 
 from identity.extensions import db
 from identity.storage.models import Association
@@ -30,14 +32,20 @@ def remove(association: Association) -> None:
     db.session.flush()
 
 
-def mxids_by_hash(hashes: Iterable[str], *, now: datetime) -> dict[str, str]:
-    """{lookup_hash: mxid} for the live associations among `hashes`."""
+def hash_column(slot: int) -> InstrumentedAttribute:
+    """The column holding the lookup hashes of the pepper in `slot`."""
+    return Association.lookup_hash_alt if slot else Association.lookup_hash
+
+
+def mxids_by_hash(hashes: Iterable[str], *, slot: int, now: datetime) -> dict[str, str]:
+    """{lookup_hash: mxid} for the live associations among `hashes` (in `slot`)."""
     found: dict[str, str] = {}
     hashes = list(dict.fromkeys(hashes))
+    column = hash_column(slot)
     for start in range(0, len(hashes), _BATCH):
         rows = db.session.execute(
-            select(Association.lookup_hash, Association.mxid).where(
-                Association.lookup_hash.in_(hashes[start : start + _BATCH]),
+            select(column, Association.mxid).where(
+                column.in_(hashes[start : start + _BATCH]),
                 Association.not_after > now,
             )
         )
@@ -70,3 +78,28 @@ def addresses(medium: str) -> Iterator[str]:
     """Every bound address of a medium, streamed (there may be millions)."""
     query = select(Association.address).filter_by(medium=medium)
     yield from db.session.scalars(query.execution_options(yield_per=10_000))
+
+
+def clear_slot(slot: int) -> None:
+    """Empty a hash slot, so that a rotation can tell which rows it has done."""
+    db.session.execute(update(Association).values({hash_column(slot).key: None}))
+
+
+def missing_in_slot(slot: int, limit: int) -> list[tuple[int, str, str]]:
+    """Up to `limit` (id, medium, address) of associations without a hash in `slot`."""
+    query = (
+        select(Association.id, Association.medium, Association.address)
+        .where(hash_column(slot).is_(None))
+        .order_by(Association.id)
+        .limit(limit)
+    )
+    return [tuple(row) for row in db.session.execute(query)]
+
+
+def set_hashes(slot: int, hashes: dict[int, str]) -> None:
+    """Store {association id: hash} in `slot`."""
+    column = hash_column(slot).key
+    db.session.execute(
+        update(Association),
+        [{"id": association_id, column: value} for association_id, value in hashes.items()],
+    )

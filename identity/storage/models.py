@@ -72,7 +72,10 @@ class Association(db.Model):
     medium: Mapped[str] = mapped_column(String(16))
     address: Mapped[str] = mapped_column(String(320))
     # sha256("<address> <medium> <pepper>"), unpadded URL-safe base64.
-    lookup_hash: Mapped[str] = mapped_column(String(64), index=True)
+    # Two slots, so that a new pepper's hashes are filled in while lookups keep using
+    # the current pepper's (identity.lookup.rotate_pepper); Pepper.slot says which.
+    lookup_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    lookup_hash_alt: Mapped[str | None] = mapped_column(String(64), index=True)
     mxid: Mapped[str] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     not_before: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -80,13 +83,16 @@ class Association(db.Model):
 
 
 class Pepper(db.Model):
-    """The lookup pepper; the newest row is the current one."""
+    """A lookup pepper. The newest activated one is current; a newer one not yet
+    activated is being rotated in (its hashes are being filled in its slot)."""
 
     __tablename__ = "pepper"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     value: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    slot: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Invitation(db.Model):

@@ -1,4 +1,5 @@
-"""The lookup pepper: the newest row is the current one."""
+"""The lookup peppers: the newest activated one is current, a newer pending one is
+being rotated in."""
 
 import secrets
 from datetime import datetime
@@ -9,23 +10,48 @@ from identity.extensions import db
 from identity.storage.models import Pepper
 
 
-def current_pepper(now: datetime) -> str:
+def new_value() -> str:
+    # Letters and digits only: clients put it in a string they hash.
+    return secrets.token_hex(16)
+
+
+def current(now: datetime) -> Pepper:
     """The current pepper, created on first use."""
-    pepper = db.session.scalar(select(Pepper.value).order_by(Pepper.id.desc()).limit(1))
+    pepper = db.session.scalar(
+        select(Pepper).where(Pepper.activated_at.is_not(None)).order_by(Pepper.id.desc()).limit(1)
+    )
     if pepper is None:
-        # Letters and digits only: clients put it in a string they hash.
-        pepper = secrets.token_hex(16)
-        db.session.add(Pepper(value=pepper, created_at=now))
+        pepper = Pepper(value=new_value(), created_at=now, slot=0, activated_at=now)
+        db.session.add(pepper)
         db.session.flush()
     return pepper
 
 
+def current_pepper(now: datetime) -> str:
+    return current(now).value
+
+
+def pending() -> Pepper | None:
+    """The pepper being rotated in, if a rotation is under way."""
+    return db.session.scalar(
+        select(Pepper).where(Pepper.activated_at.is_(None)).order_by(Pepper.id.desc()).limit(1)
+    )
+
+
+def start_pending(slot: int, now: datetime) -> Pepper:
+    pepper = Pepper(value=new_value(), created_at=now, slot=slot, activated_at=None)
+    db.session.add(pepper)
+    db.session.flush()
+    return pepper
+
+
 def all_peppers() -> list[str]:
-    """Every pepper, newest (the current one) first."""
+    """Every pepper, newest first."""
     return list(db.session.scalars(select(Pepper.value).order_by(Pepper.id.desc())))
 
 
 def add(pepper: str, now: datetime) -> None:
-    """Make `pepper` the current one."""
-    db.session.add(Pepper(value=pepper, created_at=now))
+    """Make `pepper` the current one, in the current one's slot (the caller rehashes)."""
+    slot = current(now).slot
+    db.session.add(Pepper(value=pepper, created_at=now, slot=slot, activated_at=now))
     db.session.flush()
