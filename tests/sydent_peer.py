@@ -101,12 +101,17 @@ class Sydent:
             "brand.default": "tchap",
             "pidfile.path": str(self.workdir / "sydent.pid"),
             "log.path": "",
+            # The tests' fake homeserver listens on loopback, which Sydent refuses
+            # by default.
+            "ip.whitelist": "127.0.0.1",
         }
         config["db"] = {"db.file": str(self.db_path)}
         config["http"] = {
             "clientapi.http.bind_address": "127.0.0.1",
             "clientapi.http.port": str(self.port),
             "client_http_base": self.base_url,
+            # The fake homeserver's certificate comes from the tests' own CA.
+            "federation.verifycerts": "false",
         }
         config["email"] = {
             "email.smtphost": self.smtp_host,

@@ -20,12 +20,16 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import signedjson.key
+import signedjson.sign
 from sqlalchemy import select
 
+from identity import deliveries
 from identity.extensions import db
 from identity.storage.models import AccessToken
 from identity.storage.models import Association
 from identity.storage.models import Invitation
+from tests.fake_homeserver import FakeHomeserver
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
@@ -67,6 +71,8 @@ class Deployment:
     pepper: str
     pending_token: str
     ephemeral_keys: list[str]
+    # (Matrix ID, access token) of the account registered through Sydent's API.
+    registered: tuple[str, str] = ("", "")
     # {normalised address: (mxid, ts, not_before, not_after)} of the live bindings.
     bindings: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)
 
@@ -95,6 +101,19 @@ def sydent_deployment(tmp_path_factory, smtp) -> Deployment:
         sydent.bind(smtp, *ALICE)
         sydent.bind(smtp, *BRUNO)
         pending = sydent.store_invite(PENDING_GUEST, ROOM, SENDER, room_name="Projet X")
+        # An account registered with Sydent through a homeserver's OpenID token.
+        homeserver = FakeHomeserver().start()
+        try:
+            registered = sydent.post(
+                f"{V2}/account/register",
+                {
+                    "access_token": homeserver.issue_openid_token("gaby"),
+                    "matrix_server_name": homeserver.server_name,
+                },
+            )
+        finally:
+            homeserver.stop()
+        registered_user = homeserver.user_id("gaby")
         delivered = sydent.store_invite("denis@partenaire.example", ROOM, "@jean:agent.test")
         old = sydent.store_invite("emma@partenaire.example", ROOM, "@luc:agent.test")
     finally:
@@ -107,6 +126,7 @@ def sydent_deployment(tmp_path_factory, smtp) -> Deployment:
         pepper=_sydent_pepper(sydent.db_path),
         pending_token=pending["token"],
         ephemeral_keys=[a["public_keys"][1]["public_key"] for a in (pending, delivered, old)],
+        registered=(registered_user, registered["token"]),
     )
     with sqlite3.connect(sydent.db_path) as conn:
         for address, mxid in (ALICE, BRUNO, LEGACY, CAROL):
@@ -278,8 +298,9 @@ def test_imported_access_token_is_stored_hashed(sydent_deployment, app, client, 
     assert client.get(f"{V2}/account", headers=auth("orphan")).status_code == 401
     with app.app_context():
         stored = list(db.session.scalars(select(AccessToken.token_hash)))
-    assert stored == [hashlib.sha256(DORA_TOKEN.encode()).hexdigest()]
-    assert DORA_TOKEN not in stored
+    plain = [DORA_TOKEN, sydent_deployment.registered[1]]
+    assert sorted(stored) == sorted(hashlib.sha256(t.encode()).hexdigest() for t in plain)
+    assert not set(plain) & set(stored)
 
 
 def test_imported_ephemeral_keys_and_signing_key_are_valid(sydent_deployment, client, runner):
@@ -415,3 +436,33 @@ def test_a_missing_or_foreign_database_is_refused(runner, tmp_path):
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
     result = runner.invoke(args=["sydent", "import", str(other)])
     assert result.exit_code == 1 and "not a Sydent database" in result.output
+
+
+def test_a_pending_sydent_invitation_is_delivered_when_the_guest_binds_with_us(
+    sydent_deployment, app, client, runner, smtp, fake_homeserver
+):
+    result = run_import(runner, sydent_deployment)
+    assert result.exit_code == 0, result.output
+    sid = validate_address(client, smtp, PENDING_GUEST, secret="guest")
+    mxid = fake_homeserver.user_id("claire")
+    body = {"sid": sid, "client_secret": "guest", "mxid": mxid}
+    assert client.post(f"{V1}/3pid/bind", json=body).status_code == 200
+    with app.app_context():
+        assert deliveries.run_due(now=app.extensions["identity.clock"].now()) == 1
+    [call] = fake_homeserver.onbind_calls
+    [invite] = call["invites"]
+    assert (invite["room_id"], invite["sender"], invite["mxid"]) == (ROOM, SENDER, mxid)
+    assert invite["signed"]["token"] == sydent_deployment.pending_token
+    # Signed with Sydent's own key, the one the room's third-party invite names.
+    sydent_key = signedjson.key.decode_verify_key_bytes(
+        "ed25519:0", signedjson.key.decode_base64(sydent_deployment.public_key)
+    )
+    signedjson.sign.verify_signed_json(invite["signed"], "id.tchap.test", sydent_key)
+
+
+def test_an_account_registered_with_sydent_works_here(sydent_deployment, client, runner):
+    result = run_import(runner, sydent_deployment)
+    assert result.exit_code == 0, result.output
+    user_id, token = sydent_deployment.registered
+    r = client.get(f"{V2}/account", headers=auth(token))
+    assert (r.status_code, r.json) == (200, {"user_id": user_id})
