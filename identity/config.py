@@ -53,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_REQUEST_BYTES": 64 * 1024,
     # Validation sessions.
     "SESSION_LIFETIME_SECONDS": 24 * 3600,
+    # Expired invitations are kept this long after their expiry, then deleted.
+    "INVITE_RETENTION_DAYS": 30,
+    # How often each instance purges what is past its retention; 0 leaves it to cron.
+    "PURGE_INTERVAL_SECONDS": 3600,
     "TOKEN_MAX_ATTEMPTS": 10,
     "NEXT_LINK_DOMAIN_ALLOWLIST": None,
     # Lookups.
@@ -117,6 +121,7 @@ _POSITIVE_INT_KEYS = (
     "FEDERATION_TIMEOUT_SECONDS",
     "FEDERATION_MAX_RESPONSE_BYTES",
     "INVITE_VALIDITY_SECONDS",
+    "INVITE_RETENTION_DAYS",
     "INVITE_MAX_PER_ADDRESS_PER_DAY",
     "INVITE_MAX_PER_SENDER_PER_DAY",
     "DELIVERY_MAX_BACKOFF_SECONDS",
@@ -167,6 +172,7 @@ def check_config(config: Any) -> None:
     if config["LOG_FORMAT"] not in ("json", "text"):
         raise ConfigError(f"LOG_FORMAT: expected json or text, got {config['LOG_FORMAT']!r}")
     config["DOMAINS_CHECK_SECONDS"] = _as_seconds("DOMAINS_CHECK_SECONDS", config)
+    config["PURGE_INTERVAL_SECONDS"] = _as_seconds("PURGE_INTERVAL_SECONDS", config)
     proxies = config["TRUSTED_PROXY_COUNT"]
     if proxies != 0:
         config["TRUSTED_PROXY_COUNT"] = _as_positive_int("TRUSTED_PROXY_COUNT", proxies)
@@ -250,6 +256,8 @@ class Settings:
     internal_api_trusted_networks: tuple[Network, ...]
     internal_api_secret: str | None
     secret_key: str | None
+    invite_retention_days: int
+    purge_interval_seconds: float
     ios_app_url: str
     android_app_url: str
     invite_max_per_address_per_day: int | None
@@ -278,6 +286,8 @@ class Settings:
             internal_api_trusted_networks=tuple(config["INTERNAL_API_TRUSTED_NETWORKS"]),
             internal_api_secret=config["INTERNAL_API_SECRET"] or None,
             secret_key=config["SECRET_KEY"] or None,
+            invite_retention_days=config["INVITE_RETENTION_DAYS"],
+            purge_interval_seconds=config["PURGE_INTERVAL_SECONDS"],
             ios_app_url=config["IOS_APP_URL"],
             android_app_url=config["ANDROID_APP_URL"],
             # RATELIMIT_ENABLED=false switches every limit off, these quotas included.

@@ -24,6 +24,9 @@ from identity import keys
 from identity import metrics
 from identity.addresses import redact
 from identity.extensions import db
+from identity.retention import Retention
+from identity.retention import Schedule
+from identity.retention import purge
 from identity.storage import deliveries
 from identity.storage.models import Delivery
 
@@ -182,12 +185,20 @@ def stop(app: Flask) -> None:
 
 
 def _work(app: Flask, stop: threading.Event) -> None:
+    """The process's background thread: deliveries, and the scheduled purges."""
     interval = app.extensions["identity.deliveries"].poll_seconds
+    retention = Retention.from_settings(app.extensions["identity.settings"])
+    purges = Schedule(retention.purge_interval_seconds)
     while not stop.is_set():
         try:
             with app.app_context():
-                run_due(now=app.extensions["identity.clock"].now())
+                now = app.extensions["identity.clock"].now()
+                run_due(now=now)
+                if purges.is_due():
+                    deleted = purge(retention, now=now)
+                    db.session.commit()
+                    logger.info("Purged %s", deleted)
         except Exception:
             # The next pass retries; one bad pass must not end deliveries for good.
-            logger.exception("Delivery pass failed")
+            logger.exception("Background pass failed")
         stop.wait(interval)

@@ -9,6 +9,7 @@ from identity.cli import keys
 from identity.cli import lookup
 from identity.cli import sessions
 from identity.cli import sydent
+from identity.cli import threepid
 
 GROUPS = [
     keys.group,
@@ -18,6 +19,7 @@ GROUPS = [
     invites.group,
     lookup.group,
     sydent.group,
+    threepid.group,
 ]
 
 

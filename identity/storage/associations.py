@@ -103,3 +103,8 @@ def set_hashes(slot: int, hashes: dict[int, str]) -> None:
         update(Association),
         [{"id": association_id, column: value} for association_id, value in hashes.items()],
     )
+
+
+def delete_for_address(medium: str, address: str) -> int:
+    result = db.session.execute(delete(Association).filter_by(medium=medium, address=address))
+    return result.rowcount or 0

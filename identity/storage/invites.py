@@ -166,3 +166,12 @@ def created_since(
 
 def by_id(invitation_id: int) -> Invitation | None:
     return db.session.get(Invitation, invitation_id)
+
+
+def delete_for_address(medium: str, address: str) -> int:
+    """Delete an address's invitations, with their keys and delivery jobs."""
+    ids = select(Invitation.id).filter_by(medium=medium, address=address).scalar_subquery()
+    db.session.execute(delete(EphemeralKey).where(EphemeralKey.invitation_id.in_(ids)))
+    db.session.execute(delete(Delivery).where(Delivery.invitation_id.in_(ids)))
+    result = db.session.execute(delete(Invitation).filter_by(medium=medium, address=address))
+    return result.rowcount or 0

@@ -40,3 +40,8 @@ def delete_expired(before: datetime) -> int:
         delete(ValidationSession).where(ValidationSession.updated_at < before)
     )
     return result.rowcount or 0
+
+
+def delete_for_address(medium: str, address: str) -> int:
+    result = db.session.execute(delete(ValidationSession).filter_by(medium=medium, address=address))
+    return result.rowcount or 0

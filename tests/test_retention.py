@@ -1,0 +1,73 @@
+"""Retention: scheduled purges, and erasing everything held about an address."""
+
+import time
+
+from sqlalchemy import func
+from sqlalchemy import select
+
+from identity import deliveries
+from identity.extensions import db
+from identity.storage.models import Invitation
+from identity.storage.models import ValidationSession
+from tests.helpers import V1
+from tests.helpers import landing_link_from_mail
+from tests.helpers import relative
+from tests.helpers import request_code
+from tests.helpers import validate_address
+
+GUEST = "claire@partenaire.example"
+
+
+def store_invite(client, address=GUEST):
+    body = {"medium": "email", "address": address, "room_id": "!r:agent.dinum.tchap.gouv.fr",
+            "sender": "@marie:agent.dinum.tchap.gouv.fr"}  # fmt: skip
+    assert client.post(f"{V1}/store-invite", json=body).status_code == 200
+
+
+def count(app, model) -> int:
+    with app.app_context():
+        return db.session.scalar(select(func.count()).select_from(model))
+
+
+def test_forget_erases_an_address(app, client, smtp, runner):
+    store_invite(client)
+    landing = relative(landing_link_from_mail(smtp.last()))
+    sid = validate_address(client, smtp, GUEST, secret="f")
+    body = {"sid": sid, "client_secret": "f", "mxid": "@claire:agent.externe.tchap.gouv.fr"}
+    assert client.post(f"{V1}/3pid/bind", json=body).status_code == 200
+    request_code(client, GUEST, secret="another")  # a session in progress
+    store_invite(client, "someone.else@partenaire.example")
+
+    result = runner.invoke(args=["threepid", "forget", "Claire@Partenaire.example"])
+    assert result.exit_code == 0, result.output
+    assert "Erased 1 bindings, 2 validation sessions, 1 invitations." in result.output
+    query = {"medium": "email", "address": GUEST}
+    assert client.get(f"{V1}/lookup", query_string=query).json == {}
+    assert client.get(landing).status_code == 404
+    assert count(app, Invitation) == 1  # someone else's stays
+    again = runner.invoke(args=["threepid", "forget", GUEST])
+    assert "Erased 0 bindings, 0 validation sessions, 0 invitations." in again.output
+    assert runner.invoke(args=["threepid", "forget", "nope"]).exit_code == 2
+
+
+def test_the_background_thread_purges_on_schedule(make_app, smtp, clock):
+    app = make_app(
+        DELIVERY_WORKER_ENABLED=True, DELIVERY_POLL_SECONDS=0.05, PURGE_INTERVAL_SECONDS=0.1,
+        INVITE_RETENTION_DAYS=10,
+    )  # fmt: skip
+    client = app.test_client()
+    store_invite(client)
+    request_code(client, "agent@ac-versailles.fr")
+    clock.advance(days=30 + 5)  # the invitation expired 5 days ago; the session too
+    store_invite(client, "recent@partenaire.example")
+    deadline = time.monotonic() + 5
+    while count(app, ValidationSession) != 0:
+        assert time.monotonic() < deadline, "the expired session was not purged"
+        time.sleep(0.05)
+    assert count(app, Invitation) == 2  # expired for 5 days only: kept 10
+    clock.advance(days=6)
+    deadline = time.monotonic() + 5
+    while count(app, Invitation) != 1:
+        assert time.monotonic() < deadline, "the long-expired invitation was not purged"
+        time.sleep(0.05)
+    deliveries.stop(app)
