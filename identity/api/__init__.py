@@ -60,7 +60,7 @@ def limit_anonymous_requests() -> None:
     path = request.path
     if request.method == "OPTIONS" or not path.startswith(API_PREFIX):
         return
-    if path.startswith(INTERNAL_PREFIX) or bearer_token() is not None:
+    if path.startswith(INTERNAL_PREFIX) or bearer_token(allow_query=True) is not None:
         return
     limits.current().check("per_ip", request.remote_addr or "unknown")
 

@@ -14,22 +14,26 @@ from identity.errors import Forbidden
 from identity.terms import current_terms
 
 
-def bearer_token() -> str | None:
-    """The request's access token: the Authorization header, else `access_token` in the
-    query string, which the specification deprecated but Synapse still sends (on
-    /hash_details and /lookup); access logs never show query strings."""
+def bearer_token(*, allow_query: bool = False) -> str | None:
+    """The request's access token, from the Authorization header.
+
+    :param allow_query: also take `access_token` from the query string, which the
+        specification no longer allows but Synapse still sends on /hash_details
+        (access logs never show query strings).
+    """
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
         return token.strip() or None
-    return request.args.get("access_token") or None
+    return (request.args.get("access_token") or None) if allow_query else None
 
 
-def require_user(check_terms: bool = True) -> str:
+def require_user(check_terms: bool = True, *, allow_query_token: bool = False) -> str:
     """The user of the request's access token.
 
     :raises MatrixError: 401 M_UNAUTHORIZED, 403 M_TERMS_NOT_SIGNED, 429 M_LIMIT_EXCEEDED.
     """
-    user_id = accounts.authenticate(bearer_token(), current_terms(), check_terms=check_terms)
+    token = bearer_token(allow_query=allow_query_token)
+    user_id = accounts.authenticate(token, current_terms(), check_terms=check_terms)
     limits.current().check("per_user", user_id)
     return user_id
 
