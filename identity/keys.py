@@ -2,6 +2,7 @@
 
 import logging
 import os
+import tempfile
 from typing import Any
 
 import signedjson.key
@@ -59,12 +60,23 @@ def parse(text: str) -> SigningKey:
 
 
 def generate(path: str, version: str = DEFAULT_KEY_ID) -> SigningKey:
+    """Write a new key to `path`, which must not exist.
+
+    The key is written to a private temporary file, then linked into place: another
+    worker or thread never reads a half-written key, and if two generate at once,
+    one gets FileExistsError and reads the winner's.
+    """
     key = signedjson.key.generate_signing_key(version)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     # Created with owner-only permissions: this key signs everything we assert.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(serialise(key) + "\n")
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".signing-key-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(serialise(key) + "\n")
+        os.link(temporary, path)  # fails if the path exists, unlike a rename
+    finally:
+        os.unlink(temporary)
     return key
 
 
