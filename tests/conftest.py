@@ -5,6 +5,7 @@ import uuid
 
 import psycopg
 import pytest
+import redis
 
 from app import create_app
 from identity.extensions import db
@@ -18,6 +19,8 @@ POSTGRES_URL = os.environ.get(
     "IDENTITY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# A Redis database of our own for the shared rate limits; emptied around each test.
+REDIS_URL = os.environ.get("IDENTITY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def fake_homeserver_ca_file() -> str:
@@ -59,6 +62,21 @@ def postgres_database():
     yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
     admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     admin.close()
+
+
+@pytest.fixture
+def redis_url():
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as e:
+        if IN_CI:
+            pytest.fail(f"Redis is required in CI and unreachable at {REDIS_URL}: {e}")
+        pytest.skip(f"Redis unreachable at {REDIS_URL}: {e}")
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

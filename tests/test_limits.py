@@ -1,10 +1,8 @@
 """Rate limits: per client IP, per user, per mail recipient; shared through Redis."""
 
-import os
 import uuid
 
 import pytest
-import redis
 
 from app import create_app
 from identity.config import ConfigError
@@ -13,8 +11,6 @@ from tests.helpers import V2
 from tests.helpers import auth
 from tests.helpers import register_user
 from tests.helpers import request_code
-
-REDIS_URL = os.environ.get("IDENTITY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def info(client, ip="192.0.2.10"):
@@ -67,20 +63,6 @@ def test_switched_off(make_app):
 def test_bad_limits_stop_start_up(config):
     with pytest.raises(ConfigError, match="RATELIMIT_PER_IP"):
         create_app({**config, "RATELIMIT_ENABLED": True, "RATELIMIT_PER_IP": "lots"})
-
-
-@pytest.fixture
-def redis_url():
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis is required in CI and unreachable at {REDIS_URL}: {e}")
-        pytest.skip(f"Redis unreachable at {REDIS_URL}: {e}")
-    client.flushdb()
-    yield REDIS_URL
-    client.flushdb()
 
 
 def test_limits_hold_across_instances_through_redis(make_app, redis_url):

@@ -1,9 +1,6 @@
 """domains.yaml: validation, resolution, the admin commands and the info.yaml import."""
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +12,8 @@ from identity.routing.sydent_info import import_info
 from identity.routing.sydent_info import sydent_target
 from tests.helpers import V1
 from tests.helpers import validate_address
-from tests.support import free_port
+from tests.servers import Gunicorn
+from tests.servers import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 INFO_YAML = Path(__file__).parent / "fixtures" / "info.yaml"
@@ -248,7 +246,6 @@ def served(tmp_path):
     """The service under gunicorn with two workers, on an SQLite file and our domains file."""
     domains = tmp_path / "domains.yaml"
     domains.write_text(VALID)
-    port = free_port()
     env = {
         **os.environ,
         "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db.sqlite3'}",
@@ -257,29 +254,11 @@ def served(tmp_path):
         "IDENTITY_DOMAINS_CHECK_SECONDS": "0.2",
         "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
     }
-    # Migrate once before the workers start, as a deployment does.
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
-        cwd=ROOT, env=env, check=True, capture_output=True,
-    )  # fmt: skip
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
-         "app:create_app()"],
-        cwd=ROOT, env={**env, "IDENTITY_AUTO_MIGRATE": "false"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            requests.get(f"{base}/health", timeout=1)
-            break
-        except requests.ConnectionError:
-            assert time.monotonic() < deadline and server.poll() is None, "gunicorn did not start"
-            time.sleep(0.1)
+    migrate(env)
+    server = Gunicorn(env, ("-w", "2"))
+    base = server.base
     yield base, domains
-    server.send_signal(signal.SIGTERM)
-    server.wait(timeout=30)
+    server.stop()
 
 
 def test_hot_reload_on_a_running_server(served):

@@ -3,79 +3,34 @@ a rate limit holds across both, each queued invitation is delivered exactly once
 an instance killed with SIGKILL under load loses nothing it acknowledged."""
 
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 import requests
 
 from tests.fake_homeserver import CA_FILE
-from tests.support import free_port
+from tests.servers import ROOT
+from tests.servers import Gunicorn
+from tests.servers import migrate
 
 pytestmark = pytest.mark.postgres
 
-ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("IDENTITY_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 SECRET = {"Authorization": "Bearer scale-secret"}
 V1 = "/_matrix/identity/api/v1"
 
 
 @pytest.fixture
-def shared_storage(postgres_database):
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis is required in CI: {e}")
-        pytest.skip(f"Redis unreachable at {REDIS_URL}: {e}")
-    client.flushdb()
-    yield postgres_database, REDIS_URL
-    client.flushdb()
+def shared_storage(postgres_database, redis_url):
+    yield postgres_database, redis_url
     with psycopg.connect(postgres_database.replace("postgresql+psycopg://", "postgresql://")) as c:
         c.execute("DROP SCHEMA public CASCADE")
         c.execute("CREATE SCHEMA public")
-
-
-class Instance:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
-            cwd=ROOT, env={**env, "IDENTITY_BIND": f"127.0.0.1:{self.port}"},
-            stdout=self.log, stderr=self.log, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(f"{self.base}/health", timeout=5)
-                return
-            except requests.RequestException:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise
-                time.sleep(0.1)
-
-    def kill(self) -> None:
-        """SIGKILL the master and its workers at once: no chance to finish anything."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=30)
-        self.log.close()
 
 
 @pytest.fixture
@@ -99,12 +54,11 @@ def instances(shared_storage, smtp, tmp_path):
         "IDENTITY_WORKERS": "2",
         "IDENTITY_THREADS": "4",
     }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # One key for both, as every host of a deployment shares it.
     subprocess.run([sys.executable, "-m", "flask", "--app", "app", "keys", "generate"],
                    cwd=ROOT, env=env, check=True, capture_output=True)  # fmt: skip
-    subprocess.run([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
-                   cwd=ROOT, env=env, check=True, capture_output=True)  # fmt: skip
-    started = [Instance(env, tmp_path / f"instance-{i}.log") for i in range(2)]
+    migrate(env)
+    started = [Gunicorn(env, ("-c", "gunicorn.conf.py")) for _ in range(2)]
     yield started
     for instance in started:
         instance.stop()

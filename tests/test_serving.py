@@ -3,25 +3,22 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support import free_port
+from tests.servers import Gunicorn
+from tests.servers import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def gunicorn(tmp_path):
-    port = free_port()
     env = {
         **os.environ,
-        "IDENTITY_BIND": f"127.0.0.1:{port}",
         "IDENTITY_WORKERS": "2",
         "IDENTITY_THREADS": "2",
         "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db.sqlite3'}",
@@ -29,26 +26,11 @@ def gunicorn(tmp_path):
         "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
         "IDENTITY_RATELIMIT_ENABLED": "false",
     }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    subprocess.run([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
-                   cwd=ROOT, env=env, check=True, capture_output=True)  # fmt: skip
+    migrate(env)
     log = (tmp_path / "gunicorn.log").open("w+")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
-        cwd=ROOT, env={**env, "IDENTITY_AUTO_MIGRATE": "false"}, stdout=log, stderr=log,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            requests.get(f"{base}/health", timeout=1)
-            break
-        except requests.ConnectionError:
-            assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
-            time.sleep(0.1)
-    yield server, base, log
-    server.send_signal(signal.SIGTERM)
-    server.wait(timeout=30)
+    server = Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log)
+    yield server, server.base, log
+    server.stop()
     log.close()
 
 
@@ -71,7 +53,7 @@ def test_workers_metrics_logs_and_reload(gunicorn):
     assert float(line.rsplit(" ", 1)[1]) == 20
 
     # A graceful reload (SIGHUP) keeps answering.
-    server.send_signal(signal.SIGHUP)
+    server.signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         assert requests.get(f"{base}/health", timeout=5).status_code == 200
