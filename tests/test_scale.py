@@ -58,10 +58,14 @@ def instances(shared_storage, smtp, tmp_path):
     subprocess.run([sys.executable, "-m", "flask", "--app", "app", "keys", "generate"],
                    cwd=ROOT, env=env, check=True, capture_output=True)  # fmt: skip
     migrate(env)
-    started = [Gunicorn(env, ("-c", "gunicorn.conf.py")) for _ in range(2)]
-    yield started
-    for instance in started:
-        instance.stop()
+    started: list[Gunicorn] = []
+    try:
+        for _ in range(2):
+            started.append(Gunicorn(env, ("-c", "gunicorn.conf.py")))
+        yield started
+    finally:
+        for instance in started:
+            instance.stop()
 
 
 def from_ip(ip: str) -> dict[str, str]:
