@@ -6,7 +6,6 @@ from datetime import datetime
 
 from sqlalchemy import delete
 from sqlalchemy import select
-from sqlalchemy import tuple_
 from sqlalchemy import update
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -55,15 +54,21 @@ def mxids_by_hash(hashes: Iterable[str], *, slot: int, now: datetime) -> dict[st
 
 def find_many(pairs: Iterable[tuple[str, str]], *, now: datetime) -> list[Association]:
     """The live associations among (medium, address) pairs."""
-    pairs = list(dict.fromkeys(pairs))
+    by_medium: dict[str, list[str]] = {}
+    for medium, address in dict.fromkeys(pairs):
+        by_medium.setdefault(medium, []).append(address)
     found: list[Association] = []
-    for start in range(0, len(pairs), _BATCH):
-        found += db.session.scalars(
-            select(Association).where(
-                tuple_(Association.medium, Association.address).in_(pairs[start : start + _BATCH]),
-                Association.not_after > now,
+    # One `medium = ? AND address IN (…)` per medium: every engine uses the unique
+    # (medium, address) index for it, which SQLite does not for a row-value IN.
+    for medium, addresses in by_medium.items():
+        for start in range(0, len(addresses), _BATCH):
+            found += db.session.scalars(
+                select(Association).where(
+                    Association.medium == medium,
+                    Association.address.in_(addresses[start : start + _BATCH]),
+                    Association.not_after > now,
+                )
             )
-        )
     return found
 
 
