@@ -87,11 +87,15 @@ def serve(tmp: Path, workers: int) -> tuple[subprocess.Popen, str]:
         "IDENTITY_SIGNING_KEY_PATH": str(tmp / "signing.key"),
         "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
         "IDENTITY_LOG_LEVEL": "WARNING",
+        # wrk comes from one address: the per-IP limit would answer 429s.
+        "IDENTITY_RATELIMIT_ENABLED": "false",
     }
     flask = [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"]
     subprocess.run(flask, cwd=ROOT, env=env, check=True, capture_output=True)
     command = [
-        sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+        # The settings below only, not gunicorn.conf.py (gunicorn reads it by default).
+        sys.executable, "-m", "gunicorn", "-c", os.devnull, "-w", str(workers),
+        "-b", f"127.0.0.1:{port}",
         "--log-level", "warning", "app:create_app()",
     ]  # fmt: skip
     env["IDENTITY_AUTO_MIGRATE"] = "false"
