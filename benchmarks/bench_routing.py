@@ -23,10 +23,12 @@ from urllib.request import urlopen
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from docs_section import markers  # noqa: E402
+from docs_section import write_section  # noqa: E402
+
 from identity.routing.schema import load_text  # noqa: E402
 
-REPORT = ROOT / "docs" / "performance.md"
-START, END = "<!-- routing:start -->", "<!-- routing:end -->"
+START, END, _ = markers("routing")
 SIZES = (10, 10_000, 100_000)
 LOOKUPS = 20_000
 
@@ -197,15 +199,6 @@ def report(resolve: dict[int, float], served: dict, args: argparse.Namespace) ->
     return "\n".join(lines)
 
 
-def write(section: str) -> None:
-    text = REPORT.read_text() if REPORT.exists() else "# Performance\n"
-    if START in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    REPORT.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
@@ -217,7 +210,7 @@ def main() -> None:
     resolve = resolution()
     served = http(args.seconds, args.workers, args.connections)
     section = report(resolve, served, args)
-    write(section)
+    write_section("routing", section)
     print(section)
     print(json.dumps({"resolve_ns": resolve, "http": served}, indent=2))
 

@@ -48,6 +48,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+from docs_section import markers  # noqa: E402
+from docs_section import write_section  # noqa: E402
+
 from identity.accounts import token_hash  # noqa: E402
 from identity.lookup import lookup_hash  # noqa: E402
 from tests.support import free_port  # noqa: E402
@@ -55,8 +58,7 @@ from tests.sydent_peer import SYDENT_VERSION  # noqa: E402
 from tests.sydent_peer import Sydent  # noqa: E402
 from tests.sydent_peer import ensure_venv  # noqa: E402
 
-REPORT = ROOT / "docs" / "performance.md"
-START, END = "<!-- sydent:start -->", "<!-- sydent:end -->"
+START, END, _ = markers("sydent")
 PG = "postgresql://postgres@127.0.0.1:5432"
 CORES = os.cpu_count() or 2
 
@@ -883,19 +885,6 @@ def report(results: dict, args: argparse.Namespace, elapsed: float) -> str:
     return "\n".join(lines)
 
 
-def write(section: str) -> None:
-    text = REPORT.read_text() if REPORT.exists() else "# Performance\n"
-    if START in text and END in text:
-        old = text[text.index(START) : text.index(END) + len(END)]
-        notes = re.search(r"<!-- sydent:notes -->\n(.*?)(?=<!-- sydent:end -->)", old, re.S)
-        if notes:  # hand-written reading of the figures, kept across runs
-            section = section.replace("<!-- sydent:notes -->", notes.group(0).rstrip("\n"))
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    REPORT.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="10,000 bindings, 5 s runs")
@@ -918,7 +907,7 @@ def main() -> None:
             bench.close()
     section = report(bench.results, args, time.monotonic() - started)
     if not args.no_write:
-        write(section)
+        write_section("sydent", section)
     print(section)
 
 
