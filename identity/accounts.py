@@ -63,7 +63,7 @@ def authenticate(token: str | None, terms: Terms, *, check_terms: bool = True) -
     :raises MatrixError: M_UNAUTHORIZED for a missing or unknown token,
         M_TERMS_NOT_SIGNED when the user has not accepted every current document.
     """
-    user_id = accounts.user_for_token(token_hash(token)) if token else None
+    user_id = accounts.committed_user_for_token(token_hash(token)) if token else None
     if user_id is None:
         raise Unauthorized("Unrecognised access token")
     if (

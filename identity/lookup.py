@@ -39,9 +39,9 @@ def lookup(
     :raises MatrixError: M_INVALID_PEPPER (with the current pepper), M_INVALID_PARAM for
         an unknown algorithm, M_TOO_LARGE past `limit` addresses.
     """
-    current = peppers.current(now)
-    if pepper != current.value:
-        raise InvalidPepper("Unknown or invalid pepper", lookup_pepper=current.value)
+    current, slot = peppers.current_value_and_slot(now)
+    if pepper != current:
+        raise InvalidPepper("Unknown or invalid pepper", lookup_pepper=current)
     if algorithm not in ALGORITHMS:
         raise InvalidParam(f"Unsupported algorithm; use one of {', '.join(ALGORITHMS)}")
     if len(addresses) > limit:
@@ -49,12 +49,12 @@ def lookup(
     if not all(isinstance(a, str) for a in addresses):
         raise InvalidParam("addresses must be strings")
     if algorithm == "sha256":
-        return associations.mxids_by_hash(addresses, slot=current.slot, now=now)
+        return associations.mxids_by_hash(addresses, slot=slot, now=now)
     queries = {}
     for query in addresses:
         address, _, medium = query.rpartition(" ")
-        queries[lookup_hash(medium, lookup_form(address), current.value)] = query
-    found = associations.mxids_by_hash(queries, slot=current.slot, now=now)
+        queries[lookup_hash(medium, lookup_form(address), current)] = query
+    found = associations.mxids_by_hash(queries, slot=slot, now=now)
     return {queries[h]: mxid for h, mxid in found.items()}
 
 

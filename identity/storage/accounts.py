@@ -2,10 +2,12 @@
 
 from datetime import datetime
 
+from sqlalchemy import bindparam
 from sqlalchemy import delete
 from sqlalchemy import select
 
 from identity.extensions import db
+from identity.storage.hot_reads import fetch_one
 from identity.storage.models import AcceptedTerms
 from identity.storage.models import AccessToken
 from identity.storage.models import Account
@@ -27,6 +29,16 @@ def add_token(token_hash: str, user_id: str, now: datetime) -> None:
 
 def user_for_token(token_hash: str) -> str | None:
     return db.session.scalar(select(AccessToken.user_id).filter_by(token_hash=token_hash))
+
+
+_tokens = AccessToken.__table__.c
+_USER_FOR_TOKEN = select(_tokens.user_id).where(_tokens.token_hash == bindparam("token_hash"))
+
+
+def committed_user_for_token(token_hash: str) -> str | None:
+    """`user_for_token` on committed data only, fast: for authenticating requests."""
+    row = fetch_one(_USER_FOR_TOKEN, token_hash=token_hash)
+    return row[0] if row is not None else None
 
 
 def delete_token(token_hash: str) -> None:

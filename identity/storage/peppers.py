@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from identity.extensions import db
+from identity.storage.hot_reads import fetch_one
 from identity.storage.models import Pepper
 
 
@@ -27,8 +28,26 @@ def current(now: datetime) -> Pepper:
     return pepper
 
 
+_peppers = Pepper.__table__.c
+_CURRENT = (
+    select(_peppers.value, _peppers.slot)
+    .where(_peppers.activated_at.is_not(None))
+    .order_by(_peppers.id.desc())
+    .limit(1)
+)
+
+
+def current_value_and_slot(now: datetime) -> tuple[str, int]:
+    """The current pepper and its slot, fast (read on committed data: for lookups)."""
+    row = fetch_one(_CURRENT)
+    if row is None:  # the very first use creates it
+        pepper = current(now)
+        return pepper.value, pepper.slot
+    return row[0], row[1]
+
+
 def current_pepper(now: datetime) -> str:
-    return current(now).value
+    return current_value_and_slot(now)[0]
 
 
 def pending() -> Pepper | None:
