@@ -1,8 +1,11 @@
 """Configuration layers (defaults, TOML file, IDENTITY_* variables) and start-up checks."""
 
+from pathlib import Path
+
 import pytest
 
 from app import create_app
+from identity.config import DEFAULTS
 from identity.config import ConfigError
 
 
@@ -73,3 +76,9 @@ def test_keys_generate_refuses_to_overwrite_without_force(tmp_path, base):
     assert again.exit_code != 0 and "--force" in again.output
     forced = runner.invoke(args=["keys", "generate", "--force"])
     assert forced.exit_code == 0
+
+
+def test_every_key_is_documented():
+    documented = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    missing = [key for key in DEFAULTS if f"`{key}`" not in documented]
+    assert missing == []
