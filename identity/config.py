@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "MAIL_TIMEOUT": 10,
     # A CA bundle to trust for the SMTP server's certificate (else the system's).
     "MAIL_CA_FILE": None,
-    # Rate limits (Flask-Limiter keys).
+    # Rate limits (counted with the `limits` library; RATELIMIT_* as Flask-Limiter names them).
     "RATELIMIT_ENABLED": True,
     "RATELIMIT_STORAGE_URI": "memory://",
     # Limits in the `limits` notation ("30/minute;500/hour").
@@ -173,13 +173,10 @@ def check_config(config: Any) -> None:
         raise ConfigError(f"LOG_FORMAT: expected json or text, got {config['LOG_FORMAT']!r}")
     config["DOMAINS_CHECK_SECONDS"] = _as_seconds("DOMAINS_CHECK_SECONDS", config)
     config["PURGE_INTERVAL_SECONDS"] = _as_seconds("PURGE_INTERVAL_SECONDS", config)
-    proxies = config["TRUSTED_PROXY_COUNT"]
-    if proxies != 0:
-        config["TRUSTED_PROXY_COUNT"] = _as_positive_int("TRUSTED_PROXY_COUNT", proxies)
+    for key in ("TRUSTED_PROXY_COUNT", "INVITE_REVEAL_LOCAL", "INVITE_REVEAL_DOMAIN"):
+        config[key] = _as_count(key, config[key])
     for key in _STRING_LIST_KEYS:
         config[key] = _as_strings(key, config[key])
-    for key in ("INVITE_REVEAL_LOCAL", "INVITE_REVEAL_DOMAIN"):
-        config[key] = _as_positive_int(key, config[key]) if config[key] != 0 else 0
     config["PUBLIC_BASE_URL"] = str(config["PUBLIC_BASE_URL"]).rstrip("/")
     if not config["SERVER_NAME_FOR_SIGNING"]:
         config["SERVER_NAME_FOR_SIGNING"] = base.netloc
@@ -207,6 +204,11 @@ def _as_positive_int(key: str, value: Any) -> int:
     if number <= 0 or isinstance(value, bool):
         raise ConfigError(f"{key}: expected a positive whole number, got {value!r}")
     return number
+
+
+def _as_count(key: str, value: Any) -> int:
+    """A whole number, zero allowed."""
+    return 0 if value in (0, "0") else _as_positive_int(key, value)
 
 
 def _as_strings(key: str, value: Any) -> list[str]:

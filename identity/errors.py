@@ -64,5 +64,7 @@ TermsNotSigned = _error(
 )
 InvalidPepper = _error("InvalidPepper", "M_INVALID_PEPPER", 400, "Unknown or invalid pepper")
 LimitExceeded = _error("LimitExceeded", "M_LIMIT_EXCEEDED", 429, "Too many requests")
+# A load balancer should take the instance out of rotation.
+Unhealthy = _error("Unhealthy", "M_UNKNOWN", 503, "The service cannot answer")
 ServerNotTrusted = _error("ServerNotTrusted", "M_SERVER_NOT_TRUSTED", 403, "Server not trusted")
 # fmt: on

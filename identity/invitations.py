@@ -349,11 +349,6 @@ def hand_over_pending(medium: str, address: str, mxid: str, *, now: datetime) ->
     return pending
 
 
-def has_live_invitation(medium: str, address: str, *, now: datetime) -> bool:
-    """Whether someone invited the address and the invitation can still be accepted."""
-    return invites.has_live(medium, address, now=now)
-
-
 def sign_with_ephemeral_key(
     token: str, mxid: str, private_key: str, *, server_name: str, now: datetime
 ) -> dict[str, Any]:

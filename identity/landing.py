@@ -34,6 +34,10 @@ class State(Enum):
     REVOKED = "revoked", 410
     UNKNOWN = "unknown", 404  # a forged, altered or purged link
 
+    def __init__(self, word: str, status: int) -> None:
+        self.word = word  # what the template tests
+        self.status = status
+
 
 @dataclass(frozen=True)
 class Landing:
@@ -43,7 +47,7 @@ class Landing:
 
     @property
     def status(self) -> int:
-        return self.state.value[1]
+        return self.state.status
 
 
 def secret_from(configured: str | None, signing_key: SigningKey) -> str:
@@ -75,4 +79,4 @@ def open_landing(token: str, *, secret: str, max_age_seconds: int, now: datetime
 
 def page_context(landing: Landing, mail_context: dict[str, Any] | None) -> dict[str, Any]:
     """The template variables: the state, and for a known invitation who invites where."""
-    return {"state": landing.state.value[0], **(mail_context or {})}
+    return {"state": landing.state.word, **(mail_context or {})}

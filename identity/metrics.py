@@ -51,20 +51,17 @@ bp = Blueprint("metrics", __name__)
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    registry = CollectorRegistry()
+    # Our counters: every worker's added up, or this process's own registry.
+    counters = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        registry = _with_process_metrics(registry)
-    registry.register(_StateCollector(current_app.extensions["identity.clock"].now()))
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
-
-
-def _with_process_metrics(registry: CollectorRegistry) -> CollectorRegistry:
-    # One process: its default registry holds our counters and the process metrics.
-    for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001 (no public listing)
-        registry.register(collector)
-    return registry
+        counters = CollectorRegistry()
+        multiprocess.MultiProcessCollector(counters)
+    state = CollectorRegistry()
+    state.register(_StateCollector(current_app.extensions["identity.clock"].now()))
+    # Two expositions one after the other are one valid exposition.
+    return Response(
+        generate_latest(counters) + generate_latest(state), mimetype=CONTENT_TYPE_LATEST
+    )
 
 
 class _StateCollector(Collector):

@@ -9,7 +9,7 @@ from identity import landing
 from identity import routing
 from identity.api.http import now
 from identity.api.http import settings
-from identity.keys import current_signing_key
+from identity.api.invitations import invite_policy
 
 bp = Blueprint("pages", __name__, template_folder="../templates")
 
@@ -28,7 +28,7 @@ def page_language() -> str:
 def invitation(token: str):
     """The invitation's landing page: who invites, where, and how to get on board."""
     config = settings()
-    policy = invitations.Policy.from_settings(config, current_signing_key())
+    policy = invite_policy()
     found = landing.open_landing(
         token,
         secret=policy.landing_secret,

@@ -5,15 +5,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from identity import routing
-from identity.errors import MatrixError
+from identity.errors import Unhealthy
 from identity.extensions import db
 
 bp = Blueprint("health", __name__)
-
-
-class Unhealthy(MatrixError):
-    errcode = "M_UNKNOWN"
-    status = 503
 
 
 @bp.get("/health")

@@ -58,4 +58,5 @@ def store_invite(v2: bool):
 
 
 def invite_policy() -> invitations.Policy:
+    """The deployment's invitation policy (store-invite and the landing page)."""
     return invitations.Policy.from_settings(settings(), current_signing_key())

@@ -49,10 +49,6 @@ def pending_count() -> int:
     return db.session.scalar(query) or 0
 
 
-def for_invitation(invitation_id: int) -> Delivery | None:
-    return db.session.scalar(select(Delivery).filter_by(invitation_id=invitation_id))
-
-
 def queue_state() -> tuple[int, datetime | None]:
     """How many deliveries wait, and since when the oldest of them has waited."""
     query = select(func.count(), func.min(Delivery.created_at)).where(

@@ -106,6 +106,17 @@ def answered(identity_server, since: int, method: str, path: str, timeout: float
 
 # Known incompatibilities of our service with Synapse, reported as expected failures
 # only when exactly that symptom is observed; every other step of the scenario asserts.
+def bind_through_synapse(synapse, identity_server, user, token, sid, client_secret):
+    """The user asks Synapse to bind the address they validated with us."""
+    body = {
+        "id_server": identity_server.host,
+        "id_access_token": token,
+        "sid": sid,
+        "client_secret": client_secret,
+    }
+    return synapse.request("POST", f"{CLIENT}/account/3pid/bind", user, json=body)
+
+
 def test_openid_registration(synapse, identity_server):
     """1. A Synapse user registers with us through an OpenID token from Synapse."""
     alice = synapse.register()
@@ -162,17 +173,7 @@ def test_bind_through_synapse_delivers_the_invitation(synapse, identity_server, 
     sid = validate_with_us(identity_server, smtp, bob_token, address, "bind-secret-3")
     log_start = len(requests_seen(identity_server))
 
-    r = synapse.request(
-        "POST",
-        f"{CLIENT}/account/3pid/bind",
-        bob,
-        json={
-            "id_server": identity_server.host,
-            "id_access_token": bob_token,
-            "sid": sid,
-            "client_secret": "bind-secret-3",
-        },
-    )
+    r = bind_through_synapse(synapse, identity_server, bob, bob_token, sid, "bind-secret-3")
     assert r.status_code == 200, r.text
     assert lookup(identity_server, address).get("mxid") == bob.user_id
 
@@ -198,17 +199,7 @@ def test_unbind_through_synapse(synapse, identity_server, smtp):
     address = guest_address("unbound")
     bob_token = our_token(synapse, identity_server, bob)
     sid = validate_with_us(identity_server, smtp, bob_token, address, "bind-secret-4")
-    r = synapse.request(
-        "POST",
-        f"{CLIENT}/account/3pid/bind",
-        bob,
-        json={
-            "id_server": identity_server.host,
-            "id_access_token": bob_token,
-            "sid": sid,
-            "client_secret": "bind-secret-4",
-        },
-    )
+    r = bind_through_synapse(synapse, identity_server, bob, bob_token, sid, "bind-secret-4")
     assert r.status_code == 200, r.text
     assert lookup(identity_server, address).get("mxid") == bob.user_id
     log_start = len(requests_seen(identity_server))
