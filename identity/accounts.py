@@ -57,13 +57,25 @@ def register(
     return token
 
 
-def authenticate(token: str | None, terms: Terms, *, check_terms: bool = True) -> str:
+def user_for(token: str) -> str | None:
+    """The user an access token belongs to, or None for an unknown token."""
+    return accounts.committed_user_for_token(token_hash(token))
+
+
+def authenticate(
+    token: str | None,
+    terms: Terms,
+    *,
+    check_terms: bool = True,
+    user_for: Callable[[str], str | None] = user_for,
+) -> str:
     """Return the user an access token belongs to.
 
+    :param user_for: looks a token up (a request may have done it already).
     :raises MatrixError: M_UNAUTHORIZED for a missing or unknown token,
         M_TERMS_NOT_SIGNED when the user has not accepted every current document.
     """
-    user_id = accounts.committed_user_for_token(token_hash(token)) if token else None
+    user_id = user_for(token) if token else None
     if user_id is None:
         raise Unauthorized("Unrecognised access token")
     if (

@@ -77,3 +77,128 @@ def test_limits_hold_across_instances_through_redis(make_app, redis_url):
     assert statuses == [200] * 4
     assert_limited(info(first, ip), 60_000)
     assert_limited(info(second, ip), 60_000)
+
+
+JUNK = {"Authorization": "Bearer junk"}
+
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        lambda c, ip: c.get(
+            f"{V1}/info",
+            query_string={"medium": "email", "address": "a@ac-versailles.fr"},
+            headers=JUNK,
+            environ_base={"REMOTE_ADDR": ip},
+        ),
+        lambda c, ip: c.get(
+            f"{V1}/info",
+            query_string={
+                "medium": "email",
+                "address": "a@ac-versailles.fr",
+                "access_token": "junk",
+            },
+            environ_base={"REMOTE_ADDR": ip},
+        ),
+        lambda c, ip: c.post(
+            f"{V1}/bulk_lookup",
+            json={"threepids": [["email", "a@ac-versailles.fr"]]},
+            headers=JUNK,
+            environ_base={"REMOTE_ADDR": ip},
+        ),
+    ],
+    ids=["info-header", "info-query", "bulk_lookup"],
+)
+def test_a_made_up_token_does_not_skip_the_per_ip_limit(make_app, send):
+    client = make_app(RATELIMIT_ENABLED=True, RATELIMIT_PER_IP="3/minute").test_client()
+    assert [send(client, "192.0.2.20").status_code for _ in range(3)] == [200] * 3
+    assert_limited(send(client, "192.0.2.20"), 60_000)
+
+
+def test_a_made_up_token_sends_no_more_mail_than_none(make_app, smtp):
+    client = make_app(
+        RATELIMIT_ENABLED=True, RATELIMIT_PER_IP="3/minute", MAIL_LIMIT_PER_ADDRESS="100/hour"
+    ).test_client()
+    statuses = [
+        request_code(
+            client, f"agent{i}@ac-versailles.fr", headers={"Authorization": f"Bearer junk{i}"}
+        ).status_code
+        for i in range(6)
+    ]
+    assert statuses == [200] * 3 + [429] * 3
+    assert len(smtp.messages) == 3
+
+
+def test_a_valid_token_counts_against_its_user_on_every_endpoint(make_app, fake_homeserver):
+    client = make_app(
+        RATELIMIT_ENABLED=True, RATELIMIT_PER_IP="2/minute", RATELIMIT_PER_USER="4/minute"
+    ).test_client()
+    alice = auth(register_user(client, fake_homeserver, "alice"))  # 1 request from the IP
+    query = {"medium": "email", "address": "a@ac-versailles.fr"}
+    statuses = [client.get(f"{V1}/info", query_string=query, headers=alice).status_code]
+    statuses += [client.get(f"{V2}/account", headers=alice).status_code for _ in range(3)]
+    assert statuses == [200] * 4  # beyond the per-IP limit: counted as alice's
+    assert_limited(client.get(f"{V1}/info", query_string=query, headers=alice), 60_000)
+    assert_limited(client.get(f"{V2}/account", headers=alice), 60_000)
+
+
+TRUSTED_HOMESERVER = "10.20.0.5"
+
+
+@pytest.fixture(params=["memory", "redis"])
+def limit_storage(request):
+    return "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+
+
+ADDRESS_QUERY = {"medium": "email", "address": "agent@ac-versailles.fr"}
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        (f"{V1}/internal-info", ADDRESS_QUERY),
+        (f"{V1}/info", ADDRESS_QUERY),
+        (f"{V1}/pubkey/isvalid", {"public_key": "AAAA"}),
+    ],
+    ids=["internal-info", "info", "pubkey-isvalid"],
+)
+def test_trusted_homeservers_are_not_held_to_the_public_per_ip_limit(
+    make_app, limit_storage, path, query
+):
+    # The shipped limits, the real limiter: a homeserver registering users calls from
+    # one address, far more often than a person.
+    client = make_app(
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_STORAGE_URI=limit_storage,
+        INTERNAL_API_TRUSTED_NETWORKS=["10.20.0.0/16"],
+    ).test_client()
+    load = 600  # five times the public per-minute limit, within one window
+    trusted = [
+        client.get(path, query_string=query, environ_base={"REMOTE_ADDR": TRUSTED_HOMESERVER})
+        for _ in range(load)
+    ]
+    assert [r.status_code for r in trusted].count(429) == 0
+    public = [
+        client.get(path, query_string=query, environ_base={"REMOTE_ADDR": "203.0.113.9"})
+        for _ in range(130)
+    ]
+    assert [r.status_code for r in public].count(429) == 10  # 120/minute
+
+
+def test_the_internal_secret_lifts_the_per_ip_limit(make_app):
+    client = make_app(
+        RATELIMIT_ENABLED=True, RATELIMIT_PER_IP="2/minute", INTERNAL_API_SECRET="s3cr3t-internal"
+    ).test_client()
+    query = {"medium": "email", "address": "agent@ac-versailles.fr"}
+    secret = {"Authorization": "Bearer s3cr3t-internal"}
+    statuses = [
+        client.get(f"{V1}/internal-info", query_string=query, headers=secret).status_code
+        for _ in range(10)
+    ]
+    assert statuses == [200] * 10
+    wrong = {"Authorization": "Bearer guessed"}
+    statuses = [
+        client.get(f"{V1}/internal-info", query_string=query, headers=wrong).status_code
+        for _ in range(3)
+    ]
+    assert statuses == [403, 403, 429]
