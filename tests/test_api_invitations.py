@@ -127,7 +127,9 @@ def test_sign_ed25519_errors(client, smtp):
 def test_v2_store_invite_requires_the_sender_to_be_the_user(client, smtp, fake_homeserver):
     headers = auth(register_user(client, fake_homeserver, "marie"))
     r = store_invite(client, prefix=V2, headers=headers)
-    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    # Tchap's errcode for it (its Sydent branch), which its homeservers handle.
+    assert (r.status_code, r.json["errcode"]) == (403, "M_UNAUTHORIZED")
+    assert smtp.messages == []
     r = store_invite(client, prefix=V2, headers=headers, sender=fake_homeserver.user_id("marie"))
     assert r.status_code == 200
     shown = smtp.last().text().replace("\u200b", "")  # without the defanging spaces
@@ -142,6 +144,9 @@ def test_v2_store_invite_requires_the_sender_to_be_the_user(client, smtp, fake_h
         ({"medium": "msisdn"}, "M_UNRECOGNIZED"),
         ({"address": "pas-une-adresse"}, "M_INVALID_EMAIL"),
         ({"room_id": None}, "M_MISSING_PARAMS"),
+        ({"room_id": ""}, "M_MISSING_PARAMS"),
+        ({"room_id": "!" + "r" * 255}, "M_INVALID_PARAM"),
+        ({"room_id": 12}, "M_INVALID_PARAM"),
     ],
 )
 def test_store_invite_errors(client, smtp, change, errcode):
@@ -149,6 +154,25 @@ def test_store_invite_errors(client, smtp, change, errcode):
     r = client.post(f"{V1}/store-invite", json={k: v for k, v in body.items() if v is not None})
     assert (r.status_code, r.json["errcode"]) == (400, errcode)
     assert smtp.messages == []
+
+
+@pytest.mark.parametrize(
+    "room_id",
+    [
+        "!projetx:agent.dinum.tchap.gouv.fr",
+        "!opaque-room-id-without-a-server",
+        "#projetx:agent.dinum.tchap.gouv.fr",  # not ours to judge: Sydent stores it too
+        "salon",
+        "!" + "r" * 254,  # 255 bytes, the longest Matrix identifier
+    ],
+)
+def test_store_invite_takes_the_room_id_as_an_opaque_string(client, smtp, room_id):
+    r = client.post(
+        f"{V1}/store-invite",
+        json={"medium": "email", "address": GUEST, "room_id": room_id, "sender": SENDER},
+    )
+    assert r.status_code == 200, r.json
+    assert smtp.last().recipients == [GUEST]
 
 
 def test_store_invite_for_a_bound_address_is_threepid_in_use(client, smtp):
