@@ -86,6 +86,8 @@ class Policy:
     reveal_domain: int = 3
     quotas: Quotas = Quotas(per_address=None, per_sender=None)
     blocklists: Blocklists = Blocklists()
+    # Hosts whose web client a request's org.matrix.web_client_location may name.
+    web_client_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, config: Settings, signing_key: SigningKey) -> "Policy":
@@ -93,6 +95,7 @@ class Policy:
             validity=timedelta(seconds=config.invite_validity_seconds),
             base_url=config.public_base_url,
             web_client_location=config.web_client_location,
+            web_client_hosts=config.web_client_location_allowlist,
             landing_secret=landing.secret_from(config.secret_key, signing_key),
             reveal_local=config.invite_reveal_local,
             reveal_domain=config.invite_reveal_domain,
@@ -237,6 +240,8 @@ def mail_context(
         "room_name": _shorten(details["room_name"], SYDENT_ROOM_NAME_LIMIT),
         "sender_display_name": _shorten(details["sender_display_name"], SYDENT_SENDER_LIMIT),
         "sender_verified": "yes" if verified else "",
+        # v1 store-invite is unauthenticated: the mail and page say so.
+        "sender_unverified": not verified,
     }
     context["bracketed_room_name"] = f"({context['room_name']}) " if details["room_name"] else ""
     context["bracketed_verified_sender"] = f"({invitation.sender}) " if verified else ""
@@ -296,13 +301,21 @@ def defang(text: str) -> str:
 
 
 def web_client_location(requested: str, policy: Policy) -> str:
-    """The web client the link opens: the one the request names when it is an https URL.
+    """The web client the link opens: the configured one, unless the request names an
+    https URL on a host of WEB_CLIENT_LOCATION_ALLOWLIST.
 
-    Anything else (javascript:, plain http, garbage) falls back to the configured one:
-    the link goes out in a mail under our name.
+    The link goes out under our name, from our landing page, and carries the guest's
+    address and the invitation's private key: anyone may call v1 store-invite, so a
+    host of the caller's choosing is never trusted.
     """
     parts = urlsplit(requested.strip())
-    if parts.scheme == "https" and parts.hostname and not parts.query and not parts.fragment:
+    if (
+        parts.scheme == "https"
+        and parts.hostname in policy.web_client_hosts
+        and not parts.username
+        and not parts.query
+        and not parts.fragment
+    ):
         return requested.strip().rstrip("/")
     return policy.web_client_location
 

@@ -273,3 +273,80 @@ def test_deliveries_cli(app, client, smtp, runner, fake_homeserver):
     assert "1 delivery" in runner.invoke(args=["deliveries", "status"]).output
     assert "Delivered 1" in runner.invoke(args=["deliveries", "run-due"]).output
     assert "0 delivery" in runner.invoke(args=["deliveries", "status"]).output
+
+
+# -- what an unauthenticated (v1) invitation may do ------------------------------------
+
+EVIL_CLIENT = "https://tchap.evil.example"
+
+
+def landing_page(client, smtp, lang="fr"):
+    return client.get(relative(landing_link_from_mail(smtp.last(), lang)))
+
+
+def test_web_client_location_of_the_request_is_ignored_by_default(client, smtp):
+    store_invite(client, **{"org.matrix.web_client_location": EVIL_CLIENT})
+    page = landing_page(client, smtp).text
+    assert "evil.example" not in page  # neither the link, nor the key, nor the address
+    assert web_client_link_from_page(page).startswith("https://www.tchap.gouv.fr/#/room/")
+    assert "evil.example" not in smtp.last().text() + smtp.last().html()
+
+
+def test_web_client_location_only_for_allowed_hosts(make_app, smtp):
+    client = make_app(WEB_CLIENT_LOCATION_ALLOWLIST=["app.tchap.test"]).test_client()
+    store_invite(client, **{"org.matrix.web_client_location": "https://app.tchap.test/"})
+    assert 'href="https://app.tchap.test/#/room/' in landing_page(client, smtp).text
+    for requested in (EVIL_CLIENT, "https://app.tchap.test.evil.example", "http://app.tchap.test"):
+        store_invite(client, **{"org.matrix.web_client_location": requested})
+        page = landing_page(client, smtp).text
+        assert "evil.example" not in page and "http://app.tchap.test" not in page
+        assert 'href="https://www.tchap.gouv.fr/#/room/' in page
+
+
+def test_v1_senders_are_marked_unverified_in_the_mail_and_page(client, smtp, fake_homeserver):
+    store_invite(client)  # v1: anyone may name any sender
+    mail = smtp.last()
+    for part in (mail.text(), mail.html()):
+        assert part.index("expéditeur n'a pas été vérifiée") < part.index(
+            "sender's identity has not been verified"
+        )
+    page = landing_page(client, smtp).text
+    assert "Expéditeur non vérifié" in page
+    assert "Unverified sender" in landing_page(client, smtp, "en").text
+
+    headers = auth(register_user(client, fake_homeserver, "marie"))
+    sender = fake_homeserver.user_id("marie")
+    assert store_invite(client, prefix=V2, headers=headers, sender=sender).status_code == 200
+    mail = smtp.last()
+    assert "pas été vérifiée" not in mail.text() and "not been verified" not in mail.text()
+    assert "non vérifié" not in landing_page(client, smtp).text
+
+
+V1_FAMILIES = {
+    "V1_STORE_INVITE_ENABLED": [
+        ("post", "/store-invite", {"medium": "email", "address": GUEST, "room_id": ROOM,
+                                   "sender": SENDER}),
+    ],
+    "V1_LOOKUP_ENABLED": [
+        ("get", "/lookup?medium=email&address=a@ac-versailles.fr", None),
+        ("post", "/bulk_lookup", {"threepids": [["email", "a@ac-versailles.fr"]]}),
+    ],
+    "V1_BIND_ENABLED": [
+        ("post", "/3pid/bind", {"sid": "1", "client_secret": "s", "mxid": "@a:b.example"}),
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("switch", V1_FAMILIES)
+def test_operators_can_switch_off_v1_families(make_app, smtp, switch):
+    on, off = make_app().test_client(), make_app(**{switch: False}).test_client()
+    for method, path, body in V1_FAMILIES[switch]:
+        r = getattr(on, method)(V1 + path, json=body)
+        assert r.status_code != 404
+        r = getattr(off, method)(V1 + path, json=body)
+        assert (r.status_code, r.json["errcode"]) == (404, "M_UNRECOGNIZED")
+    assert len(smtp.messages) <= 1  # the one invitation sent while switched on
+    # The v2 twins stay: Synapse uses them.
+    assert off.post(f"{V2}/store-invite", json={}).json["errcode"] == "M_UNAUTHORIZED"
+    # What homeservers still call on v1 stays too (the key validity URLs we hand out).
+    assert off.get(f"{V1}/pubkey/isvalid?public_key=AAAA").json == {"valid": False}

@@ -239,7 +239,8 @@ def test_landing_page_for_an_agent(client, smtp):
     )
 
 
-def test_web_client_named_by_the_request(client, smtp):
+def test_web_client_named_by_the_request(make_app, smtp):
+    client = make_app(WEB_CLIENT_LOCATION_ALLOWLIST=["app.partenaire.example"]).test_client()
     store_invite(client, **{"org.matrix.web_client_location": "https://app.partenaire.example"})
     page = landing(client, smtp).text
     assert 'href="https://app.partenaire.example/#/room/' in page

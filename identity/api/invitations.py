@@ -7,6 +7,7 @@ from flask import Blueprint
 from identity import invitations
 from identity import routing
 from identity.api.auth import require_user
+from identity.api.auth import require_v1_enabled
 from identity.api.http import json_body
 from identity.api.http import now
 from identity.api.http import parse
@@ -31,6 +32,8 @@ class StoreInviteBody:
 @route(bp, "/store-invite", methods=["POST"])
 def store_invite(v2: bool):
     """Store an invitation and mail the guest (v2: the sender must be the token's user)."""
+    if not v2:
+        require_v1_enabled(settings().v1_store_invite_enabled)
     user_id = require_user() if v2 else None
     raw = json_body(allow_form=not v2)
     body = parse(StoreInviteBody, raw)
