@@ -19,9 +19,9 @@ from identity.api.http import now
 from identity.api.http import parse
 from identity.api.http import route
 from identity.api.http import settings
+from identity.errors import CallerNotAllowed
 from identity.errors import Forbidden
 from identity.errors import MissingParams
-from identity.errors import NotYours
 from identity.errors import Unauthorized
 from identity.extensions import db
 from identity.federation.signatures import authenticate_request
@@ -75,7 +75,7 @@ def bind(v2: bool):
     user_id = require_user() if v2 else None
     body = parse(BindBody, json_body(allow_form=not v2))
     if user_id is not None and user_id != body.mxid:
-        raise NotYours("You may only bind addresses to your own Matrix ID")
+        raise CallerNotAllowed("You may only bind addresses to your own Matrix ID")
     session = validation.get_validated_session(
         body.sid,
         body.client_secret,

@@ -14,7 +14,7 @@ from identity.api.http import parse
 from identity.api.http import route
 from identity.api.http import settings
 from identity.api.validation import requested_brand
-from identity.errors import NotYours
+from identity.errors import CallerNotAllowed
 from identity.extensions import db
 from identity.keys import current_signing_key
 
@@ -38,7 +38,7 @@ def store_invite(v2: bool):
     raw = json_body(allow_form=not v2)
     body = parse(StoreInviteBody, raw)
     if user_id is not None and user_id != body.sender:
-        raise NotYours("The sender must be the authenticated user")
+        raise CallerNotAllowed("The sender must be the authenticated user")
     details = {
         key: value
         for key, value in raw.items()
