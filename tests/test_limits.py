@@ -1,8 +1,10 @@
 """Rate limits: per client IP, per user, per mail recipient; shared through Redis."""
 
+import os
 import uuid
 
 import pytest
+import requests
 
 from app import create_app
 from identity.config import ConfigError
@@ -11,6 +13,9 @@ from tests.helpers import V2
 from tests.helpers import auth
 from tests.helpers import register_user
 from tests.helpers import request_code
+from tests.servers import Gunicorn
+from tests.servers import migrate
+from tests.support import free_port
 
 
 def info(client, ip="192.0.2.10"):
@@ -202,3 +207,58 @@ def test_the_internal_secret_lifts_the_per_ip_limit(make_app):
         for _ in range(3)
     ]
     assert statuses == [403, 403, 429]
+
+
+class FromAddress(requests.adapters.HTTPAdapter):
+    """Connect from a given loopback address (127.0.0.0/8 is all ours on Linux)."""
+
+    def __init__(self, source: str):
+        self.source = source
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.source, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def session_from(source: str) -> requests.Session:
+    session = requests.Session()
+    session.mount("http://", FromAddress(source))
+    return session
+
+
+def test_under_gunicorn_a_trusted_homeserver_is_never_limited(tmp_path, redis_url):
+    """Several workers sharing the limits in Redis, the shipped per-IP limits: a
+    homeserver on a trusted network keeps being answered far beyond them, while
+    another address is stopped at 120 a minute."""
+    env = {
+        **os.environ,
+        "IDENTITY_WORKERS": "2",
+        "IDENTITY_THREADS": "2",
+        "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
+        "IDENTITY_MAIL_SERVER": "127.0.0.1",  # never used here
+        "IDENTITY_MAIL_PORT": str(free_port()),
+        "IDENTITY_RATELIMIT_ENABLED": "true",
+        "IDENTITY_RATELIMIT_STORAGE_URI": redis_url,
+        "IDENTITY_INTERNAL_API_TRUSTED_NETWORKS": "127.0.0.1/32",
+    }
+    migrate(env)
+    server = Gunicorn(env, ("-c", "gunicorn.conf.py"))
+    try:
+        query = {"medium": "email", "address": "agent@ac-versailles.fr"}
+        trusted, other = session_from("127.0.0.1"), session_from("127.0.0.2")
+        statuses = [
+            trusted.get(f"{server.base}{path}", params=query, timeout=10).status_code
+            for _ in range(300)
+            for path in (f"{V1}/internal-info", f"{V1}/info")
+        ]
+        assert statuses.count(200) == 600
+        statuses = [
+            other.get(f"{server.base}{V1}/info", params=query, timeout=10).status_code
+            for _ in range(130)
+        ]
+        assert (statuses.count(200), statuses.count(429)) == (120, 10)
+    finally:
+        server.stop()
