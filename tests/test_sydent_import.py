@@ -646,3 +646,24 @@ def test_a_peer_is_imported_with_its_config(sydent_peers, runner):
     assert import_peer(runner, sydent_peers.a).exit_code == 0
     refused = import_peer(runner, sydent_peers.b)
     assert refused.exit_code == 1 and "Use --peer" in refused.output
+
+
+def test_another_key_for_a_known_peer_is_refused(sydent_peers, app, runner, tmp_path):
+    assert import_peer(runner, sydent_peers.a).exit_code == 0
+    assert import_peer(runner, sydent_peers.b, "--peer").exit_code == 0
+    # B's config with another key under the same server name.
+    forged = tmp_path / "sydent-b.conf"
+    other = signedjson.key.generate_signing_key("0")
+    other_seed = signedjson.key.encode_signing_key_base64(other)
+    text = sydent_peers.b.config_path.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("ed25519.signingkey"))
+    forged.write_text(text.replace(line, f"ed25519.signingkey = ed25519 0 {other_seed}"))
+    args = ["sydent", "import", str(sydent_peers.b.db_path), "--config", str(forged), "--peer"]
+    refused = runner.invoke(args=args)
+    assert refused.exit_code == 1
+    assert f"another key ({long_term_key(sydent_peers.b)}) is recorded for peer {PEER_B}" in (
+        refused.output
+    )
+    key_file = Path(app.config["SIGNING_KEY_PATH"]).parent / "peer-keys" / f"{PEER_B}.key"
+    assert key_file.read_text().split()[2] != other_seed
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
