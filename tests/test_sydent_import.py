@@ -667,3 +667,30 @@ def test_another_key_for_a_known_peer_is_refused(sydent_peers, app, runner, tmp_
     key_file = Path(app.config["SIGNING_KEY_PATH"]).parent / "peer-keys" / f"{PEER_B}.key"
     assert key_file.read_text().split()[2] != other_seed
     assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_until_a_peer_is_imported_its_invitations_are_not_acceptable(
+    sydent_peers, app, client, runner, smtp, fake_homeserver, caplog
+):
+    # Only A: B's key is known from A's replication set-up (peer_pubkeys), its private
+    # half is not.
+    assert import_peer(runner, sydent_peers.a).exit_code == 0
+    r = client.get(
+        f"{V1}/pubkey/isvalid", query_string={"public_key": long_term_key(sydent_peers.b)}
+    )
+    assert r.json == {"valid": True}
+
+    sid = validate_address(client, smtp, GUEST, secret="guest")
+    mxid = fake_homeserver.user_id("gisele")
+    r = client.post(f"{V1}/3pid/bind", json={"sid": sid, "client_secret": "guest", "mxid": mxid})
+    assert r.status_code == 200, r.json
+    with app.app_context():
+        assert deliveries.run_due(now=app.extensions["identity.clock"].now()) == 2
+    signed = {
+        invite["room_id"]: invite["signed"]
+        for call in fake_homeserver.onbind_calls
+        for invite in call["invites"]
+    }
+    assert synapse_accepts(signed[ROOM_A], sydent_peers.invites[ROOM_A])
+    assert not synapse_accepts(signed[ROOM_B], sydent_peers.invites[ROOM_B])
+    assert f"No private key of peer {PEER_B}" in caplog.text
