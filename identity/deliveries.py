@@ -22,6 +22,7 @@ from flask import current_app
 from identity import federation
 from identity import keys
 from identity import metrics
+from identity import peers
 from identity.addresses import redact
 from identity.extensions import db
 from identity.retention import Retention
@@ -62,11 +63,15 @@ def run_due(*, now: datetime) -> int:
     :returns: how many invitations were delivered.
     """
     settings = current_app.extensions["identity.settings"]
-    key = keys.current_signing_key()
     return process_due(
         now=now,
         post=federation.client().post_json,
-        sign=lambda payload: keys.sign(payload, settings.server_name, key),
+        # Invitations imported from a Sydent peer are signed with that peer's key.
+        sign=peers.invitation_signer(
+            server_name=settings.server_name,
+            our_key=keys.current_signing_key(),
+            signing_key_path=current_app.config["SIGNING_KEY_PATH"],
+        ),
         max_backoff=current_app.extensions["identity.deliveries"].max_backoff,
     )
 
