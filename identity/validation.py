@@ -74,7 +74,7 @@ def request_code(
         check_next_link(next_link, policy.next_link_hosts)
     session = sessions.find(MEDIUM, address, client_secret)
     if session is not None and is_expired(session, now, policy.lifetime):
-        sessions.remove_expired(session, before=now - policy.lifetime)
+        sessions.remove_expired(session, cutoff=now - policy.lifetime)
         session = None
     if session is None:
         # Identical requests may arrive at once: one inserts, the others get its session.

@@ -243,6 +243,19 @@ def test_expired_session_is_replaced_by_a_new_one(client, smtp, clock):
     assert first != second and len(smtp.messages) == 2
 
 
+def test_a_session_is_replaced_at_the_very_moment_it_expires(client, smtp, clock):
+    first = request_code(client, ADDRESS, attempt=1).json["sid"]
+    clock.advance(hours=24)
+    second = request_code(client, ADDRESS, attempt=1).json["sid"]
+    assert first != second and len(smtp.messages) == 2
+
+
+def test_hide_parameters_survives_engine_options_of_the_operators(make_app):
+    app = make_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_recycle": 300, "hide_parameters": False})
+    with app.app_context():
+        assert db.engine.hide_parameters is True
+
+
 def test_get_validated_3pid_errors(client):
     r = validated(client, "unknown")
     assert (r.status_code, r.json["errcode"]) == (400, "M_NO_VALID_SESSION")

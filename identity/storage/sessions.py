@@ -61,14 +61,15 @@ def create_or_get(session: ValidationSession) -> tuple[ValidationSession, bool]:
     raise RuntimeError("validation session vanished while being created")
 
 
-def remove_expired(session: ValidationSession, before: datetime) -> None:
-    """Delete `session` if its last change is older than `before`.
+def remove_expired(session: ValidationSession, cutoff: datetime) -> None:
+    """Delete `session` if its last change is no later than `cutoff`.
 
-    The condition keeps a concurrent request that already replaced it safe.
+    The condition keeps safe the fresh session a concurrent request may have put in
+    its place.
     """
     db.session.execute(
         delete(ValidationSession)
-        .where(ValidationSession.id == session.id, ValidationSession.updated_at < before)
+        .where(ValidationSession.id == session.id, ValidationSession.updated_at <= cutoff)
         .execution_options(synchronize_session=False)
     )
     db.session.expunge(session)
