@@ -15,7 +15,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULTS: dict[str, Any] = {
     # Storage: an SQLite file in the instance folder unless told otherwise.
     "SQLALCHEMY_DATABASE_URI": None,
-    "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+    # hide_parameters: a database error never carries a statement's values (sids,
+    # client secrets, codes, addresses) into a log; app.py enforces it whatever is set.
+    "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True, "hide_parameters": True},
     # Run migrations at start-up; by default only in the embedded SQLite mode.
     "AUTO_MIGRATE": None,
     "LOG_LEVEL": "INFO",
