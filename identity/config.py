@@ -72,6 +72,9 @@ DEFAULTS: dict[str, Any] = {
     "FEDERATION_MAX_RESPONSE_BYTES": 1024 * 1024,
     # Invitations.
     "INVITE_VALIDITY_SECONDS": 30 * 24 * 3600,
+    # An invitation admits one account: the first to get a signature or to bind the
+    # address. False keeps Sydent's behaviour: anyone with the link gets a signature.
+    "INVITE_SINGLE_USE": True,
     # Invitation mails per day: to one address (whoever sends), and from one sender.
     "INVITE_MAX_PER_ADDRESS_PER_DAY": 5,
     "INVITE_MAX_PER_SENDER_PER_DAY": 50,
@@ -110,6 +113,7 @@ _BOOL_KEYS = (
     "FEDERATION_VERIFY_TLS",
     "DELIVERY_WORKER_ENABLED",
     "RESTRICT_BINDS_TO_ROUTING",
+    "INVITE_SINGLE_USE",
 )
 _POSITIVE_INT_KEYS = (
     "MAIL_PORT",
@@ -250,6 +254,7 @@ class Settings:
     token_max_attempts: int
     next_link_domain_allowlist: tuple[str, ...] | None
     invite_validity_seconds: int
+    invite_single_use: bool
     lookup_max_addresses: int
     bulk_lookup_max_threepids: int
     web_client_location: str
@@ -280,6 +285,7 @@ class Settings:
             token_max_attempts=config["TOKEN_MAX_ATTEMPTS"],
             next_link_domain_allowlist=tuple(allowlist) if allowlist is not None else None,
             invite_validity_seconds=config["INVITE_VALIDITY_SECONDS"],
+            invite_single_use=config["INVITE_SINGLE_USE"],
             lookup_max_addresses=config["LOOKUP_MAX_ADDRESSES"],
             bulk_lookup_max_threepids=config["BULK_LOOKUP_MAX_THREEPIDS"],
             web_client_location=str(config["WEB_CLIENT_LOCATION"]).rstrip("/"),

@@ -1,6 +1,7 @@
 """store-invite, the key endpoints, sign-ed25519 and the onbind delivery queue."""
 
 from urllib.parse import unquote
+from urllib.parse import urlencode
 
 import pytest
 import signedjson.key
@@ -249,3 +250,121 @@ def test_deliveries_cli(app, client, smtp, runner, fake_homeserver):
     assert "1 delivery" in runner.invoke(args=["deliveries", "status"]).output
     assert "Delivered 1" in runner.invoke(args=["deliveries", "run-due"]).output
     assert "0 delivery" in runner.invoke(args=["deliveries", "status"]).output
+
+
+# -- one invitation, one person ------------------------------------------------------
+
+
+def sign_url_from_mail(client, smtp) -> str:
+    """The `signurl` the landing page gives the web client, relative to our service."""
+    page = client.get(relative(landing_link_from_mail(smtp.last())))
+    query = query_of(web_client_link_from_page(page.text).replace("#/room/", ""))
+    return relative(unquote(query["signurl"]))
+
+
+def sign_as_element(client, sign_url, mxid):
+    """POST to the signurl as matrix-js-sdk does: `mxid` added to its query, no body."""
+    return client.post(sign_url + "&" + urlencode({"mxid": mxid}))
+
+
+def admitted(app, token):
+    with app.app_context():
+        invitation = db.session.scalar(select(Invitation).filter_by(token=token))
+        return invitation.admitted_mxid
+
+
+CLAIRE = "@claire.martin-partenaire.example:agent.externe.tchap.gouv.fr"
+MALLORY = "@mallory:matrix.example.org"
+
+
+def test_an_invitation_admits_its_first_signer_only(app, client, smtp):
+    token = store_invite(client).json["token"]
+    sign_url = sign_url_from_mail(client, smtp)
+
+    first = sign_as_element(client, sign_url, CLAIRE)
+    assert first.status_code == 200, first.json
+    assert first.json["mxid"] == CLAIRE and first.json["token"] == token
+    again = sign_as_element(client, sign_url, CLAIRE)  # clients retry: same account, same answer
+    assert (again.status_code, again.json) == (200, first.json)
+    other = sign_as_element(client, sign_url, MALLORY)
+    assert (other.status_code, other.json["errcode"]) == (403, "M_FORBIDDEN")
+    assert "already accepted by another account" in other.json["error"]
+    assert "signatures" not in other.json and CLAIRE not in other.json["error"]
+    assert admitted(app, token) == CLAIRE
+    # The JSON body of older clients and of v1 callers is held to the same rule.
+    body = {**query_of(sign_url), "mxid": MALLORY}
+    r = client.post(f"{V1}/sign-ed25519", json=body)
+    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+
+
+def test_a_malformed_mxid_consumes_nothing(app, client, smtp):
+    token = store_invite(client).json["token"]
+    sign_url = sign_url_from_mail(client, smtp)
+    r = sign_as_element(client, sign_url, "pas-un-mxid")
+    assert (r.status_code, r.json["errcode"]) == (400, "M_INVALID_PARAM")
+    body = {"mxid": MALLORY, "token": token, "private_key": "!!"}
+    r = client.post(f"{V1}/sign-ed25519", json=body)  # a wrong key admits nobody either
+    assert (r.status_code, r.json["errcode"]) == (400, "M_INVALID_PARAM")
+    assert admitted(app, token) is None
+    assert sign_as_element(client, sign_url, CLAIRE).status_code == 200
+
+
+def test_a_bind_after_another_account_signed_delivers_nothing(app, client, smtp, fake_homeserver):
+    token = store_invite(client).json["token"]
+    assert sign_as_element(client, sign_url_from_mail(client, smtp), MALLORY).status_code == 200
+    bind(client, smtp, fake_homeserver.user_id("claire"))  # the bind itself succeeds
+    assert run_deliveries(app) == 0
+    assert fake_homeserver.onbind_calls == []
+    assert admitted(app, token) == MALLORY
+
+
+def test_a_bind_of_the_signer_delivers_once(app, client, smtp, fake_homeserver):
+    token = store_invite(client).json["token"]
+    mxid = fake_homeserver.user_id("claire")
+    assert sign_as_element(client, sign_url_from_mail(client, smtp), mxid).status_code == 200
+    bind(client, smtp, mxid)
+    assert run_deliveries(app) == 1
+    [call] = fake_homeserver.onbind_calls
+    assert call["mxid"] == mxid and call["invites"][0]["signed"]["token"] == token
+    bind(client, smtp, mxid)  # binding again queues nothing more
+    assert run_deliveries(app) == 0 and len(fake_homeserver.onbind_calls) == 1
+
+
+def test_a_bind_admits_the_bound_account(app, client, smtp, fake_homeserver):
+    token = store_invite(client).json["token"]
+    sign_url = sign_url_from_mail(client, smtp)
+    mxid = fake_homeserver.user_id("claire")
+    bind(client, smtp, mxid)
+    assert admitted(app, token) == mxid
+    r = sign_as_element(client, sign_url, MALLORY)
+    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    assert sign_as_element(client, sign_url, mxid).status_code == 200
+    assert run_deliveries(app) == 1
+
+
+@pytest.mark.parametrize("how", ["expired", "revoked"])
+def test_sign_refuses_expired_and_revoked_invitations(app, client, smtp, clock, runner, how):
+    token = store_invite(client).json["token"]
+    sign_url = sign_url_from_mail(client, smtp)
+    if how == "expired":
+        clock.advance(days=31)
+    else:
+        assert runner.invoke(args=["invites", "revoke", token]).exit_code == 0
+    r = sign_as_element(client, sign_url, CLAIRE)
+    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    assert how[:-1] in r.json["error"]  # "expire…", "revoke…"
+    assert admitted(app, token) is None
+
+
+def test_multi_use_invitations_keep_sydents_behaviour(make_app, smtp, fake_homeserver):
+    app = make_app(INVITE_SINGLE_USE=False)
+    client = app.test_client()
+    token = store_invite(client).json["token"]
+    sign_url = sign_url_from_mail(client, smtp)
+    for mxid in (CLAIRE, MALLORY, CLAIRE):
+        assert sign_as_element(client, sign_url, mxid).status_code == 200
+    assert admitted(app, token) is None
+    mxid = fake_homeserver.user_id("claire")
+    bind(client, smtp, mxid)
+    assert run_deliveries(app) == 1
+    assert fake_homeserver.onbind_calls[0]["mxid"] == mxid
