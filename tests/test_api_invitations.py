@@ -1,13 +1,21 @@
 """store-invite, the key endpoints, sign-ed25519 and the onbind delivery queue."""
 
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 from urllib.parse import urlencode
 
 import pytest
+import requests
 import signedjson.key
 import signedjson.sign
+from sqlalchemy import create_engine
 from sqlalchemy import func
 from sqlalchemy import select
+from sqlalchemy import text
 
 from identity import deliveries
 from identity import keys
@@ -22,6 +30,9 @@ from tests.helpers import register_user
 from tests.helpers import relative
 from tests.helpers import validate_address
 from tests.helpers import web_client_link_from_page
+from tests.servers import ROOT
+from tests.servers import Gunicorn
+from tests.servers import migrate
 
 GUEST = "claire.martin@partenaire.example"
 ROOM = "!projetx:agent.dinum.tchap.gouv.fr"
@@ -368,3 +379,122 @@ def test_multi_use_invitations_keep_sydents_behaviour(make_app, smtp, fake_homes
     bind(client, smtp, mxid)
     assert run_deliveries(app) == 1
     assert fake_homeserver.onbind_calls[0]["mxid"] == mxid
+
+
+# -- races, against gunicorn (two workers, four threads each) ------------------------
+
+
+@pytest.fixture
+def served(db_url, smtp, tmp_path):
+    """The service under gunicorn on the test database (SQLite file or PostgreSQL)."""
+    env = {
+        **os.environ,
+        "IDENTITY_SQLALCHEMY_DATABASE_URI": db_url,
+        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        "IDENTITY_PUBLIC_BASE_URL": "https://id.tchap.test",
+        "IDENTITY_MAIL_SERVER": smtp.host,
+        "IDENTITY_MAIL_PORT": str(smtp.port),
+        "IDENTITY_RATELIMIT_ENABLED": "false",
+        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
+        "IDENTITY_INTERNAL_API_SECRET": "race-secret",
+        "IDENTITY_RESTRICT_BINDS_TO_ROUTING": "false",
+    }
+    subprocess.run([sys.executable, "-m", "flask", "--app", "app", "keys", "generate"],
+                   cwd=ROOT, env=env, check=True, capture_output=True)  # fmt: skip
+    migrate(env)
+    server = Gunicorn(env, ("-w", "2", "--threads", "4"))
+    engine = create_engine(db_url)
+    yield server.base, engine
+    server.stop()
+    engine.dispose()
+
+
+def invite_over_http(base, smtp, address):
+    """Store an invitation; return its token and the signurl its landing page gives."""
+    body = {"medium": "email", "address": address, "room_id": ROOM, "sender": SENDER}
+    r = requests.post(f"{base}{V1}/store-invite", json=body, timeout=10)
+    assert r.status_code == 200, r.text
+    [mail] = smtp.to(address)
+    page = requests.get(base + relative(landing_link_from_mail(mail)), timeout=10)
+    query = query_of(web_client_link_from_page(page.text).replace("#/room/", ""))
+    return r.json()["token"], base + relative(unquote(query["signurl"]))
+
+
+def at_once(calls):
+    """Run the calls in threads released together, each on a connection opened before."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call):
+        session = requests.Session()
+        session.get(call[1].split("/_matrix")[0] + "/health", timeout=10)  # connect first
+        barrier.wait(timeout=30)
+        return call[0](session, *call[1:])
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def sign_over_http(session, sign_url, mxid):
+    r = session.post(sign_url + "&" + urlencode({"mxid": mxid}), timeout=30)
+    return mxid, r.status_code, r.json()
+
+
+def bind_over_http(session, base, address, mxid):
+    body = {"address": address, "mxid": mxid}
+    secret = {"Authorization": "Bearer race-secret"}
+    r = session.post(
+        f"{base}/_matrix/identity/internal/bind", json=body, headers=secret, timeout=30
+    )
+    return mxid, r.status_code, r.json()
+
+
+def admission_of(engine, token):
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT invitation.admitted_mxid, delivery.mxid FROM invitation"
+                " LEFT JOIN delivery ON delivery.invitation_id = invitation.id"
+                " WHERE invitation.token = :token"
+            ),
+            {"token": token},
+        ).one()
+
+
+def test_races_end_with_exactly_one_admitted_account(served, smtp):
+    """Eight accounts sign at once; then signers race a bind of the address."""
+    base, engine = served
+    for round_ in range(3):
+        token, sign_url = invite_over_http(base, smtp, f"race{round_}@partenaire.example")
+        mxids = [f"@signer{i}:hs{i % 3}.example" for i in range(8)]
+
+        answers = at_once([(sign_over_http, sign_url, mxid) for mxid in mxids])
+
+        admitted = [mxid for mxid, status, _ in answers if status == 200]
+        assert len(admitted) == 1, answers
+        refused = [(status, body["errcode"]) for mxid, status, body in answers if status != 200]
+        assert refused == [(403, "M_FORBIDDEN")] * 7, answers
+        assert admission_of(engine, token) == (admitted[0], None)
+        # The winner may sign again; the others stay refused.
+        assert sign_over_http(requests, sign_url, admitted[0])[1] == 200
+        loser = next(mxid for mxid in mxids if mxid != admitted[0])
+        assert sign_over_http(requests, sign_url, loser)[1] == 403
+
+    for round_ in range(3):
+        address = f"bindrace{round_}@partenaire.example"
+        token, sign_url = invite_over_http(base, smtp, address)
+        bound = f"@bound{round_}:agent.externe.tchap.gouv.fr"
+        signers = [f"@signer{i}:hs{i}.example" for i in range(5)]
+        calls = [(sign_over_http, sign_url, mxid) for mxid in signers]
+        calls.insert(2, (bind_over_http, base, address, bound))
+
+        answers = at_once(calls)
+
+        by_mxid = {mxid: (status, body) for mxid, status, body in answers}
+        assert by_mxid.pop(bound)[0] == 200  # the bind itself always succeeds
+        admitted, delivered_to = admission_of(engine, token)
+        signed = [mxid for mxid, (status, _) in by_mxid.items() if status == 200]
+        refused = [mxid for mxid, (status, _) in by_mxid.items() if status == 403]
+        if admitted == bound:  # the bind won: one delivery, no signature
+            assert (delivered_to, signed, len(refused)) == (bound, [], 5), answers
+        else:  # a signer won: it alone signed, and the bind queued no delivery
+            assert (signed, delivered_to, len(refused)) == ([admitted], None, 4), answers
