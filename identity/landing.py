@@ -19,6 +19,7 @@ from itsdangerous import SignatureExpired
 from itsdangerous import URLSafeTimedSerializer
 from nacl.signing import SigningKey
 
+from identity.accounts import server_of
 from identity.storage import invites
 from identity.storage.models import Invitation
 
@@ -29,7 +30,7 @@ class State(Enum):
     """What the page says; the value is the HTTP status it says it with."""
 
     PENDING = "pending", 200
-    ACCEPTED = "accepted", 409  # the address was bound, the invitation handed over
+    ACCEPTED = "accepted", 409  # it admitted an account (a signature or a bind)
     EXPIRED = "expired", 410
     REVOKED = "revoked", 410
     UNKNOWN = "unknown", 404  # a forged, altered or purged link
@@ -78,5 +79,12 @@ def open_landing(token: str, *, secret: str, max_age_seconds: int, now: datetime
 
 
 def page_context(landing: Landing, mail_context: dict[str, Any] | None) -> dict[str, Any]:
-    """The template variables: the state, and for a known invitation who invites where."""
-    return {"state": landing.state.word, **(mail_context or {})}
+    """The template variables: the state, and for a known invitation who invites where
+    and, once accepted, the server of the account it admitted (not the account: the
+    link may have been forwarded, the page names nobody)."""
+    admitted = landing.invitation.admitted_mxid if landing.invitation is not None else None
+    return {
+        "state": landing.state.word,
+        **(mail_context or {}),
+        "admitted_server": server_of(admitted or "") or "",
+    }

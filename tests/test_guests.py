@@ -1,6 +1,7 @@
 """External guests: the invitation mail, the landing page, expiry, revocation, limits."""
 
 import re
+from urllib.parse import quote
 from urllib.parse import unquote
 
 import pytest
@@ -305,3 +306,38 @@ def test_accepted_invitation(client, smtp, fake_homeserver):
     assert client.post(f"{V1}/3pid/bind", json=body).status_code == 200
     page = client.get(link)
     assert page.status_code == 409 and "Cette invitation a déjà été acceptée" in page.text
+    assert f'un compte Tchap du serveur <span class="address">{fake_homeserver.server_name}' in (
+        page.text
+    )
+
+
+@pytest.mark.parametrize("lang", ["fr", "en"])
+def test_an_invitation_accepted_by_a_signature_says_on_which_server(client, smtp, lang):
+    store_invite(client)
+    link = relative(landing_link_from_mail(smtp.last(), lang))
+    signurl = query_of(web_client_link_from_page(client.get(link).text).replace("#/room/", ""))[
+        "signurl"
+    ]
+    mxid = "@quelquun:matrix.autre.example"
+    assert client.post(relative(signurl) + "&mxid=" + quote(mxid)).status_code == 200
+
+    page = client.get(link)
+
+    assert page.status_code == 409
+    text = re.sub(r"<[^>]+>", "", page.text)
+    if lang == "fr":
+        assert "Cette invitation a déjà été acceptée" in text
+        assert "par un compte Tchap du serveur matrix.autre.example" in text
+        assert "Une invitation ne permet qu'à une seule personne de rejoindre le salon" in text
+        assert "Demandez à Marie Dupont de vous inviter à nouveau" in text
+    else:
+        assert "This invitation has already been accepted" in text
+        assert "by a Tchap account on the server matrix.autre.example" in text
+        assert "Ask Marie Dupont to invite you again" in text
+    assert mxid not in page.text and "quelquun" not in page.text
+    # Its account may come back through the page: the button still opens the room.
+    assert (
+        web_client_link_from_page(page.text)
+        .split("?")[0]
+        .endswith("/#/room/%21projetx%3Aagent.dinum.tchap.gouv.fr")
+    )
