@@ -89,7 +89,7 @@ DEFAULTS: dict[str, Any] = {
     # The mobile apps the landing page links to.
     "IOS_APP_URL": "https://apps.apple.com/fr/app/tchap/id1446253779",
     "ANDROID_APP_URL": "https://play.google.com/store/apps/details?id=fr.gouv.tchap.a",
-    # Signs landing-page links; derived from the signing key when unset.
+    # Encrypts landing-page links; derived from the signing key when unset.
     "SECRET_KEY": None,
     # Where the landing page sends guests (overridden by org.matrix.web_client_location).
     "WEB_CLIENT_LOCATION": "https://www.tchap.gouv.fr",

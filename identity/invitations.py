@@ -436,14 +436,14 @@ def _redact(text: str, reveal: int) -> str:
 
 
 def _shorten(text: str, limit: int) -> str:
-    """Cut to `limit` characters with an ellipsis, at a word boundary when one is near."""
+    """Cut to at most `limit` characters, ellipsis included, after the last whole word
+    that fits; only a first word longer than that is cut inside."""
     if len(text) <= limit:
         return text
-    cut = text[: limit - 1]
-    space = cut.rfind(" ")
-    if space > limit * 2 // 3:
-        cut = cut[:space]
-    return cut.rstrip() + "…"
+    # A space at position limit - 1 means the word before it ends right at the cut.
+    space = max(text.rfind(" ", 0, limit), text.rfind("\u00a0", 0, limit))
+    cut = text[:space].rstrip(" ,;:\u00a0") if space > 0 else ""
+    return (cut or text[: limit - 1]) + "…"
 
 
 def encode_key(data: bytes) -> str:
