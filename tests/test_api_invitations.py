@@ -12,11 +12,14 @@ import pytest
 import requests
 import signedjson.key
 import signedjson.sign
+from flask_migrate import downgrade
+from flask_migrate import upgrade
 from sqlalchemy import create_engine
 from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import text
 
+from app import MIGRATIONS_DIR
 from identity import deliveries
 from identity import keys
 from identity.extensions import db
@@ -498,3 +501,40 @@ def test_races_end_with_exactly_one_admitted_account(served, smtp):
             assert (delivered_to, signed, len(refused)) == (bound, [], 5), answers
         else:  # a signer won: it alone signed, and the bind queued no delivery
             assert (signed, delivered_to, len(refused)) == ([admitted], None, 4), answers
+
+
+def test_invitations_accepted_before_the_upgrade_keep_their_account(app):
+    """Migration 0004: an invitation a bind accepted admits the account its delivery names."""
+    with app.app_context():
+        downgrade(directory=MIGRATIONS_DIR, revision="0002")
+        rows = [  # id, token, accepted_at
+            (1, "delivered", "2026-11-20 10:00:00"),
+            (2, "pending", None),
+        ]
+        for id_, token, accepted_at in rows:
+            db.session.execute(
+                text(
+                    "INSERT INTO invitation (id, token, medium, address, room_id, sender,"
+                    " sender_verified, details, created_at, expires_at, accepted_at)"
+                    " VALUES (:id, :token, 'email', 'a@b.example', '!r:hs', '@s:hs', false,"
+                    " '{}', '2026-11-01 10:00:00', '2026-12-01 10:00:00', :accepted_at)"
+                ),
+                {"id": id_, "token": token, "accepted_at": accepted_at},
+            )
+        db.session.execute(
+            text(
+                "INSERT INTO delivery (invitation_id, destination, mxid, attempts,"
+                " next_attempt_at, created_at) VALUES (1, 'hs.example', '@claire:hs.example', 0,"
+                " '2026-11-20 10:00:00', '2026-11-20 10:00:00')"
+            )
+        )
+        db.session.commit()
+        upgrade(directory=MIGRATIONS_DIR)
+        found = {
+            invitation.token: (invitation.admitted_mxid, invitation.handed_over_at)
+            for invitation in db.session.scalars(select(Invitation))
+        }
+    assert found["pending"] == (None, None)
+    admitted_mxid, handed_over_at = found["delivered"]
+    assert admitted_mxid == "@claire:hs.example"
+    assert handed_over_at is not None and handed_over_at.isoformat().startswith("2026-11-20T10:00")
