@@ -23,6 +23,7 @@ from app import MIGRATIONS_DIR
 from identity import deliveries
 from identity import keys
 from identity.extensions import db
+from identity.storage.models import Delivery
 from identity.storage.models import Invitation
 from tests.helpers import V1
 from tests.helpers import V2
@@ -354,6 +355,18 @@ def test_a_bind_admits_the_bound_account(app, client, smtp, fake_homeserver):
     assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
     assert sign_as_element(client, sign_url, mxid).status_code == 200
     assert run_deliveries(app) == 1
+
+
+def test_a_queued_delivery_naming_another_account_is_dropped(app, client, smtp, fake_homeserver):
+    token = store_invite(client).json["token"]
+    bind(client, smtp, fake_homeserver.user_id("claire"))
+    with app.app_context():  # a job left inconsistent by hand, or by a bug
+        db.session.scalar(select(Invitation).filter_by(token=token)).admitted_mxid = MALLORY
+        db.session.commit()
+    assert run_deliveries(app) == 0
+    assert fake_homeserver.onbind_calls == []
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Delivery)) == 0
 
 
 @pytest.mark.parametrize("how", ["expired", "revoked"])
