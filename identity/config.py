@@ -74,6 +74,9 @@ DEFAULTS: dict[str, Any] = {
     "FEDERATION_MAX_RESPONSE_BYTES": 1024 * 1024,
     # Invitations.
     "INVITE_VALIDITY_SECONDS": 30 * 24 * 3600,
+    # An invitation admits one account: the first to get a signature or to bind the
+    # address. False keeps Sydent's behaviour: anyone with the link gets a signature.
+    "INVITE_SINGLE_USE": True,
     # Invitation mails per day: to one address (whoever sends), and from one sender.
     "INVITE_MAX_PER_ADDRESS_PER_DAY": 5,
     "INVITE_MAX_PER_SENDER_PER_DAY": 50,
@@ -88,7 +91,7 @@ DEFAULTS: dict[str, Any] = {
     # The mobile apps the landing page links to.
     "IOS_APP_URL": "https://apps.apple.com/fr/app/tchap/id1446253779",
     "ANDROID_APP_URL": "https://play.google.com/store/apps/details?id=fr.gouv.tchap.a",
-    # Signs landing-page links; derived from the signing key when unset.
+    # Encrypts landing-page links; derived from the signing key when unset.
     "SECRET_KEY": None,
     # Where the landing page sends guests.
     "WEB_CLIENT_LOCATION": "https://www.tchap.gouv.fr",
@@ -124,6 +127,7 @@ _BOOL_KEYS = (
     "V1_STORE_INVITE_ENABLED",
     "V1_LOOKUP_ENABLED",
     "V1_BIND_ENABLED",
+    "INVITE_SINGLE_USE",
 )
 _POSITIVE_INT_KEYS = (
     "MAIL_PORT",
@@ -280,6 +284,7 @@ class Settings:
     token_max_attempts: int
     next_link_domain_allowlist: tuple[str, ...] | None
     invite_validity_seconds: int
+    invite_single_use: bool
     lookup_max_addresses: int
     bulk_lookup_max_threepids: int
     web_client_location: str
@@ -315,6 +320,7 @@ class Settings:
             token_max_attempts=config["TOKEN_MAX_ATTEMPTS"],
             next_link_domain_allowlist=tuple(allowlist) if allowlist is not None else None,
             invite_validity_seconds=config["INVITE_VALIDITY_SECONDS"],
+            invite_single_use=config["INVITE_SINGLE_USE"],
             lookup_max_addresses=config["LOOKUP_MAX_ADDRESSES"],
             bulk_lookup_max_threepids=config["BULK_LOOKUP_MAX_THREEPIDS"],
             web_client_location=str(config["WEB_CLIENT_LOCATION"]).rstrip("/"),

@@ -98,6 +98,12 @@ def attempt(
         logger.info("Dropping delivery %s: its invitation expired or was revoked", job.id)
         deliveries.remove(job)
         return 0
+    if invitation.admitted_mxid not in (None, job.mxid):
+        # Queued only for the admitted account (invitations.hand_over_pending); a job
+        # that names another one must not let a second person in.
+        logger.warning("Dropping delivery %s: its invitation admitted another account", job.id)
+        deliveries.remove(job)
+        return 0
     try:
         post(job.destination, ONBIND_PATH, onbind_body(job, sign))
     except federation.FederationError as e:

@@ -7,6 +7,7 @@ homeserver (`identity.deliveries`).
 """
 
 import base64
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,8 +31,10 @@ from identity.abuse import Blocklists
 from identity.abuse import Quotas
 from identity.accounts import server_of
 from identity.addresses import normalise_email
+from identity.addresses import redact
 from identity.clock import new_token
 from identity.config import Settings
+from identity.errors import Forbidden
 from identity.errors import InvalidParam
 from identity.errors import ThreepidInUse
 from identity.errors import Unrecognized
@@ -42,6 +45,8 @@ from identity.storage import ephemeral_keys
 from identity.storage import invites
 from identity.storage.models import Delivery
 from identity.storage.models import Invitation
+
+logger = logging.getLogger(__name__)
 
 # The arguments of store-invite that are not kept in Invitation.details.
 REQUIRED_FIELDS = ("medium", "address", "room_id", "sender")
@@ -343,15 +348,19 @@ def web_client_link(context: dict[str, str]) -> str:
 def hand_over_pending(medium: str, address: str, mxid: str, *, now: datetime) -> list[Invitation]:
     """Queue the address's live invitations for delivery to `mxid`'s homeserver.
 
-    Called by a bind, in its transaction. Each invitation is accepted once and gets
-    exactly one delivery job; expired, revoked or already accepted ones are left out.
+    Called by a bind, in its transaction. Each invitation gets at most one delivery
+    job, to the one account it admits: an invitation that admitted another account
+    (its link was used by someone else) is not delivered; expired, revoked and already
+    handed over ones are left out.
 
     :param mxid: a valid Matrix user ID (the bind has checked it).
     :returns: the invitations handed over.
     """
-    pending = invites.live_for(medium, address, now=now, lock=True)
-    for invitation in pending:
-        invitation.accepted_at = now
+    handed = []
+    for invitation in invites.deliverable_to(medium, address, mxid, now=now):
+        if not invites.hand_over(invitation.id, mxid, now=now):
+            continue  # another account or another bind took it meanwhile
+        handed.append(invitation)
         deliveries.add(
             Delivery(
                 invitation_id=invitation.id,
@@ -362,25 +371,49 @@ def hand_over_pending(medium: str, address: str, mxid: str, *, now: datetime) ->
                 created_at=now,
             )
         )
-    return pending
+    refused = invites.admitting_others(medium, address, mxid, now=now)
+    if refused:
+        logger.info(
+            "Bind of %s on %s: %s invitation(s) admitted another account, not delivered",
+            redact(address), server_of(mxid), refused,
+        )  # fmt: skip
+    return handed
 
 
 def sign_with_ephemeral_key(
-    token: str, mxid: str, private_key: str, *, server_name: str, now: datetime
+    token: str,
+    mxid: str,
+    private_key: str,
+    *,
+    server_name: str,
+    now: datetime,
+    single_use: bool = True,
 ) -> dict[str, Any]:
     """Sign {mxid, sender, token} with an invitation's ephemeral key (sign-ed25519).
 
     Clients that cannot do the cryptography themselves send us the private key from
     the mail link; the result is the `third_party_signed` object they join with.
+    The first signature admits `mxid` (flushed, not committed): afterwards only that
+    account gets one, so that a forwarded link lets nobody else in.
 
-    :raises MatrixError: 404 M_UNRECOGNIZED for an unknown, revoked or expired token;
-        M_INVALID_PARAM for a malformed key or one that is not the invitation's.
+    :param single_use: off, anyone holding the link gets a signature and nothing is
+        recorded (Sydent's behaviour).
+    :raises MatrixError: 404 M_UNRECOGNIZED for an unknown token; 403 M_FORBIDDEN for
+        an expired or revoked invitation, or one that admitted another account;
+        M_INVALID_PARAM for a malformed mxid or key, or a key that is not the
+        invitation's.
     """
     invitation = invites.by_token(token)
     if invitation is None:
         raise Unrecognized("Didn't recognize token")
-    if invitation.revoked_at is not None or invitation.expires_at <= now:
-        raise Unrecognized("This invitation has expired or was revoked")
+    # 403 rather than 404: Element shows the `error` of a 403 as it is, while for a
+    # 404 it explains instead how to join a room by its ID.
+    if invitation.revoked_at is not None:
+        raise Forbidden("This invitation was revoked")
+    if invitation.expires_at <= now:
+        raise Forbidden("This invitation has expired")
+    if server_of(mxid) is None:
+        raise InvalidParam("mxid is not a Matrix user ID")
     try:
         key = signedjson.key.decode_signing_key_base64("ed25519", "0", private_key)
     except Exception:
@@ -388,6 +421,17 @@ def sign_with_ephemeral_key(
     issued = ephemeral_keys.public_keys_of(invitation.id)
     if issued and encode_key(key.verify_key.encode()) not in issued:
         raise InvalidParam("private_key is not this invitation's key")
+    if single_use:
+        admitted = invites.admit(invitation.id, mxid, now=now)
+        if admitted != mxid:
+            logger.info(
+                "Invitation %s refused to an account on %s: it admitted one on %s",
+                invitation.id, server_of(mxid), server_of(admitted or ""),
+            )  # fmt: skip
+            raise Forbidden(
+                "This invitation was already accepted by another account:"
+                " ask the inviter for a new invitation"
+            )
     payload = {"mxid": mxid, "sender": invitation.sender, "token": token}
     return keys.sign(payload, server_name, key)
 
@@ -408,14 +452,14 @@ def _redact(text: str, reveal: int) -> str:
 
 
 def _shorten(text: str, limit: int) -> str:
-    """Cut to `limit` characters with an ellipsis, at a word boundary when one is near."""
+    """Cut to at most `limit` characters, ellipsis included, after the last whole word
+    that fits; only a first word longer than that is cut inside."""
     if len(text) <= limit:
         return text
-    cut = text[: limit - 1]
-    space = cut.rfind(" ")
-    if space > limit * 2 // 3:
-        cut = cut[:space]
-    return cut.rstrip() + "…"
+    # A space at position limit - 1 means the word before it ends right at the cut.
+    space = max(text.rfind(" ", 0, limit), text.rfind("\u00a0", 0, limit))
+    cut = text[:space].rstrip(" ,;:\u00a0") if space > 0 else ""
+    return (cut or text[: limit - 1]) + "…"
 
 
 def encode_key(data: bytes) -> str:

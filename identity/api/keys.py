@@ -61,9 +61,17 @@ def sign_ed25519(v2: bool):
     if v2:
         require_user()
     body = parse(SignBody, json_body() if v2 else _legacy_arguments())
-    return invitations.sign_with_ephemeral_key(
-        body.token, body.mxid, body.private_key, server_name=settings().server_name, now=now()
+    config = settings()
+    signed = invitations.sign_with_ephemeral_key(
+        body.token,
+        body.mxid,
+        body.private_key,
+        server_name=config.server_name,
+        now=now(),
+        single_use=config.invite_single_use,
     )
+    db.session.commit()  # the admission, before the signature leaves
+    return signed
 
 
 def _legacy_arguments() -> dict[str, Any]:

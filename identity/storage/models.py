@@ -114,8 +114,13 @@ class Invitation(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Set when a bind handed the invitation to a delivery job.
+    # An invitation admits one account (unless INVITE_SINGLE_USE is off): the first to
+    # obtain a signature with sign-ed25519 or to bind the address. Set once, together,
+    # by one conditional UPDATE (identity.storage.invites.admit).
     accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    admitted_mxid: Mapped[str | None] = mapped_column(String(255))
+    # Set when a bind queued the invitation's one onbind delivery.
+    handed_over_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The server name of the Sydent peer that stored it (imported invitations): the
     # room's third-party invite names that peer's key, so the delivery is signed
     # with it. None: stored here.
