@@ -32,6 +32,8 @@ class Gunicorn:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**env, "IDENTITY_AUTO_MIGRATE": "false", "IDENTITY_BIND": f"127.0.0.1:{self.port}"}
+        if not env.get("IDENTITY_MAIL_SERVER"):
+            env.setdefault("IDENTITY_MAIL_PRINT_TO_LOG", "true")  # else gunicorn refuses
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each master makes its own
         bind = () if "-c" in options else ("-b", f"127.0.0.1:{self.port}")
         output = log if log is not None else subprocess.DEVNULL

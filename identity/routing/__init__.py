@@ -5,6 +5,7 @@ fresh in a running process, `answers.py` builds the /info answers, `diff.py` com
 two versions and `sydent_info.py` imports a Tchap Sydent info.yaml.
 """
 
+import logging
 import signal
 import threading
 import weakref
@@ -21,15 +22,31 @@ from identity.routing.table import RoutingTable
 
 __all__ = ["Match", "Platform", "RoutingError", "RoutingSource", "RoutingTable", "current"]
 
+logger = logging.getLogger(__name__)
 
-def init_app(app: Flask) -> None:
-    """Load DOMAINS_PATH; refuse to start when it is invalid."""
+
+def init_app(app: Flask, *, strict: bool = True) -> None:
+    """Load DOMAINS_PATH.
+
+    :param strict: refuse to start when the file is invalid (a server); otherwise
+        (an admin's command) say so in one line and start without rules.
+    :raises ConfigError: when `strict` and the file is invalid.
+    """
     try:
         source = RoutingSource(
-            app.config["DOMAINS_PATH"], check_seconds=app.config["DOMAINS_CHECK_SECONDS"]
+            app.config["DOMAINS_PATH"],
+            check_seconds=app.config["DOMAINS_CHECK_SECONDS"],
+            strict=strict,
         )
     except RoutingError as e:
         raise ConfigError(f"DOMAINS_PATH: {e}") from None
+    if source.error:
+        logger.warning(
+            "DOMAINS_PATH %s is invalid, starting without routing rules"
+            " (`flask domains check` explains): %s",
+            source.path,
+            source.error,
+        )
     app.extensions["identity.routing"] = source
     _reload_on_sighup(source)
 

@@ -54,23 +54,46 @@ class RoutingSource:
         *,
         check_seconds: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        strict: bool = True,
     ) -> None:
-        """Load `path` now. :raises RoutingError: a service must not start without rules."""
+        """Load `path` now.
+
+        :param strict: refuse an invalid file (a service must not start without rules);
+            otherwise start without rules, to be loaded once the file is fixed (an
+            admin's command must not die of the file it may be about to check).
+        :raises RoutingError: when `strict` and the file is invalid.
+        """
         self.path = path
         self.check_seconds = check_seconds
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._signature = _signature(path)
-        self._table = load_file(path)
-        self._loaded_at = time.time()
+        self._table: RoutingTable | None = None
         self._error: str | None = None
+        try:
+            self._table = load_file(path)
+        except RoutingError as e:
+            if strict:
+                raise
+            self._error = _redacted(e)
+        self._loaded_at = time.time()
         self._next_check = monotonic() + check_seconds
         self._forced = False
 
+    @property
+    def error(self) -> str | None:
+        """Why the file on disk is not the one being served, if it is not."""
+        return self._error
+
     def table(self) -> RoutingTable:
-        """The table to answer with, reloaded first when the file has changed."""
+        """The table to answer with, reloaded first when the file has changed.
+
+        :raises RoutingError: when no valid version of the file was ever loaded.
+        """
         if self._forced or self._monotonic() >= self._next_check:
             self.reload()
+        if self._table is None:
+            raise RoutingError(self.path, [self._error or "not loaded"])
         return self._table
 
     def force_reload(self) -> None:
@@ -94,11 +117,11 @@ class RoutingSource:
             try:
                 table = load_file(self.path)
             except RoutingError as e:
-                # Problems may quote the file's single-address rules: not in logs.
-                self._error = _EMAIL.sub(lambda m: redact(m.group()), "; ".join(e.problems))
+                self._error = _redacted(e)
                 logger.error(
-                    "Refusing the edited %s, keeping the last good rules: %s",
+                    "Refusing the edited %s, %s: %s",
                     self.path,
+                    "keeping the last good rules" if self._table else "no rules loaded yet",
                     self._error,
                 )
                 return False
@@ -110,14 +133,22 @@ class RoutingSource:
 
     def status(self) -> Status:
         """What is served and whether the file on disk could be loaded (looked at now)."""
-        self.table()
+        try:
+            table = self.table()
+        except RoutingError:
+            table = None
         return Status(
             path=self.path,
-            rules=self._table.rule_count(),
-            platforms=len(self._table.platforms),
+            rules=table.rule_count() if table else 0,
+            platforms=len(table.platforms) if table else 0,
             loaded_at=self._loaded_at,
             error=self._error,
         )
+
+
+def _redacted(error: RoutingError) -> str:
+    # Problems may quote the file's single-address rules: not in logs.
+    return _EMAIL.sub(lambda m: redact(m.group()), "; ".join(error.problems))
 
 
 def _signature(path: str) -> tuple[int, int, int] | None:
