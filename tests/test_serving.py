@@ -1,5 +1,7 @@
 """gunicorn.conf.py: several workers, one /metrics, scrubbed JSON access log, graceful reload."""
 
+import base64
+import hashlib
 import json
 import os
 import signal
@@ -13,6 +15,10 @@ import pytest
 import requests
 
 from tests.conftest import POSTGRES_URL
+from tests.helpers import V1
+from tests.helpers import V2
+from tests.helpers import auth
+from tests.helpers import register_user
 from tests.servers import Gunicorn
 from tests.servers import migrate
 
@@ -154,3 +160,57 @@ def test_cold_starts_migrate_once_and_every_worker_serves(tmp_path, engine):
         assert text.count("Running upgrade  -> 0001") == 1, text
         assert text.count("Generated a new signing key") == 1, text
         assert len(pids) == 4, f"only {len(pids)} of 4 workers answered"
+
+
+# -- Request sizes: the body limit fits the lookups' documented maxima ---------------------
+
+
+def _hashes(count: int) -> list[str]:
+    return [
+        base64.urlsafe_b64encode(hashlib.sha256(str(i).encode()).digest()).rstrip(b"=").decode()
+        for i in range(count)
+    ]
+
+
+def _threepids(count: int) -> list[list[str]]:
+    # Long, realistic addresses: the limit must not depend on them being short.
+    return [
+        ["email", f"prenom-compose.nom-de-famille-{i:05}@direction-regionale.interieur.gouv.fr"]
+        for i in range(count)
+    ]
+
+
+def test_a_v2_lookup_at_its_documented_maximum(app, client, fake_homeserver):
+    maximum = app.config["LOOKUP_MAX_ADDRESSES"]
+    assert maximum == 10_000
+    headers = auth(register_user(client, fake_homeserver))
+    pepper = client.get(f"{V2}/hash_details", headers=headers).json["lookup_pepper"]
+    body = {"algorithm": "sha256", "pepper": pepper, "addresses": _hashes(maximum)}
+    r = client.post(f"{V2}/lookup", json=body, headers=headers)
+    assert r.status_code == 200, r.json
+    assert r.json == {"mappings": {}}
+    body["addresses"] = _hashes(maximum + 1)
+    r = client.post(f"{V2}/lookup", json=body, headers=headers)
+    assert (r.status_code, r.json["errcode"]) == (413, "M_TOO_LARGE")
+
+
+def test_a_bulk_lookup_at_its_documented_maximum(app, client):
+    maximum = app.config["BULK_LOOKUP_MAX_THREEPIDS"]
+    assert maximum == 10_000
+    r = client.post(f"{V1}/bulk_lookup", json={"threepids": _threepids(maximum)})
+    assert r.status_code == 200, r.json
+    assert r.json == {"threepids": []}
+    r = client.post(f"{V1}/bulk_lookup", json={"threepids": _threepids(maximum + 1)})
+    assert (r.status_code, r.json["errcode"]) == (413, "M_TOO_LARGE")
+
+
+def test_bodies_beyond_the_limits_get_a_matrix_error(app, client):
+    # Far beyond what a lookup may carry, and beyond MAX_REQUEST_BYTES elsewhere.
+    huge = {"threepids": [["email", "x" * 1000 + "@example.fr"]] * 5000}
+    r = client.post(f"{V1}/bulk_lookup", json=huge)
+    assert (r.status_code, r.json["errcode"]) == (413, "M_TOO_LARGE")
+    padding = "x" * app.config["MAX_REQUEST_BYTES"]
+    r = client.post(f"{V1}/validate/email/requestToken",
+                    json={"client_secret": "s", "email": "a@b.fr", "send_attempt": 1,
+                          "padding": padding})  # fmt: skip
+    assert (r.status_code, r.json["errcode"]) == (413, "M_TOO_LARGE")
