@@ -5,6 +5,8 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ from tests.helpers import auth
 from tests.helpers import register_user
 from tests.servers import Gunicorn
 from tests.servers import migrate
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -214,3 +217,42 @@ def test_bodies_beyond_the_limits_get_a_matrix_error(app, client):
                     json={"client_secret": "s", "email": "a@b.fr", "send_attempt": 1,
                           "padding": padding})  # fmt: skip
     assert (r.status_code, r.json["errcode"]) == (413, "M_TOO_LARGE")
+
+
+def test_the_readme_first_command_prints_mails_and_creates_the_key_at_start(tmp_path):
+    """`flask --app app run` with no mail server: the embedded mode prints mails (only
+    gunicorn refuses to), and the signing key exists before any request needs it."""
+    port = free_port()
+    env = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("IDENTITY_")},
+        "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
+    }
+    with (tmp_path / "flask.log").open("w+") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "app", "run", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    requests.get(f"{base}/_matrix/identity/versions", timeout=5)
+                    break
+                except requests.RequestException:
+                    assert process.poll() is None and time.monotonic() < deadline
+                    time.sleep(0.2)
+            assert (tmp_path / "signing.key").exists()
+            body = {"client_secret": "s3cret", "email": "agent@interieur.gouv.fr",
+                    "send_attempt": 1}  # fmt: skip
+            r = requests.post(f"{base}{V1}/validate/email/requestToken", json=body, timeout=30)
+            assert r.status_code == 200, r.text
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        log.seek(0)
+        output = log.read()
+    assert "MAIL_SERVER is not set" in output and "To: agent@interieur.gouv.fr" in output
+    assert "Generated a new signing key" in output
