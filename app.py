@@ -44,6 +44,9 @@ MIGRATIONS_DIR = os.path.join(HERE, "migrations")
 
 logger = logging.getLogger(__name__)
 
+# Set by gunicorn.conf.py for its workers once it has checked the configuration.
+CHECKED_AT_START = "_IDENTITY_CHECKED_AT_START"
+
 # Room in a lookup's body for each hash or address it may carry: an address of the
 # longest legal length (254 bytes), its medium, quotes, separators and some escapes.
 LOOKUP_ENTRY_BYTES = 320
@@ -67,8 +70,9 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     given = _load_config(app, config)
     init_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
-    for key in unknown_keys(given, flask_keys=Flask.default_config):
-        logger.warning("Unknown configuration key %s (a typo?): ignored", key)
+    if not os.environ.get(CHECKED_AT_START):  # else gunicorn's master has said it once
+        for key in unknown_keys(given, flask_keys=Flask.default_config):
+            logger.warning("Unknown configuration key %s (a typo?): ignored", key)
     serving = _serving()
 
     db.init_app(app)

@@ -59,6 +59,10 @@ def on_starting(server) -> None:  # noqa: ANN001 (gunicorn's hook signature)
     _prepare(server)
 
 
+# Set for the workers once the configuration was checked (the name is app.py's).
+CHECKED_AT_START = "_IDENTITY_CHECKED_AT_START"
+
+
 def _prepare(server) -> None:  # noqa: ANN001
     """Build the app once before any worker starts, in a child process.
 
@@ -94,6 +98,8 @@ def _prepare(server) -> None:  # noqa: ANN001
         if server.pidfile is not None:
             server.pidfile.unlink()
         sys.exit(1)
+    # The workers need not warn again about what the child warned about.
+    os.environ[CHECKED_AT_START] = "1"
 
 
 def child_exit(server, worker) -> None:  # noqa: ANN001

@@ -38,6 +38,7 @@ def gunicorn(tmp_path):
         "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
         "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
         "IDENTITY_RATELIMIT_ENABLED": "false",
+        "IDENTITY_MAIL_SEVER": "smtp.example.fr",  # a typo, warned about once
     }
     migrate(env)
     log = (tmp_path / "gunicorn.log").open("w+")
@@ -80,6 +81,7 @@ def test_workers_metrics_logs_and_reload(gunicorn):
     assert len(access) >= 21
     assert all(entry["request_id"] not in ("", "-") for entry in access)
     whole = "\n".join(lines)
+    assert whole.count("Unknown configuration key MAIL_SEVER") == 1
     assert "marie.dupont" not in whole and "WzEsInNlY3JldCJd" not in whole
     assert any(e["request"].startswith("GET /_matrix/identity/api/v1/info?… ") for e in access)
 
