@@ -80,8 +80,10 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     mail.init_app(app)
     federation.init_app(app)
     terms.init_app(app)
-    # A server refuses to start on invalid rules; an admin's command starts without them.
-    routing.init_app(app, strict=serving or not _running_a_command())
+    # A server refuses to start on invalid rules. Its later workers (a reload, a
+    # recycled worker) and admins' commands start on the last good ones instead.
+    starting = not os.environ.get(CHECKED_AT_START)
+    routing.init_app(app, strict=starting and (serving or not _running_a_command()))
     deliveries.init_app(app)
     limits.init_app(app)
     app.extensions["identity.clock"] = clock or SystemClock()

@@ -258,3 +258,40 @@ def test_the_readme_first_command_prints_mails_and_creates_the_key_at_start(tmp_
         output = log.read()
     assert "MAIL_SERVER is not set" in output and "To: agent@interieur.gouv.fr" in output
     assert "Generated a new signing key" in output
+
+
+def test_new_workers_start_on_the_last_good_rules_after_a_broken_edit(tmp_path):
+    """A broken domains.yaml refused by the running workers must not stop the next
+    ones (a graceful reload, a worker recycled after max_requests): they start on the
+    last good rules, and /health keeps saying why the file is refused."""
+    domains = tmp_path / "domains.yaml"
+    domains.write_text((ROOT / "domains.yaml").read_text())
+    env = _gunicorn_env(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}",
+                        IDENTITY_DOMAINS_PATH=str(domains), IDENTITY_WORKERS="2",
+                        IDENTITY_THREADS="2")  # fmt: skip
+    migrate(env)
+    info = {"medium": "email", "address": "marie.dupont@ac-versailles.fr"}
+    with (tmp_path / "gunicorn.log").open("w+") as log:
+        server = Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log)
+        try:
+            before = requests.get(f"{server.base}{V1}/info", params=info, timeout=30).json()
+            domains.write_text("platforms: [unclosed\n")
+            server.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while True:
+                log.flush()
+                log.seek(0)
+                if log.read().count("Booting worker with pid") >= 4:
+                    break
+                assert time.monotonic() < deadline and server.process.poll() is None
+                time.sleep(0.2)
+            for _ in range(10):
+                r = requests.get(f"{server.base}{V1}/info", params=info, timeout=30)
+                assert r.json() == before
+            health = requests.get(f"{server.base}/health", timeout=30).json()
+            assert health["domains"]["ok"] is False and health["domains"]["rules"] > 0
+            assert server.process.poll() is None
+        finally:
+            server.stop()
+        log.seek(0)
+        assert "Worker failed to boot" not in log.read()
