@@ -94,18 +94,20 @@ def _prepare(server) -> None:  # noqa: ANN001
             sys.stderr.flush()
             os._exit(status)
     _, wait_status = os.waitpid(pid, 0)
+    child_exit(server, pid)
     if os.waitstatus_to_exitcode(wait_status) != 0:
         if server.pidfile is not None:
             server.pidfile.unlink()
+        on_exit(server)
         sys.exit(1)
     # The workers need not warn again about what the child warned about.
     os.environ[CHECKED_AT_START] = "1"
 
 
-def child_exit(server, worker) -> None:  # noqa: ANN001
+def child_exit(server, worker) -> None:  # noqa: ANN001 (a worker, or _prepare's pid)
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(getattr(worker, "pid", worker))
 
 
 def on_exit(server) -> None:  # noqa: ANN001

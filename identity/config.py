@@ -212,8 +212,8 @@ _LIBRARY_KEYS = frozenset(
         "MAIL_ASCII_ATTACHMENTS",
     }
 )
-# IDENTITY_* variables that are not configuration keys: the configuration file, and
-# gunicorn.conf.py's and the test suite's own settings.
+# IDENTITY_* variables that are not configuration keys: the configuration file and
+# gunicorn.conf.py's settings (and the test suite's IDENTITY_TEST_*).
 ENVIRONMENT_ONLY = frozenset(
     {
         "CONFIG",
@@ -223,8 +223,6 @@ ENVIRONMENT_ONLY = frozenset(
         "FORWARDED_ALLOW_IPS",
         "TLS_CERT",
         "TLS_KEY",
-        "TEST_REDIS_URL",
-        "TEST_POSTGRES_URL",
     }
 )
 
@@ -235,7 +233,7 @@ def unknown_keys(names: Any, *, flask_keys: Any = ()) -> list[str]:
     :param flask_keys: Flask's own configuration keys (`Flask.default_config`).
     """
     known = set(DEFAULTS) | _LIBRARY_KEYS | ENVIRONMENT_ONLY | set(flask_keys)
-    return sorted(name for name in names if name not in known)
+    return sorted(name for name in set(names) if name not in known and not name.startswith("TEST_"))
 
 
 def _as_log_level(value: Any) -> str:
