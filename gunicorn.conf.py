@@ -29,13 +29,15 @@ max_requests = 10_000
 max_requests_jitter = 1_000
 
 # Access log: JSON, the route without its query string (addresses, codes, secrets)
-# and landing-page tokens scrubbed by identity.logs.GunicornLogger.
+# and landing-page tokens scrubbed by identity.logs.GunicornLogger, which scrubs the
+# error log too; `pid` is the worker that answered.
 logger_class = "identity.logs.GunicornLogger"
 accesslog = "-"
 errorlog = "-"
 access_log_format = (
     '{"time": "%(t)s", "remote": "%(h)s", "request": "%(r)s", "status": "%(s)s",'
-    ' "bytes": "%(B)s", "duration_ms": "%(M)s", "request_id": "%({x-request-id}o)s"}'
+    ' "bytes": "%(B)s", "duration_ms": "%(M)s", "request_id": "%({x-request-id}o)s",'
+    ' "pid": "%(p)s"}'
 )
 
 # Behind a reverse proxy, set TRUSTED_PROXY_COUNT in the service's configuration (the
