@@ -70,7 +70,9 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     given = _load_config(app, config)
     init_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
-    if not os.environ.get(CHECKED_AT_START):  # else gunicorn's master has said it once
+    # A gunicorn worker whose master has checked the configuration and the rules.
+    checked = bool(os.environ.get(CHECKED_AT_START))
+    if not checked:
         for key in unknown_keys(given, flask_keys=Flask.default_config):
             logger.warning("Unknown configuration key %s (a typo?): ignored", key)
     serving = _serving()
@@ -82,8 +84,7 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     terms.init_app(app)
     # A server refuses to start on invalid rules. Its later workers (a reload, a
     # recycled worker) and admins' commands start on the last good ones instead.
-    starting = not os.environ.get(CHECKED_AT_START)
-    routing.init_app(app, strict=starting and (serving or not _running_a_command()))
+    routing.init_app(app, strict=not checked and (serving or not _running_a_command()))
     deliveries.init_app(app)
     limits.init_app(app)
     app.extensions["identity.clock"] = clock or SystemClock()
