@@ -29,7 +29,7 @@ from identity import metrics
 from identity.abuse import Blocklists
 from identity.abuse import Quotas
 from identity.accounts import server_of
-from identity.addresses import normalise_email
+from identity.addresses import parse_email
 from identity.clock import new_token
 from identity.config import Settings
 from identity.errors import InvalidParam
@@ -84,6 +84,7 @@ class Policy:
     reveal_domain: int = 3
     quotas: Quotas = Quotas(per_address=None, per_sender=None)
     blocklists: Blocklists = Blocklists()
+    refuse_special_use_domains: bool = False
 
     @classmethod
     def from_settings(cls, config: Settings, signing_key: SigningKey) -> "Policy":
@@ -103,6 +104,7 @@ class Policy:
                 homeservers=config.invite_blocked_homeservers,
                 rooms=config.invite_blocked_rooms,
             ),
+            refuse_special_use_domains=config.refuse_special_use_domains,
         )
 
 
@@ -135,7 +137,8 @@ def store_invite(
     """
     if medium != "email":
         raise Unrecognized(f"Didn't understand medium {medium!r}", status=400)
-    address = normalise_email(address)
+    written = parse_email(address, refuse_special_use=policy.refuse_special_use_domains)
+    address = written.key
     if not room_id.startswith("!"):
         raise InvalidParam("room_id is not a room ID")
     if server_of(sender) is None:
@@ -153,6 +156,7 @@ def store_invite(
             token=new_token(32),
             medium=medium,
             address=address,
+            mailbox=written.mailbox,
             room_id=room_id,
             sender=sender,
             sender_verified=sender_verified,
@@ -172,7 +176,8 @@ def store_invite(
         guest=routing.resolve(address).platform.requires_invite,
         already_invited=already_invited,
     )
-    mailer.send_template("invite", address, context, brand=brand)
+    # To the mailbox as written: case-folding may change it (Straße → strasse).
+    mailer.send_template("invite", written.mailbox, context, brand=brand)
     metrics.INVITATIONS_STORED.inc()
     return store_invite_response(invitation, ephemeral_public, policy)
 

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from urllib.parse import urlsplit
 
 from identity import mailer
-from identity.addresses import normalise_email
+from identity.addresses import parse_email
 from identity.clock import new_code
 from identity.clock import new_token
 from identity.errors import InvalidParam
@@ -40,6 +40,7 @@ class Policy:
     lifetime: timedelta
     max_attempts: int
     next_link_hosts: tuple[str, ...] | None
+    refuse_special_use_domains: bool = False
 
 
 def request_code(
@@ -63,7 +64,8 @@ def request_code(
         M_EMAIL_SEND_ERROR.
     """
     check_client_secret(client_secret)
-    address = normalise_email(email)
+    written = parse_email(email, refuse_special_use=policy.refuse_special_use_domains)
+    address = written.key
     if next_link is not None:
         check_next_link(next_link, policy.next_link_hosts)
     session = sessions.find(MEDIUM, address, client_secret)
@@ -76,6 +78,7 @@ def request_code(
                 sid=new_token(18),
                 medium=MEDIUM,
                 address=address,
+                mailbox=written.mailbox,
                 client_secret=client_secret,
                 send_attempt=send_attempt,
                 token=new_code(),
@@ -90,6 +93,7 @@ def request_code(
         return session
     else:
         session.send_attempt = send_attempt
+        session.mailbox = written.mailbox
         session.next_link = next_link or session.next_link
         session.brand = brand
         session.updated_at = now
@@ -182,4 +186,6 @@ def send_code_mail(session: ValidationSession, code: str, *, base_url: str) -> N
         {"sid": session.sid, "client_secret": session.client_secret, "token": session.token}
     )
     context = {"token": session.token, "code": code, "link": link}
-    mailer.send_template("verification", session.address, context, brand=session.brand)
+    # To the mailbox as written: case-folding may change it (Straße → strasse).
+    to = session.mailbox or session.address
+    mailer.send_template("verification", to, context, brand=session.brand)

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import delete
 from sqlalchemy import select
+from sqlalchemy import union_all
 from sqlalchemy import update
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -36,19 +37,32 @@ def hash_column(slot: int) -> InstrumentedAttribute:
     return Association.lookup_hash_alt if slot else Association.lookup_hash
 
 
+def hash_columns(slot: int) -> tuple[InstrumentedAttribute, InstrumentedAttribute]:
+    """The columns holding the lookup hashes of the pepper in `slot`: of the address's
+    key, and of its Unicode spelling (identity.addresses.unicode_spelling)."""
+    if slot:
+        return Association.lookup_hash_alt, Association.lookup_hash_unicode_alt
+    return Association.lookup_hash, Association.lookup_hash_unicode
+
+
 def mxids_by_hash(hashes: Iterable[str], *, slot: int, now: datetime) -> dict[str, str]:
-    """{lookup_hash: mxid} for the live associations among `hashes` (in `slot`)."""
+    """{lookup_hash: mxid} for the live associations among `hashes` (in `slot`), by the
+    hash of either spelling."""
     found: dict[str, str] = {}
     hashes = list(dict.fromkeys(hashes))
-    column = hash_column(slot)
     for start in range(0, len(hashes), _BATCH):
-        rows = db.session.execute(
-            select(column, Association.mxid).where(
-                column.in_(hashes[start : start + _BATCH]),
-                Association.not_after > now,
+        batch = hashes[start : start + _BATCH]
+        # One round trip; each half uses its column's index (the Unicode one is sparse:
+        # only internationalised domains have a value there).
+        query = union_all(
+            *(
+                select(column, Association.mxid).where(
+                    column.in_(batch), Association.not_after > now
+                )
+                for column in hash_columns(slot)
             )
         )
-        found.update({h: mxid for h, mxid in rows})
+        found.update({h: mxid for h, mxid in db.session.execute(query)})
     return found
 
 
@@ -87,7 +101,9 @@ def addresses(medium: str) -> Iterator[str]:
 
 def clear_slot(slot: int) -> None:
     """Empty a hash slot, so that a rotation can tell which rows it has done."""
-    db.session.execute(update(Association).values({hash_column(slot).key: None}))
+    db.session.execute(
+        update(Association).values({column.key: None for column in hash_columns(slot)})
+    )
 
 
 def missing_in_slot(slot: int, limit: int) -> list[tuple[int, str, str]]:
@@ -101,12 +117,15 @@ def missing_in_slot(slot: int, limit: int) -> list[tuple[int, str, str]]:
     return [tuple(row) for row in db.session.execute(query)]
 
 
-def set_hashes(slot: int, hashes: dict[int, str]) -> None:
-    """Store {association id: hash} in `slot`."""
-    column = hash_column(slot).key
+def set_hashes(slot: int, hashes: dict[int, tuple[str, str | None]]) -> None:
+    """Store {association id: (hash of the key, hash of the Unicode spelling)} in `slot`."""
+    key, unicode = (column.key for column in hash_columns(slot))
     db.session.execute(
         update(Association),
-        [{"id": association_id, column: value} for association_id, value in hashes.items()],
+        [
+            {"id": association_id, key: value, unicode: unicode_value}
+            for association_id, (value, unicode_value) in hashes.items()
+        ],
     )
 
 

@@ -49,7 +49,10 @@ class ValidationSession(db.Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sid: Mapped[str] = mapped_column(String(64), unique=True)
     medium: Mapped[str] = mapped_column(String(16))
+    # The address's key (identity.addresses): what the session is found and bound by.
     address: Mapped[str] = mapped_column(String(320))
+    # Where the code goes: the address as last written (domain in ASCII); None before 0003.
+    mailbox: Mapped[str | None] = mapped_column(String(320))
     client_secret: Mapped[str] = mapped_column(String(255))
     send_attempt: Mapped[int] = mapped_column(BigInteger)
     token: Mapped[str] = mapped_column(String(64))
@@ -76,6 +79,10 @@ class Association(db.Model):
     # the current pepper's (identity.lookup.rotate_pepper); Pepper.slot says which.
     lookup_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     lookup_hash_alt: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The same for the address's Unicode spelling, when its domain is internationalised
+    # (clients hash what the user typed): NULL for every other address.
+    lookup_hash_unicode: Mapped[str | None] = mapped_column(String(64), index=True)
+    lookup_hash_unicode_alt: Mapped[str | None] = mapped_column(String(64), index=True)
     mxid: Mapped[str] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     not_before: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -104,7 +111,10 @@ class Invitation(db.Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token: Mapped[str] = mapped_column(String(128), unique=True)
     medium: Mapped[str] = mapped_column(String(16))
+    # The address's key (identity.addresses), which binds hand the invitation over by.
     address: Mapped[str] = mapped_column(String(320))
+    # Where the mail went: the address as written (domain in ASCII); None before 0003.
+    mailbox: Mapped[str | None] = mapped_column(String(320))
     room_id: Mapped[str] = mapped_column(String(255), index=True)
     sender: Mapped[str] = mapped_column(String(255), index=True)
     # True when the sender came from an authenticated (v2) request.
