@@ -151,6 +151,21 @@ def test_v2_lookup_finds_every_spelling(bound, client, fake_homeserver):
     assert r.json == {"mappings": {f"{s} email": MXID for s in spellings}}
 
 
+def test_v2_lookup_of_one_among_many_unicode_spellings(bound, client, smtp, fake_homeserver):
+    """Fewer hashes asked for than bindings with a Unicode spelling: probed one by one."""
+    for name in ("zoe", "leo"):
+        sid = validate_address(client, smtp, f"{name}@exämple.fr", secret=name)
+        body = {"sid": sid, "client_secret": name, "mxid": f"@{name}:a.fr"}
+        assert client.post(f"{V1}/3pid/bind", json=body).status_code == 200
+    headers = auth(register_user(client, fake_homeserver))
+    pepper = client.get(f"{V2}/hash_details", headers=headers).json["lookup_pepper"]
+    for spelling, mxid in (("jean@exämple.fr", MXID), ("zoe@exämple.fr", "@zoe:a.fr")):
+        known = sha256_hash(spelling, pepper)
+        body = {"addresses": [known], "algorithm": "sha256", "pepper": pepper}
+        r = client.post(f"{V2}/lookup", json=body, headers=headers)
+        assert r.json == {"mappings": {known: mxid}}
+
+
 def test_v2_lookup_of_the_unicode_spelling_survives_a_pepper_rotation(
     bound, client, runner, fake_homeserver
 ):

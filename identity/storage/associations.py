@@ -5,8 +5,8 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from sqlalchemy import delete
+from sqlalchemy import func
 from sqlalchemy import select
-from sqlalchemy import union_all
 from sqlalchemy import update
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -48,21 +48,34 @@ def hash_columns(slot: int) -> tuple[InstrumentedAttribute, InstrumentedAttribut
 def mxids_by_hash(hashes: Iterable[str], *, slot: int, now: datetime) -> dict[str, str]:
     """{lookup_hash: mxid} for the live associations among `hashes` (in `slot`), by the
     hash of either spelling."""
-    found: dict[str, str] = {}
     hashes = list(dict.fromkeys(hashes))
-    for start in range(0, len(hashes), _BATCH):
-        batch = hashes[start : start + _BATCH]
-        # One round trip; each half uses its column's index (the Unicode one is sparse:
-        # only internationalised domains have a value there).
-        query = union_all(
-            *(
-                select(column, Association.mxid).where(
-                    column.in_(batch), Association.not_after > now
-                )
-                for column in hash_columns(slot)
+    key_column, unicode_column = hash_columns(slot)
+    found = _probe(key_column, hashes, now)
+    # Few addresses have a Unicode spelling (often none): when they are fewer than the
+    # hashes asked for, reading them all costs less than probing for each hash.
+    spelt = db.session.scalar(select(func.count()).where(unicode_column.is_not(None)))
+    if spelt and spelt <= len(hashes):
+        wanted = set(hashes)
+        rows = db.session.execute(
+            select(unicode_column, Association.mxid).where(
+                unicode_column.is_not(None), Association.not_after > now
             )
         )
-        found.update({h: mxid for h, mxid in db.session.execute(query)})
+        found.update({h: mxid for h, mxid in rows if h in wanted})
+    elif spelt:
+        found.update(_probe(unicode_column, hashes, now))
+    return found
+
+
+def _probe(column: InstrumentedAttribute, hashes: list[str], now: datetime) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for start in range(0, len(hashes), _BATCH):
+        rows = db.session.execute(
+            select(column, Association.mxid).where(
+                column.in_(hashes[start : start + _BATCH]), Association.not_after > now
+            )
+        )
+        found.update({h: mxid for h, mxid in rows})
     return found
 
 

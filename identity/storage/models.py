@@ -12,6 +12,7 @@ from sqlalchemy import Index
 from sqlalchemy import Integer
 from sqlalchemy import String
 from sqlalchemy import Text
+from sqlalchemy import text
 from sqlalchemy import TypeDecorator
 from sqlalchemy import UniqueConstraint
 from sqlalchemy.orm import Mapped
@@ -69,7 +70,20 @@ class Association(db.Model):
     """A validated address bound to a Matrix ID."""
 
     __tablename__ = "association"
-    __table_args__ = (UniqueConstraint("medium", "address"),)
+    __table_args__ = (
+        UniqueConstraint("medium", "address"),
+        # Partial: few rows have a Unicode spelling, and lookups probe these indexes
+        # for every hash they are sent, so they had better be small.
+        *(
+            Index(
+                f"ix_association_{name}",
+                name,
+                sqlite_where=text(f"{name} IS NOT NULL"),
+                postgresql_where=text(f"{name} IS NOT NULL"),
+            )
+            for name in ("lookup_hash_unicode", "lookup_hash_unicode_alt")
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     medium: Mapped[str] = mapped_column(String(16))
@@ -81,8 +95,8 @@ class Association(db.Model):
     lookup_hash_alt: Mapped[str | None] = mapped_column(String(64), index=True)
     # The same for the address's Unicode spelling, when its domain is internationalised
     # (clients hash what the user typed): NULL for every other address.
-    lookup_hash_unicode: Mapped[str | None] = mapped_column(String(64), index=True)
-    lookup_hash_unicode_alt: Mapped[str | None] = mapped_column(String(64), index=True)
+    lookup_hash_unicode: Mapped[str | None] = mapped_column(String(64))
+    lookup_hash_unicode_alt: Mapped[str | None] = mapped_column(String(64))
     mxid: Mapped[str] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     not_before: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -32,8 +32,13 @@ def upgrade():
     with op.batch_alter_table('association', schema=None) as batch_op:
         batch_op.add_column(sa.Column('lookup_hash_unicode', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('lookup_hash_unicode_alt', sa.String(length=64), nullable=True))
-        batch_op.create_index(batch_op.f('ix_association_lookup_hash_unicode'), ['lookup_hash_unicode'], unique=False)
-        batch_op.create_index(batch_op.f('ix_association_lookup_hash_unicode_alt'), ['lookup_hash_unicode_alt'], unique=False)
+        # Partial indexes: only internationalised domains have a value there.
+        for name in ('lookup_hash_unicode', 'lookup_hash_unicode_alt'):
+            batch_op.create_index(
+                f'ix_association_{name}', [name], unique=False,
+                sqlite_where=sa.text(f'{name} IS NOT NULL'),
+                postgresql_where=sa.text(f'{name} IS NOT NULL'),
+            )
     connection = op.get_bind()
     _create_first_pepper(connection)
     _hash_unicode_spellings(connection)
@@ -106,8 +111,8 @@ def _lookup_hash(medium, address, pepper):
 
 def downgrade():
     with op.batch_alter_table('association', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_association_lookup_hash_unicode_alt'))
-        batch_op.drop_index(batch_op.f('ix_association_lookup_hash_unicode'))
+        batch_op.drop_index('ix_association_lookup_hash_unicode_alt')
+        batch_op.drop_index('ix_association_lookup_hash_unicode')
         batch_op.drop_column('lookup_hash_unicode_alt')
         batch_op.drop_column('lookup_hash_unicode')
     with op.batch_alter_table('invitation', schema=None) as batch_op:
