@@ -151,8 +151,18 @@ def test_v2_lookup_finds_every_spelling(bound, client, fake_homeserver):
     assert r.json == {"mappings": {f"{s} email": MXID for s in spellings}}
 
 
+def test_v2_lookup_of_many_hashes_finds_the_unicode_spelling(bound, client, fake_homeserver):
+    """More hashes than one batch (500): the Unicode spellings are read, not probed."""
+    headers = auth(register_user(client, fake_homeserver))
+    pepper = client.get(f"{V2}/hash_details", headers=headers).json["lookup_pepper"]
+    known = sha256_hash("jean@exämple.fr", pepper)
+    unknown = [sha256_hash(f"x{i}@exämple.fr", pepper) for i in range(600)]
+    body = {"addresses": [*unknown, known], "algorithm": "sha256", "pepper": pepper}
+    r = client.post(f"{V2}/lookup", json=body, headers=headers)
+    assert r.json == {"mappings": {known: MXID}}
+
+
 def test_v2_lookup_of_one_among_many_unicode_spellings(bound, client, smtp, fake_homeserver):
-    """Fewer hashes asked for than bindings with a Unicode spelling: probed one by one."""
     for name in ("zoe", "leo"):
         sid = validate_address(client, smtp, f"{name}@exämple.fr", secret=name)
         body = {"sid": sid, "client_secret": name, "mxid": f"@{name}:a.fr"}

@@ -51,10 +51,14 @@ def mxids_by_hash(hashes: Iterable[str], *, slot: int, now: datetime) -> dict[st
     hashes = list(dict.fromkeys(hashes))
     key_column, unicode_column = hash_columns(slot)
     found = _probe(key_column, hashes, now)
-    # Few addresses have a Unicode spelling (often none): when they are fewer than the
-    # hashes asked for, reading them all costs less than probing for each hash.
-    spelt = db.session.scalar(select(func.count()).where(unicode_column.is_not(None)))
-    if spelt and spelt <= len(hashes):
+    # Few addresses have a Unicode spelling, often none, and their index is partial
+    # (small). One batch is probed at once; for more, when those rows are fewer than
+    # the hashes asked for, reading them all costs less than probing for each hash.
+    spelt = len(hashes) + 1
+    if len(hashes) > _BATCH:
+        some = select(unicode_column).where(unicode_column.is_not(None)).limit(spelt)
+        spelt = db.session.scalar(select(func.count()).select_from(some.subquery())) or 0
+    if 0 < spelt <= len(hashes):
         wanted = set(hashes)
         rows = db.session.execute(
             select(unicode_column, Association.mxid).where(
@@ -62,7 +66,7 @@ def mxids_by_hash(hashes: Iterable[str], *, slot: int, now: datetime) -> dict[st
             )
         )
         found.update({h: mxid for h, mxid in rows if h in wanted})
-    elif spelt:
+    elif spelt > len(hashes):
         found.update(_probe(unicode_column, hashes, now))
     return found
 
