@@ -26,6 +26,11 @@ def save(association: Association) -> Association:
     return association
 
 
+def add_all(new: Iterable[Association]) -> None:
+    db.session.add_all(new)
+    db.session.flush()
+
+
 def remove(association: Association) -> None:
     db.session.delete(association)
     db.session.flush()
@@ -72,6 +77,18 @@ def find_many(pairs: Iterable[tuple[str, str]], *, now: datetime) -> list[Associ
     return found
 
 
+def by_address(medium: str, addresses: list[str]) -> dict[str, Association]:
+    """{address: association} for the associations of a medium at `addresses`, live or not."""
+    found: dict[str, Association] = {}
+    for start in range(0, len(addresses), _BATCH):
+        query = select(Association).where(
+            Association.medium == medium,
+            Association.address.in_(addresses[start : start + _BATCH]),
+        )
+        found.update((a.address, a) for a in db.session.scalars(query))
+    return found
+
+
 def delete_for_mxid(medium: str, address: str, mxid: str) -> int:
     result = db.session.execute(
         delete(Association).filter_by(medium=medium, address=address, mxid=mxid)
@@ -83,6 +100,21 @@ def addresses(medium: str) -> Iterator[str]:
     """Every bound address of a medium, streamed (there may be millions)."""
     query = select(Association.address).filter_by(medium=medium)
     yield from db.session.scalars(query.execution_options(yield_per=10_000))
+
+
+def id_address_batches(medium: str, size: int = 5_000) -> Iterator[list[tuple[int, str]]]:
+    """(id, address) of every association of a medium, `size` at a time, by id.
+
+    Pages by id instead of holding a cursor open, so that the caller may update each
+    batch before it asks for the next.
+    """
+    after = 0
+    query = select(Association.id, Association.address).order_by(Association.id).limit(size)
+    while rows := db.session.execute(
+        query.where(Association.medium == medium, Association.id > after)
+    ).all():
+        yield [(row_id, address) for row_id, address in rows]
+        after = rows[-1][0]
 
 
 def clear_slot(slot: int) -> None:
