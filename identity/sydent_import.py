@@ -389,7 +389,7 @@ def _import_associations(sydent_db: _SydentDatabase, kind: KindReport, *, now: d
             _import_binding(bindings[a], existing.get(a), kind, now=now, with_peppers=with_peppers)
             for a in batch
         ]
-        associations.add_all(a for a in new if a is not None)
+        associations.insert_all(a for a in new if a is not None)
 
 
 def _live_bindings(

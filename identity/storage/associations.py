@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from sqlalchemy import delete
+from sqlalchemy import insert
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.orm import InstrumentedAttribute
@@ -14,6 +15,7 @@ from identity.storage.models import Association
 
 # Keep IN lists well below every engine's limit on bound parameters.
 _BATCH = 500
+_INSERTED = [column for column in Association.__table__.columns if column.key != "id"]
 
 
 def find(medium: str, address: str) -> Association | None:
@@ -26,9 +28,17 @@ def save(association: Association) -> Association:
     return association
 
 
-def add_all(new: Iterable[Association]) -> None:
-    db.session.add_all(new)
-    db.session.flush()
+def insert_all(new: Iterable[Association]) -> None:
+    """Insert new associations, one statement for all (their ids are not read back).
+
+    The ORM's unit of work inserts rows one by one where it must read ids back (SQLite).
+    """
+    values = [
+        {column.key: getattr(association, column.key) for column in _INSERTED}
+        for association in new
+    ]
+    if values:
+        db.session.execute(insert(Association), values)
 
 
 def remove(association: Association) -> None:
