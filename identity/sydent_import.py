@@ -383,11 +383,18 @@ def _import_associations(sydent_db: _SydentDatabase, kind: KindReport, *, now: d
     addresses = list(bindings)
     for start in range(0, len(addresses), _ASSOCIATION_BATCH):
         batch = addresses[start : start + _ASSOCIATION_BATCH]
-        existing = associations.by_address("email", batch)
         with_peppers = hashing_peppers(now)
+        # One indexed look-up per address: an IN list over a table filled in this
+        # same transaction gets a plan that scans it all on PostgreSQL (no statistics).
         new = [
-            _import_binding(bindings[a], existing.get(a), kind, now=now, with_peppers=with_peppers)
-            for a in batch
+            _import_binding(
+                bindings[address],
+                associations.find("email", address),
+                kind,
+                now=now,
+                with_peppers=with_peppers,
+            )
+            for address in batch
         ]
         associations.insert_all(a for a in new if a is not None)
 

@@ -87,18 +87,6 @@ def find_many(pairs: Iterable[tuple[str, str]], *, now: datetime) -> list[Associ
     return found
 
 
-def by_address(medium: str, addresses: list[str]) -> dict[str, Association]:
-    """{address: association} for the associations of a medium at `addresses`, live or not."""
-    found: dict[str, Association] = {}
-    for start in range(0, len(addresses), _BATCH):
-        query = select(Association).where(
-            Association.medium == medium,
-            Association.address.in_(addresses[start : start + _BATCH]),
-        )
-        found.update((a.address, a) for a in db.session.scalars(query))
-    return found
-
-
 def delete_for_mxid(medium: str, address: str, mxid: str) -> int:
     result = db.session.execute(
         delete(Association).filter_by(medium=medium, address=address, mxid=mxid)
