@@ -101,17 +101,20 @@ def addresses(medium: str) -> Iterator[str]:
 
 
 def id_address_batches(medium: str, size: int = 5_000) -> Iterator[list[tuple[int, str]]]:
-    """(id, address) of every association of a medium, `size` at a time, by id.
+    """(id, address) of every association of a medium, about `size` at a time, by id.
 
     Pages by id instead of holding a cursor open, so that the caller may update each
-    batch before it asks for the next.
+    batch before it asks for the next; on the primary key alone, so that every page is
+    an index range whatever the planner knows of the table.
     """
     after = 0
-    query = select(Association.id, Association.address).order_by(Association.id).limit(size)
+    query = select(Association.id, Association.medium, Association.address)
     while rows := db.session.execute(
-        query.where(Association.medium == medium, Association.id > after)
+        query.where(Association.id > after).order_by(Association.id).limit(size)
     ).all():
-        yield [(row_id, address) for row_id, address in rows]
+        batch = [(row_id, address) for row_id, row_medium, address in rows if row_medium == medium]
+        if batch:
+            yield batch
         after = rows[-1][0]
 
 
