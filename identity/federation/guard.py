@@ -8,7 +8,14 @@ whose tables change between Python releases.
 
 An IPv6 address can carry an IPv4 address that a translator, tunnel or dual-stack
 socket turns into the real destination (NAT64 `64:ff9b::a9fe:a9fe` is 169.254.169.254).
-Every IPv4 address embedded in an IPv6 address is judged as well as the IPv6 address.
+Every IPv4 address embedded in an IPv6 address is judged as well as the IPv6 address:
+NAT64 (the well-known prefix is globally reachable, so a public IPv4 address behind it
+is allowed: that is how an IPv6-only host reaches IPv4-only homeservers), 6to4 and
+ISATAP likewise; IPv4-compatible, IPv4-translated, Teredo and local-use NAT64 are
+ranges that are not globally reachable, so they stay closed whatever they carry unless
+allowlisted, and even then what they carry is judged. In the local-use NAT64 block the
+operator chooses the prefix length, so the IPv4 address is read at every position RFC
+6052 allows and each reading is judged.
 """
 
 import ipaddress
