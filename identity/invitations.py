@@ -298,7 +298,10 @@ def web_client_location(requested: str, policy: Policy) -> str:
     Anything else (javascript:, plain http, garbage) falls back to the configured one:
     the link goes out in a mail under our name.
     """
-    parts = urlsplit(requested.strip())
+    try:
+        parts = urlsplit(requested.strip())
+    except ValueError:  # "https://[::1": not a URL at all
+        return policy.web_client_location
     if parts.scheme == "https" and parts.hostname and not parts.query and not parts.fragment:
         return requested.strip().rstrip("/")
     return policy.web_client_location

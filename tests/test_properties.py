@@ -19,7 +19,6 @@ on every run, so CI is reproducible) and bounded by `EXAMPLES` per route.
 
 import contextlib
 import dataclasses
-import functools
 import ipaddress
 import json
 import os
@@ -44,7 +43,9 @@ from identity.federation.client import FederationClient
 from tests.fake_homeserver import CA_FILE
 from tests.fake_homeserver import FakeHomeserver
 from tests.helpers import V1
+from tests.helpers import landing_link_from_mail
 from tests.helpers import register_user
+from tests.helpers import relative
 from tests.helpers import validate_address
 from tests.spec import request_schemas
 from tests.spec import strategy_for
@@ -119,17 +120,18 @@ class World:
             "send_attempt": [1, 2, "3"],
         }.get(field, [])
 
-    def row_counts(self) -> tuple[int, ...]:
-        """The number of rows of every table, in one query."""
-        with self.app.app_context(), db.engine.connect() as connection:
-            return tuple(connection.execute(select(*self._counts)).one())
+    def row_counts(self) -> dict[str, int]:
+        return row_counts(self.app)
 
-    @functools.cached_property
-    def _counts(self) -> list:
-        return [
+
+def row_counts(app) -> dict[str, int]:
+    """The number of rows of every table, in one query."""
+    with app.app_context(), db.engine.connect() as connection:
+        counts = [
             select(func.count()).select_from(table).scalar_subquery().label(table.name)
             for table in db.metadata.sorted_tables
         ]
+        return dict(connection.execute(select(*counts)).one()._mapping)
 
 
 def numeric_hosts_only(host: str, port: int) -> list[str]:
@@ -299,28 +301,128 @@ JSON_VALUES = st.recursive(
 )
 
 
-def field_value(world: World, field: str) -> st.SearchStrategy:
-    """Real, hostile and arbitrary values for `field` (built once per field)."""
-    if field not in world.strategies:
-        world.strategies[field] = _field_value(world, field)
-    return world.strategies[field]
+# Values that broke, or could break, something in a field of that name.
+HOSTILE = {
+    "send_attempt": [2**63, 2**64, -(2**63) - 1, -1e20, 1e300, 1.5, "abc", "9" * 25, True, -1],
+    "email": [
+        "ñandú@example.fr",
+        "josé@example.fr",
+        "straße@example.fr",
+        "ALICE@EXAMPLE.FR",
+        "a@example.fr\r\nBcc: x@example.fr",
+        "a@@example.fr",
+        "a@[127.0.0.1]",
+        '"a b"@example.fr',
+        "a@xn--zz.fr",
+        "a@exämple.fr",
+    ],
+    "next_link": [
+        "https://a.example:99999/",
+        "https://a.example:0/",
+        "https://a.example/\r\nx",
+        "https://www.tchap.gouv.fr/\n",
+        "javascript:alert(1)",
+        "//evil.example",
+        "https://[::1",
+        "https://www.tchap.gouv.fr:-1/",
+        "https://user@www.tchap.gouv.fr/",
+        "https://www.tchap.gouv.fr/\x00",
+    ],
+    "mxid": ["@a:b", "@:", "@a:[::1]:0", "@a:127.0.0.1:1", "@a:" + "x" * 300, "a:b", "@a:[::1"],
+    "client_secret": ["", "a" * 256, "with space", "é", "a\x00"],
+    "sid": ["", "x" * 1000, "\x00", "1"],
+    "matrix_server_name": ["[64:ff9b::7f00:1]:8448", "127.0.0.1:0", "[::1]", "0", "a:99999"],
+    "room_id": ["!", "!" + "x" * 300, "!\x00:a"],
+    "sender": ["@", "@\x00:a", "@a:b\r\n", "@" + "x" * 300 + ":a"],
+    "medium": ["", "EMAIL", "msisdn", "email\x00"],
+    "org.matrix.web_client_location": [
+        "https://evil.example",
+        "javascript:alert(1)",
+        "http://[::1",
+    ],
+    "token": ["", "x" * 1000],
+    "private_key": ["", "!!!", "AAAA", "x" * 100],
+    "public_key": ["", "!!!", "AAAA", "x" * 100],
+    "expires_in": [2**63, -1, 1e300, "x"],
+    "addresses": [[], ["x" * 5000], [None], [1, 2], ["a"] * 100],
+    "threepids": [[["email"]], [["email", "a@b", "c"]], [[None, None]], [{"medium": "email"}]],
+    "algorithm": ["SHA256", ""],
+    "pepper": ["", "x" * 1000],
+    "user_accepts": [["https://x.example"], "https://x.example", [None], [[]]],
+    "threepid": [
+        {"medium": "email"},
+        {"medium": "email", "address": 5},
+        {"medium": 5, "address": "a@example.fr"},
+        {},
+        {"medium": "email", "address": "ñandú@example.fr"},
+    ],
+}
 
 
-def _field_value(world: World, field: str) -> st.SearchStrategy:
+def field_value(world: World, field: str, *, hostile: bool) -> st.SearchStrategy:
+    """Values for `field` the service recognises, or hostile ones (built once per field)."""
+    key = (field, hostile)
+    if key not in world.strategies:
+        world.strategies[key] = (_hostile if hostile else _valid)(world, field)
+    return world.strategies[key]
+
+
+LOCAL_PART = st.text(
+    alphabet=string.ascii_lowercase + string.digits + "._-", min_size=1, max_size=12
+)
+FRESH = {
+    "email": st.builds("{}@example.fr".format, LOCAL_PART),
+    "address": st.builds("{}@partenaire.example".format, LOCAL_PART),
+    "client_secret": st.text(alphabet=string.ascii_letters + string.digits + ".=_-", min_size=1),
+    "send_attempt": st.integers(0, 1000),
+    "next_link": st.builds("https://www.tchap.gouv.fr/{}".format, LOCAL_PART),
+}
+
+
+def _valid(world: World, field: str) -> st.SearchStrategy:
     real = world.real(field)
-    strategies = [JSON_VALUES, TEXT]
+    if real and field in FRESH:
+        return st.one_of(st.sampled_from(real), FRESH[field])
     if real:
-        strategies.insert(0, st.sampled_from(real))
+        return st.sampled_from(real)
     if field == "threepid":
-        strategies.insert(
-            0,
-            st.fixed_dictionaries(
-                {"medium": field_value(world, "medium"), "address": field_value(world, "address")}
-            ),
+        return st.fixed_dictionaries(
+            {
+                "medium": field_value(world, "medium", hostile=False),
+                "address": field_value(world, "address", hostile=False),
+            }
         )
-    if field in ("addresses", "threepids", "user_accepts"):
-        strategies.insert(0, st.lists(st.one_of(TEXT, st.lists(TEXT)), max_size=4))
+    if field == "addresses":
+        return st.lists(st.text(alphabet=string.ascii_letters + "-_", max_size=43), max_size=4)
+    if field == "threepids":
+        return st.lists(
+            st.tuples(st.just("email"), field_value(world, "address", hostile=False)).map(list),
+            max_size=4,
+        )
+    if field == "user_accepts":
+        return st.lists(st.sampled_from(["https://id.tchap.test/terms", ""]), max_size=2)
+    return TEXT
+
+
+def _hostile(world: World, field: str) -> st.SearchStrategy:
+    strategies = [TEXT, JSON_VALUES]
+    if field in HOSTILE:
+        strategies.insert(0, st.sampled_from(HOSTILE[field]))
     return st.one_of(*strategies)
+
+
+@st.composite
+def field_values(draw, world: World, fields: list[str]) -> dict:
+    """Mostly recognised values, one or two of them hostile, now and then one missing."""
+    if not fields:
+        return {}
+    hostile = draw(st.sets(st.sampled_from(fields), max_size=2))
+    missing = draw(st.sets(st.sampled_from(fields), max_size=1)) if draw(st.booleans()) else set()
+    return {
+        name: draw(field_value(world, name, hostile=name in hostile))
+        for name in fields
+        if name not in missing
+    }
 
 
 # -- what each route takes -----------------------------------------------------------
@@ -442,15 +544,10 @@ def requests(draw, world: World, method: str, rule: str):
             )
         )
 
-    query = {}
-    for field in QUERY_FIELDS.get(name, []) + COMMON_QUERY:
-        if (
-            draw(st.integers(0, 3)) > 0
-            if field not in COMMON_QUERY
-            else draw(st.integers(0, 3)) == 0
-        ):
-            value = draw(st.one_of(st.sampled_from(world.real(field) or [""]), TEXT))
-            query[field] = value if isinstance(value, str) else json.dumps(value)
+    query = draw(field_values(world, QUERY_FIELDS.get(name, [])))
+    extra = sorted(draw(st.sets(st.sampled_from(COMMON_QUERY))))
+    query.update(draw(field_values(world, extra)))
+    query = {k: v if isinstance(v, str) else json.dumps(v) for k, v in query.items()}
     if auth == "query":
         query["access_token"] = world.user_token
     url = path + ("?" + urlencode(query, errors="surrogatepass") if query else "")
@@ -464,10 +561,7 @@ def requests(draw, world: World, method: str, rule: str):
         headers["Content-Type"] = "application/json"
     elif kind in ("fields", "spec", "form"):
         fields = BODY_FIELDS.get(name, [])
-        data = {}
-        for field in fields:
-            if draw(st.integers(0, 4)) > 0:
-                data[field] = draw(field_value(world, field))
+        data = draw(field_values(world, fields))
         data.update(draw(st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=2)))
         if kind == "form":
             form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
@@ -523,3 +617,52 @@ def test_every_route_takes_its_known_fields():
     posts = {short_rule(rule) for method, rule in ROUTES if method == "POST"}
     assert posts - BODY_FIELDS.keys() == set()
     assert {name for name in SPEC_SCHEMAS} - BODY_FIELDS.keys() == set()
+
+
+# -- what the properties found, as plain tests ---------------------------------------
+
+INVITE = {
+    "medium": "email",
+    "address": "claire.martin@partenaire.example",
+    "room_id": ROOM,
+    "sender": SENDER,
+}
+
+
+def test_lone_surrogate_in_a_json_body_is_not_json(app, client, smtp):
+    """A lone \\ud800 decodes to a str no codec encodes: it was a 500 when the invitation
+    link was built (and would be in the database, a mail or a URL)."""
+    before = row_counts(app)
+    for field, value in [("room_name", "\\ud800"), ("address", "\\udfff@example.fr")]:
+        body = json.dumps({**INVITE, field: "@@"}).replace('"@@"', f'"{value}"')
+        r = client.post(f"{V1}/store-invite", data=body, content_type="application/json")
+        assert (r.status_code, r.json["errcode"]) == (400, "M_NOT_JSON"), body
+    r = client.post(
+        f"{V1}/validate/email/requestToken",
+        data='{"client_secret": "s", "email": "a\\udbff@example.fr", "send_attempt": 1}',
+        content_type="application/json",
+    )
+    assert (r.status_code, r.json["errcode"]) == (400, "M_NOT_JSON")
+    after = row_counts(app)
+    assert after == before
+    assert smtp.messages == []
+
+
+def test_escaped_surrogate_pair_is_one_character(client, smtp):
+    body = json.dumps({**INVITE, "room_name": "Projet \U0001f680"})  # ensure_ascii: \ud83d\ude80
+    assert "\\ud83d\\ude80" in body
+    r = client.post(f"{V1}/store-invite", data=body, content_type="application/json")
+    assert r.status_code == 200, r.json
+    assert "Projet \U0001f680" in smtp.last().text()
+
+
+def test_web_client_location_that_is_not_a_url_falls_back(client, smtp):
+    """urlsplit raises on an unclosed IPv6 bracket: that was a 500."""
+    for location in ("https://[::1", "https://[example.fr/", "http://["):
+        r = client.post(
+            f"{V1}/store-invite",
+            json={**INVITE, "org.matrix.web_client_location": location},
+        )
+        assert r.status_code == 200, r.json
+        page = client.get(relative(landing_link_from_mail(smtp.last()))).text
+        assert 'href="https://www.tchap.gouv.fr/#/room/' in page
