@@ -156,7 +156,10 @@ def check_next_link(next_link: str, allowed_hosts: tuple[str, ...] | None) -> No
 
     A validation link must never become a `javascript:` or `file:` redirect.
     """
-    parts = urlsplit(next_link)
+    try:
+        parts = urlsplit(next_link)
+    except ValueError:  # an unclosed IPv6 bracket: "https://[::1"
+        raise InvalidParam("next_link must be an http or https URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidParam("next_link must be an http or https URL")
     if allowed_hosts is not None and parts.hostname.lower() not in allowed_hosts:
