@@ -81,11 +81,14 @@ def _load_config(app: Flask, config: Mapping[str, Any] | None) -> None:
         app.config["SIGNING_KEY_PATH"] = os.path.join(app.instance_path, "signing.key")
     if not app.config["DOMAINS_PATH"]:
         app.config["DOMAINS_PATH"] = os.path.join(HERE, "domains.yaml")
+    options = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
+    # Bound parameters (sids, client secrets, codes, addresses) never reach a log, even
+    # when an operator passes engine options of their own.
+    options["hide_parameters"] = True
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         # A file has no connection to lose: pinging it before each request is waste.
-        options = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
         options.pop("pool_pre_ping", None)
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     if app.config.get("AUTO_MIGRATE") is None:
         # The embedded SQLite mode needs no set-up step; PostgreSQL deployments run
         # `flask db upgrade` before starting, as any migration should be run once.

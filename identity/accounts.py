@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from identity.clock import new_token
+from identity.errors import CallerNotAllowed
 from identity.errors import InvalidParam
 from identity.errors import TermsNotSigned
 from identity.errors import Unauthorized
@@ -39,40 +40,72 @@ def server_of(user_id: str) -> str | None:
 
 
 def register(
-    openid_token: str, matrix_server_name: str, *, now: datetime, userinfo: UserinfoFetcher
+    openid_token: str,
+    matrix_server_name: str,
+    *,
+    now: datetime,
+    userinfo: UserinfoFetcher,
+    allowed_servers: tuple[str, ...] = (),
 ) -> str:
     """Verify an OpenID token with its homeserver and return a new access token for its user.
 
-    :raises MatrixError: M_INVALID_PARAM for a malformed server name, M_UNAUTHORIZED when
-        the homeserver does not vouch for the token or names a user of another server.
+    :param allowed_servers: the homeservers whose users may register; empty for any.
+    :raises MatrixError: M_INVALID_PARAM for a malformed server name, 403 M_UNAUTHORIZED
+        for a homeserver not in `allowed_servers` (asked nothing), 401 M_UNAUTHORIZED
+        when the homeserver does not vouch for the token or names a user of another server.
     """
     if not is_server_name(matrix_server_name):
         raise InvalidParam("matrix_server_name is not a valid server name")
+    if allowed_servers and matrix_server_name.lower() not in allowed_servers:
+        raise CallerNotAllowed("This homeserver's users may not use this identity server")
     user_id = userinfo(matrix_server_name, openid_token)
     if server_of(user_id) != matrix_server_name:
         raise Unauthorized("The homeserver vouched for a user of another server")
+    return issue_token(user_id, now=now)
+
+
+def issue_token(user_id: str, *, now: datetime) -> str:
+    """Create `user_id`'s account if needed and return a new access token for it.
+
+    :raises MatrixError: M_INVALID_PARAM when `user_id` is not a Matrix user ID.
+    """
+    if server_of(user_id) is None:
+        raise InvalidParam("Not a Matrix user ID")
     accounts.ensure_account(user_id, now)
     token = new_token(32)
     accounts.add_token(token_hash(token), user_id, now)
     return token
 
 
-def authenticate(token: str | None, terms: Terms, *, check_terms: bool = True) -> str:
+def user_for(token: str) -> str | None:
+    """The user an access token belongs to, or None for an unknown token."""
+    return accounts.committed_user_for_token(token_hash(token))
+
+
+def authenticate(
+    token: str | None,
+    terms: Terms,
+    *,
+    check_terms: bool = True,
+    user_for: Callable[[str], str | None] = user_for,
+) -> str:
     """Return the user an access token belongs to.
 
+    :param user_for: looks a token up (a request may have done it already).
     :raises MatrixError: M_UNAUTHORIZED for a missing or unknown token,
         M_TERMS_NOT_SIGNED when the user has not accepted every current document.
     """
-    user_id = accounts.committed_user_for_token(token_hash(token)) if token else None
+    user_id = user_for(token) if token else None
     if user_id is None:
         raise Unauthorized("Unrecognised access token")
-    if (
-        check_terms
-        and terms.required
-        and not terms.is_satisfied_by(accounts.accepted_urls(user_id))
-    ):
+    if check_terms and not has_accepted_terms(user_id, terms):
         raise TermsNotSigned("Terms of service have not been accepted")
     return user_id
+
+
+def has_accepted_terms(user_id: str, terms: Terms) -> bool:
+    """Whether the user accepted every current document (always, without terms)."""
+    return not terms.required or terms.is_satisfied_by(accounts.accepted_urls(user_id))
 
 
 def logout(token: str) -> None:

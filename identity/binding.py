@@ -11,6 +11,7 @@ from identity import invitations
 from identity import keys
 from identity.accounts import server_of
 from identity.clock import to_ms
+from identity.errors import BindingNotPermitted
 from identity.errors import Forbidden
 from identity.errors import InvalidParam
 from identity.lookup import hash_association
@@ -69,14 +70,15 @@ def bind_address(
     :param routing: when given, the address may only be bound on a homeserver of its
         platform (or the one it is bound on already), so that nobody on the externals'
         homeserver claims a ministry address.
-    :raises MatrixError: M_INVALID_PARAM for a malformed Matrix ID, M_FORBIDDEN for a
-        Matrix ID on a homeserver the routing rules do not give.
+    :raises MatrixError: M_INVALID_PARAM for a malformed Matrix ID, 400
+        M_BINDING_NOT_PERMITTED for a Matrix ID on a homeserver the routing rules do not
+        give (Tchap's errcode).
     """
     if server_of(mxid) is None:
         raise InvalidParam("mxid is not a valid Matrix user ID")
     if routing is not None and not may_bind(routing, address, mxid):
         platform = routing.resolve(address).platform
-        raise Forbidden(
+        raise BindingNotPermitted(
             f"This address belongs on {platform.server}: it cannot be bound to a Matrix ID"
             f" on {server_of(mxid)}"
         )

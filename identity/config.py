@@ -15,7 +15,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULTS: dict[str, Any] = {
     # Storage: an SQLite file in the instance folder unless told otherwise.
     "SQLALCHEMY_DATABASE_URI": None,
-    "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+    # hide_parameters: a database error never carries a statement's values (sids,
+    # client secrets, codes, addresses) into a log; app.py enforces it whatever is set.
+    "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True, "hide_parameters": True},
     # Run migrations at start-up; by default only in the embedded SQLite mode.
     "AUTO_MIGRATE": None,
     "LOG_LEVEL": "INFO",
@@ -72,6 +74,9 @@ DEFAULTS: dict[str, Any] = {
     "FEDERATION_MAX_RESPONSE_BYTES": 1024 * 1024,
     # Invitations.
     "INVITE_VALIDITY_SECONDS": 30 * 24 * 3600,
+    # An invitation admits one account: the first to get a signature or to bind the
+    # address. False keeps Sydent's behaviour: anyone with the link gets a signature.
+    "INVITE_SINGLE_USE": True,
     # Invitation mails per day: to one address (whoever sends), and from one sender.
     "INVITE_MAX_PER_ADDRESS_PER_DAY": 5,
     "INVITE_MAX_PER_SENDER_PER_DAY": 50,
@@ -86,10 +91,19 @@ DEFAULTS: dict[str, Any] = {
     # The mobile apps the landing page links to.
     "IOS_APP_URL": "https://apps.apple.com/fr/app/tchap/id1446253779",
     "ANDROID_APP_URL": "https://play.google.com/store/apps/details?id=fr.gouv.tchap.a",
-    # Signs landing-page links; derived from the signing key when unset.
+    # Encrypts landing-page links; derived from the signing key when unset.
     "SECRET_KEY": None,
-    # Where the landing page sends guests (overridden by org.matrix.web_client_location).
+    # Where the landing page sends guests.
     "WEB_CLIENT_LOCATION": "https://www.tchap.gouv.fr",
+    # Hosts a store-invite's org.matrix.web_client_location may name instead (https only).
+    "WEB_CLIENT_LOCATION_ALLOWLIST": [],
+    # The unauthenticated v1 API, family by family (Sydent's enable_v1_access); the v2
+    # twins stay. Synapse uses v2 for all three.
+    "V1_STORE_INVITE_ENABLED": True,
+    "V1_LOOKUP_ENABLED": True,
+    "V1_BIND_ENABLED": True,
+    # Homeservers whose users may register (/v2/account/register); empty: any.
+    "REGISTER_HOMESERVER_ALLOWLIST": [],
     # Routing (domains.yaml) and the internal API for homeservers.
     "INFO_TRUSTED_NETWORKS": [],
     "INTERNAL_API_TRUSTED_NETWORKS": [],
@@ -110,6 +124,10 @@ _BOOL_KEYS = (
     "FEDERATION_VERIFY_TLS",
     "DELIVERY_WORKER_ENABLED",
     "RESTRICT_BINDS_TO_ROUTING",
+    "V1_STORE_INVITE_ENABLED",
+    "V1_LOOKUP_ENABLED",
+    "V1_BIND_ENABLED",
+    "INVITE_SINGLE_USE",
 )
 _POSITIVE_INT_KEYS = (
     "MAIL_PORT",
@@ -138,6 +156,8 @@ _STRING_LIST_KEYS = (
     "INVITE_BLOCKED_KEYWORDS",
     "INVITE_BLOCKED_HOMESERVERS",
     "INVITE_BLOCKED_ROOMS",
+    "WEB_CLIENT_LOCATION_ALLOWLIST",
+    "REGISTER_HOMESERVER_ALLOWLIST",
 )
 
 
@@ -177,12 +197,26 @@ def check_config(config: Any) -> None:
         config[key] = _as_count(key, config[key])
     for key in _STRING_LIST_KEYS:
         config[key] = _as_strings(key, config[key])
+    _check_v1_closed_for_allowlist(config)
     config["PUBLIC_BASE_URL"] = str(config["PUBLIC_BASE_URL"]).rstrip("/")
     if not config["SERVER_NAME_FOR_SIGNING"]:
         config["SERVER_NAME_FOR_SIGNING"] = base.netloc
     allowlist = config["NEXT_LINK_DOMAIN_ALLOWLIST"]
     if isinstance(allowlist, str):
         config["NEXT_LINK_DOMAIN_ALLOWLIST"] = [d.strip() for d in allowlist.split(",") if d]
+
+
+def _check_v1_closed_for_allowlist(config: Any) -> None:
+    """Refuse a homeserver allowlist that the open v1 API would get round (as Sydent does)."""
+    open_v1 = [key for key in _V1_SWITCHES if config[key]]
+    if config["REGISTER_HOMESERVER_ALLOWLIST"] and open_v1:
+        raise ConfigError(
+            "REGISTER_HOMESERVER_ALLOWLIST: anyone can use the unauthenticated v1 API;"
+            f" set {', '.join(open_v1)} to false"
+        )
+
+
+_V1_SWITCHES = ("V1_STORE_INVITE_ENABLED", "V1_LOOKUP_ENABLED", "V1_BIND_ENABLED")
 
 
 def _as_bool(key: str, value: Any) -> bool:
@@ -250,9 +284,15 @@ class Settings:
     token_max_attempts: int
     next_link_domain_allowlist: tuple[str, ...] | None
     invite_validity_seconds: int
+    invite_single_use: bool
     lookup_max_addresses: int
     bulk_lookup_max_threepids: int
     web_client_location: str
+    web_client_location_allowlist: tuple[str, ...]
+    v1_store_invite_enabled: bool
+    v1_lookup_enabled: bool
+    v1_bind_enabled: bool
+    register_homeserver_allowlist: tuple[str, ...]
     restrict_binds_to_routing: bool
     info_trusted_networks: tuple[Network, ...]
     internal_api_trusted_networks: tuple[Network, ...]
@@ -280,9 +320,19 @@ class Settings:
             token_max_attempts=config["TOKEN_MAX_ATTEMPTS"],
             next_link_domain_allowlist=tuple(allowlist) if allowlist is not None else None,
             invite_validity_seconds=config["INVITE_VALIDITY_SECONDS"],
+            invite_single_use=config["INVITE_SINGLE_USE"],
             lookup_max_addresses=config["LOOKUP_MAX_ADDRESSES"],
             bulk_lookup_max_threepids=config["BULK_LOOKUP_MAX_THREEPIDS"],
             web_client_location=str(config["WEB_CLIENT_LOCATION"]).rstrip("/"),
+            web_client_location_allowlist=tuple(
+                host.lower() for host in config["WEB_CLIENT_LOCATION_ALLOWLIST"]
+            ),
+            v1_store_invite_enabled=config["V1_STORE_INVITE_ENABLED"],
+            v1_lookup_enabled=config["V1_LOOKUP_ENABLED"],
+            v1_bind_enabled=config["V1_BIND_ENABLED"],
+            register_homeserver_allowlist=tuple(
+                name.lower() for name in config["REGISTER_HOMESERVER_ALLOWLIST"]
+            ),
             restrict_binds_to_routing=config["RESTRICT_BINDS_TO_ROUTING"],
             info_trusted_networks=tuple(config["INFO_TRUSTED_NETWORKS"]),
             internal_api_trusted_networks=tuple(config["INTERNAL_API_TRUSTED_NETWORKS"]),

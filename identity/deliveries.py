@@ -22,6 +22,7 @@ from flask import current_app
 from identity import federation
 from identity import keys
 from identity import metrics
+from identity import peers
 from identity.addresses import redact
 from identity.extensions import db
 from identity.retention import Retention
@@ -62,11 +63,15 @@ def run_due(*, now: datetime) -> int:
     :returns: how many invitations were delivered.
     """
     settings = current_app.extensions["identity.settings"]
-    key = keys.current_signing_key()
     return process_due(
         now=now,
         post=federation.client().post_json,
-        sign=lambda payload: keys.sign(payload, settings.server_name, key),
+        # Invitations imported from a Sydent peer are signed with that peer's key.
+        sign=peers.invitation_signer(
+            server_name=settings.server_name,
+            our_key=keys.current_signing_key(),
+            signing_key_path=current_app.config["SIGNING_KEY_PATH"],
+        ),
         max_backoff=current_app.extensions["identity.deliveries"].max_backoff,
     )
 
@@ -91,6 +96,12 @@ def attempt(
     invitation = job.invitation
     if invitation.expires_at <= now or invitation.revoked_at is not None:
         logger.info("Dropping delivery %s: its invitation expired or was revoked", job.id)
+        deliveries.remove(job)
+        return 0
+    if invitation.admitted_mxid not in (None, job.mxid):
+        # Queued only for the admitted account (invitations.hand_over_pending); a job
+        # that names another one must not let a second person in.
+        logger.warning("Dropping delivery %s: its invitation admitted another account", job.id)
         deliveries.remove(job)
         return 0
     try:

@@ -59,6 +59,12 @@ SessionNotValidated = _error(
 ThreepidInUse = _error("ThreepidInUse", "M_THREEPID_IN_USE", 400, "Address already in use")
 Unauthorized = _error("Unauthorized", "M_UNAUTHORIZED", 401, "Unauthorized")
 Forbidden = _error("Forbidden", "M_FORBIDDEN", 403, "Forbidden")
+# A known caller acting for someone else, or from a homeserver that is not allowed
+# (Tchap's Sydent branch and Sydent answer this, not M_FORBIDDEN).
+CallerNotAllowed = _error("CallerNotAllowed", "M_UNAUTHORIZED", 403, "Not allowed for this caller")
+BindingNotPermitted = _error(
+    "BindingNotPermitted", "M_BINDING_NOT_PERMITTED", 400, "This binding is not permitted"
+)
 TermsNotSigned = _error(
     "TermsNotSigned", "M_TERMS_NOT_SIGNED", 403, "Terms of service have not been accepted"
 )

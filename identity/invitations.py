@@ -7,6 +7,7 @@ homeserver (`identity.deliveries`).
 """
 
 import base64
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,8 +31,10 @@ from identity.abuse import Blocklists
 from identity.abuse import Quotas
 from identity.accounts import server_of
 from identity.addresses import normalise_email
+from identity.addresses import redact
 from identity.clock import new_token
 from identity.config import Settings
+from identity.errors import Forbidden
 from identity.errors import InvalidParam
 from identity.errors import ThreepidInUse
 from identity.errors import Unrecognized
@@ -42,6 +45,8 @@ from identity.storage import ephemeral_keys
 from identity.storage import invites
 from identity.storage.models import Delivery
 from identity.storage.models import Invitation
+
+logger = logging.getLogger(__name__)
 
 # The arguments of store-invite that are not kept in Invitation.details.
 REQUIRED_FIELDS = ("medium", "address", "room_id", "sender")
@@ -66,6 +71,8 @@ SYDENT_SENDER_LIMIT = 20
 DISPLAY_LIMIT = 40
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 _LINKABLE = re.compile(r"[.:/@]")
+# The longest Matrix identifier (appendices, "Common Identifier Format").
+MAX_ROOM_ID_BYTES = 255
 # Where the landing page lives (identity/pages.py serves it).
 LANDING_PATH = "/_matrix/identity/invitation"
 
@@ -84,6 +91,8 @@ class Policy:
     reveal_domain: int = 3
     quotas: Quotas = Quotas(per_address=None, per_sender=None)
     blocklists: Blocklists = Blocklists()
+    # Hosts whose web client a request's org.matrix.web_client_location may name.
+    web_client_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, config: Settings, signing_key: SigningKey) -> "Policy":
@@ -91,6 +100,7 @@ class Policy:
             validity=timedelta(seconds=config.invite_validity_seconds),
             base_url=config.public_base_url,
             web_client_location=config.web_client_location,
+            web_client_hosts=config.web_client_location_allowlist,
             landing_secret=landing.secret_from(config.secret_key, signing_key),
             reveal_local=config.invite_reveal_local,
             reveal_domain=config.invite_reveal_domain,
@@ -129,15 +139,16 @@ def store_invite(
     :param routing: tells the mail whether the guest will get an account on an
         invitation-only platform or signs in as an agent of a known administration.
     :raises MatrixError: M_UNRECOGNIZED for a medium other than email, M_INVALID_EMAIL,
-        M_INVALID_PARAM for a malformed room or user ID, M_FORBIDDEN for a blocklisted
-        invitation, M_THREEPID_IN_USE (with the bound mxid), M_LIMIT_EXCEEDED (with
-        retry_after_ms), M_EMAIL_SEND_ERROR.
+        M_INVALID_PARAM for a room ID over 255 bytes or a malformed sender, M_FORBIDDEN
+        for a blocklisted invitation, M_THREEPID_IN_USE (with the bound mxid),
+        M_LIMIT_EXCEEDED (with retry_after_ms), M_EMAIL_SEND_ERROR.
     """
     if medium != "email":
         raise Unrecognized(f"Didn't understand medium {medium!r}", status=400)
     address = normalise_email(address)
-    if not room_id.startswith("!"):
-        raise InvalidParam("room_id is not a room ID")
+    # Opaque to us, as to Sydent: room ID formats change with room versions.
+    if len(room_id.encode()) > MAX_ROOM_ID_BYTES:
+        raise InvalidParam(f"room_id is longer than {MAX_ROOM_ID_BYTES} bytes")
     if server_of(sender) is None:
         raise InvalidParam("sender is not a Matrix user ID")
     abuse.check_blocklists(
@@ -234,6 +245,8 @@ def mail_context(
         "room_name": _shorten(details["room_name"], SYDENT_ROOM_NAME_LIMIT),
         "sender_display_name": _shorten(details["sender_display_name"], SYDENT_SENDER_LIMIT),
         "sender_verified": "yes" if verified else "",
+        # v1 store-invite is unauthenticated: the mail and page say so.
+        "sender_unverified": not verified,
     }
     context["bracketed_room_name"] = f"({context['room_name']}) " if details["room_name"] else ""
     context["bracketed_verified_sender"] = f"({invitation.sender}) " if verified else ""
@@ -293,16 +306,24 @@ def defang(text: str) -> str:
 
 
 def web_client_location(requested: str, policy: Policy) -> str:
-    """The web client the link opens: the one the request names when it is an https URL.
+    """The web client the link opens: the configured one, unless the request names an
+    https URL on a host of WEB_CLIENT_LOCATION_ALLOWLIST.
 
-    Anything else (javascript:, plain http, garbage) falls back to the configured one:
-    the link goes out in a mail under our name.
+    The link goes out under our name, from our landing page, and carries the guest's
+    address and the invitation's private key: anyone may call v1 store-invite, so a
+    host of the caller's choosing is never trusted.
     """
     try:
         parts = urlsplit(requested.strip())
     except ValueError:  # "https://[::1": not a URL at all
         return policy.web_client_location
-    if parts.scheme == "https" and parts.hostname and not parts.query and not parts.fragment:
+    if (
+        parts.scheme == "https"
+        and parts.hostname in policy.web_client_hosts
+        and not parts.username
+        and not parts.query
+        and not parts.fragment
+    ):
         return requested.strip().rstrip("/")
     return policy.web_client_location
 
@@ -330,15 +351,19 @@ def web_client_link(context: dict[str, str]) -> str:
 def hand_over_pending(medium: str, address: str, mxid: str, *, now: datetime) -> list[Invitation]:
     """Queue the address's live invitations for delivery to `mxid`'s homeserver.
 
-    Called by a bind, in its transaction. Each invitation is accepted once and gets
-    exactly one delivery job; expired, revoked or already accepted ones are left out.
+    Called by a bind, in its transaction. Each invitation gets at most one delivery
+    job, to the one account it admits: an invitation that admitted another account
+    (its link was used by someone else) is not delivered; expired, revoked and already
+    handed over ones are left out.
 
     :param mxid: a valid Matrix user ID (the bind has checked it).
     :returns: the invitations handed over.
     """
-    pending = invites.live_for(medium, address, now=now, lock=True)
-    for invitation in pending:
-        invitation.accepted_at = now
+    handed = []
+    for invitation in invites.deliverable_to(medium, address, mxid, now=now):
+        if not invites.hand_over(invitation.id, mxid, now=now):
+            continue  # another account or another bind took it meanwhile
+        handed.append(invitation)
         deliveries.add(
             Delivery(
                 invitation_id=invitation.id,
@@ -349,25 +374,49 @@ def hand_over_pending(medium: str, address: str, mxid: str, *, now: datetime) ->
                 created_at=now,
             )
         )
-    return pending
+    refused = invites.admitting_others(medium, address, mxid, now=now)
+    if refused:
+        logger.info(
+            "Bind of %s on %s: %s invitation(s) admitted another account, not delivered",
+            redact(address), server_of(mxid), refused,
+        )  # fmt: skip
+    return handed
 
 
 def sign_with_ephemeral_key(
-    token: str, mxid: str, private_key: str, *, server_name: str, now: datetime
+    token: str,
+    mxid: str,
+    private_key: str,
+    *,
+    server_name: str,
+    now: datetime,
+    single_use: bool = True,
 ) -> dict[str, Any]:
     """Sign {mxid, sender, token} with an invitation's ephemeral key (sign-ed25519).
 
     Clients that cannot do the cryptography themselves send us the private key from
     the mail link; the result is the `third_party_signed` object they join with.
+    The first signature admits `mxid` (flushed, not committed): afterwards only that
+    account gets one, so that a forwarded link lets nobody else in.
 
-    :raises MatrixError: 404 M_UNRECOGNIZED for an unknown, revoked or expired token;
-        M_INVALID_PARAM for a malformed key or one that is not the invitation's.
+    :param single_use: off, anyone holding the link gets a signature and nothing is
+        recorded (Sydent's behaviour).
+    :raises MatrixError: 404 M_UNRECOGNIZED for an unknown token; 403 M_FORBIDDEN for
+        an expired or revoked invitation, or one that admitted another account;
+        M_INVALID_PARAM for a malformed mxid or key, or a key that is not the
+        invitation's.
     """
     invitation = invites.by_token(token)
     if invitation is None:
         raise Unrecognized("Didn't recognize token")
-    if invitation.revoked_at is not None or invitation.expires_at <= now:
-        raise Unrecognized("This invitation has expired or was revoked")
+    # 403 rather than 404: Element shows the `error` of a 403 as it is, while for a
+    # 404 it explains instead how to join a room by its ID.
+    if invitation.revoked_at is not None:
+        raise Forbidden("This invitation was revoked")
+    if invitation.expires_at <= now:
+        raise Forbidden("This invitation has expired")
+    if server_of(mxid) is None:
+        raise InvalidParam("mxid is not a Matrix user ID")
     try:
         key = signedjson.key.decode_signing_key_base64("ed25519", "0", private_key)
     except Exception:
@@ -375,6 +424,17 @@ def sign_with_ephemeral_key(
     issued = ephemeral_keys.public_keys_of(invitation.id)
     if issued and encode_key(key.verify_key.encode()) not in issued:
         raise InvalidParam("private_key is not this invitation's key")
+    if single_use:
+        admitted = invites.admit(invitation.id, mxid, now=now)
+        if admitted != mxid:
+            logger.info(
+                "Invitation %s refused to an account on %s: it admitted one on %s",
+                invitation.id, server_of(mxid), server_of(admitted or ""),
+            )  # fmt: skip
+            raise Forbidden(
+                "This invitation was already accepted by another account:"
+                " ask the inviter for a new invitation"
+            )
     payload = {"mxid": mxid, "sender": invitation.sender, "token": token}
     return keys.sign(payload, server_name, key)
 
@@ -395,14 +455,14 @@ def _redact(text: str, reveal: int) -> str:
 
 
 def _shorten(text: str, limit: int) -> str:
-    """Cut to `limit` characters with an ellipsis, at a word boundary when one is near."""
+    """Cut to at most `limit` characters, ellipsis included, after the last whole word
+    that fits; only a first word longer than that is cut inside."""
     if len(text) <= limit:
         return text
-    cut = text[: limit - 1]
-    space = cut.rfind(" ")
-    if space > limit * 2 // 3:
-        cut = cut[:space]
-    return cut.rstrip() + "…"
+    # A space at position limit - 1 means the word before it ends right at the cut.
+    space = max(text.rfind(" ", 0, limit), text.rfind("\u00a0", 0, limit))
+    cut = text[:space].rstrip(" ,;:\u00a0") if space > 0 else ""
+    return (cut or text[: limit - 1]) + "…"
 
 
 def encode_key(data: bytes) -> str:

@@ -80,6 +80,20 @@ def generate(path: str, version: str = DEFAULT_KEY_ID) -> SigningKey:
     return key
 
 
+def write(path: str, key: SigningKey) -> None:
+    """Write `key` in Sydent's format, owner-only, replacing the file atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".signing-key-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(serialise(key) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
 def serialise(key: SigningKey) -> str:
     return f"{key.alg} {key.version} {signedjson.key.encode_signing_key_base64(key)}"
 

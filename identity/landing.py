@@ -1,27 +1,40 @@
 """The page a guest lands on from the invitation mail.
 
-The mail's button carries an opaque signed token (itsdangerous): the invitation's id
-and its ephemeral private key, which the page needs to build the web client's
-`signurl`. The address never appears in the link, and a forged or altered token is
-refused. The token expires with the invitation; the page also tells revoked and
-accepted invitations apart.
+The mail's button carries an opaque token: the invitation's id, its ephemeral private
+key (which the page needs to build the web client's `signurl`) and its creation time,
+encrypted and authenticated with a key derived from the landing secret (NaCl's
+SecretBox: XSalsa20-Poly1305). Nothing in the link is readable without the key, the
+address never appears in it, and a forged or altered token is refused. The page
+tells pending, accepted, expired and revoked invitations apart.
+
+Links mailed before the tokens were encrypted (signed with itsdangerous, readable
+base64 with dots in it) keep working until their invitations expire.
 """
 
+import base64
+import binascii
 import hashlib
 import hmac
+import json
 from dataclasses import dataclass
+from datetime import UTC
 from datetime import datetime
+from datetime import timedelta
 from enum import Enum
 from typing import Any
 
 from itsdangerous import BadSignature
 from itsdangerous import SignatureExpired
 from itsdangerous import URLSafeTimedSerializer
+from nacl.exceptions import CryptoError
+from nacl.secret import SecretBox
 from nacl.signing import SigningKey
 
+from identity.accounts import server_of
 from identity.storage import invites
 from identity.storage.models import Invitation
 
+# The itsdangerous salt of the links mailed before tokens were encrypted.
 _SALT = "invitation-landing"
 
 
@@ -29,7 +42,7 @@ class State(Enum):
     """What the page says; the value is the HTTP status it says it with."""
 
     PENDING = "pending", 200
-    ACCEPTED = "accepted", 409  # the address was bound, the invitation handed over
+    ACCEPTED = "accepted", 409  # it admitted an account (a signature or a bind)
     EXPIRED = "expired", 410
     REVOKED = "revoked", 410
     UNKNOWN = "unknown", 404  # a forged, altered or purged link
@@ -51,32 +64,69 @@ class Landing:
 
 
 def secret_from(configured: str | None, signing_key: SigningKey) -> str:
-    """The key that signs landing links: SECRET_KEY, or one derived from the signing
-    key so that a deployment has nothing more to configure (and every worker agrees)."""
+    """The secret of landing links (their encryption key is derived from it): SECRET_KEY,
+    or one derived from the signing key so that a deployment has nothing more to
+    configure (and every worker agrees)."""
     if configured:
         return configured
     return hmac.new(signing_key.encode(), b"landing links", hashlib.sha256).hexdigest()
 
 
 def landing_token(invitation: Invitation, ephemeral_private_key: str, secret: str) -> str:
-    return URLSafeTimedSerializer(secret, salt=_SALT).dumps([invitation.id, ephemeral_private_key])
+    """The opaque token of the invitation's landing link (URL-safe base64, no dots)."""
+    payload = [invitation.id, ephemeral_private_key, int(invitation.created_at.timestamp())]
+    sealed = _box(secret).encrypt(json.dumps(payload, separators=(",", ":")).encode())
+    return base64.urlsafe_b64encode(bytes(sealed)).rstrip(b"=").decode()
+
+
+def _box(secret: str) -> SecretBox:
+    # A key of its own, so that the landing secret itself never encrypts anything.
+    key = hmac.new(secret.encode(), b"landing link encryption", hashlib.sha256).digest()
+    return SecretBox(key)
 
 
 def open_landing(token: str, *, secret: str, max_age_seconds: int, now: datetime) -> Landing:
     """Read a landing token and say what the page should show."""
+    opened = _open_legacy(token, secret, max_age_seconds) if "." in token else _open(token, secret)
+    if isinstance(opened, State):
+        return Landing(opened)
+    invitation_id, private_key, created = opened
+    invitation = invites.by_id(invitation_id) if isinstance(invitation_id, int) else None
+    if invitation is None:
+        # Purged: a link old enough for its invitation to have expired says so.
+        expired = created is not None and created + timedelta(seconds=max_age_seconds) <= now
+        return Landing(State.EXPIRED if expired else State.UNKNOWN)
+    return Landing(State[invites.state_of(invitation, now).upper()], invitation, private_key)
+
+
+def _open(token: str, secret: str) -> tuple[Any, str, datetime | None] | State:
+    try:
+        sealed = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        invitation_id, private_key, created = json.loads(_box(secret).decrypt(sealed))
+        return invitation_id, str(private_key), datetime.fromtimestamp(int(created), UTC)
+    except (binascii.Error, CryptoError, ValueError, TypeError, OverflowError):
+        return State.UNKNOWN
+
+
+def _open_legacy(token: str, secret: str, max_age_seconds: int) -> tuple[Any, str, None] | State:
+    """A link mailed before tokens were encrypted: itsdangerous-signed [id, private key]."""
     serializer = URLSafeTimedSerializer(secret, salt=_SALT)
     try:
         invitation_id, private_key = serializer.loads(token, max_age=max_age_seconds)
     except SignatureExpired:
-        return Landing(State.EXPIRED)
+        return State.EXPIRED
     except (BadSignature, ValueError, TypeError):
-        return Landing(State.UNKNOWN)
-    invitation = invites.by_id(invitation_id) if isinstance(invitation_id, int) else None
-    if invitation is None:
-        return Landing(State.UNKNOWN)
-    return Landing(State[invites.state_of(invitation, now).upper()], invitation, private_key)
+        return State.UNKNOWN
+    return invitation_id, str(private_key), None
 
 
 def page_context(landing: Landing, mail_context: dict[str, Any] | None) -> dict[str, Any]:
-    """The template variables: the state, and for a known invitation who invites where."""
-    return {"state": landing.state.word, **(mail_context or {})}
+    """The template variables: the state, and for a known invitation who invites where
+    and, once accepted, the server of the account it admitted (not the account: the
+    link may have been forwarded, the page names nobody)."""
+    admitted = landing.invitation.admitted_mxid if landing.invitation is not None else None
+    return {
+        "state": landing.state.word,
+        **(mail_context or {}),
+        "admitted_server": server_of(admitted or "") or "",
+    }

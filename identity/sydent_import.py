@@ -16,7 +16,13 @@ commits). What is imported:
   valid as they did in Sydent;
 * the accounts, their access tokens (stored hashed, as ours are) and the terms URLs
   they accepted;
-* with `config_path`, the long-term signing key (`[crypto] ed25519.signingkey`).
+* with `config_path`, the long-term signing key (`[crypto] ed25519.signingkey`),
+  and the public keys of the Sydent and of its replication peers (`peer_pubkeys`).
+
+A deployment of several replicating peers is imported one database at a time into
+the same service, the first as the deployment, each other one `as_peer`: its key
+then signs the invitations it stored (identity.peers), and rows replicated between
+peers are imported once (the same token; the same address, Matrix ID and `ts`).
 
 Every kind of row is counted as imported, already present or skipped with a reason;
 importing the same database twice changes nothing the second time.
@@ -27,7 +33,6 @@ import binascii
 import configparser
 import os
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
@@ -39,6 +44,8 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from identity import keys
+from identity import peers
+from identity.accounts import is_server_name
 from identity.accounts import server_of
 from identity.accounts import token_hash
 from identity.addresses import normalise_email
@@ -49,6 +56,7 @@ from identity.storage import accounts
 from identity.storage import associations
 from identity.storage import ephemeral_keys
 from identity.storage import invites
+from identity.storage import peer_keys
 from identity.storage import peppers
 from identity.storage.models import Association
 from identity.storage.models import Invitation
@@ -56,6 +64,7 @@ from identity.storage.models import Invitation
 # The kinds of rows, in the order they are imported and reported.
 KINDS = (
     "signing key",
+    "peer keys",
     "pepper",
     "associations",
     "invitations",
@@ -123,47 +132,86 @@ def import_sydent(
     invite_validity: timedelta,
     signing_key_path: str,
     replace_key: bool = False,
+    as_peer: bool = False,
 ) -> ImportReport:
     """Import Sydent's database at `db_path` (and its signing key from `config_path`).
 
-    Rows are added to the current session and flushed; the caller commits. The signing
-    key, when it is to be written, is written last, once every row has been flushed.
+    Rows are added to the current session and flushed; the caller commits. A key,
+    when one is to be written, is written last, once every row has been flushed.
 
     :param invite_validity: how long an invitation lives after its reception.
     :param signing_key_path: our key file (SIGNING_KEY_PATH).
     :param replace_key: replace an existing, different key at `signing_key_path`.
-    :raises SydentImportError: the database or the config cannot be read, or our key
-        differs from Sydent's and `replace_key` is not set; nothing has been written.
+    :param as_peer: the database is one more peer of a deployment already imported:
+        its key is kept as a peer key (our own key is untouched) and our pepper stays.
+    :raises SydentImportError: the database or the config cannot be read, our key
+        differs from Sydent's and neither `replace_key` nor `as_peer` is set, or
+        another key is recorded for that peer; nothing has been written.
     """
     report = ImportReport(kinds={name: KindReport() for name in KINDS})
-    key_to_write = None
+    sydent = None
+    key_to_write: tuple[str, SigningKey] | None = None
     if config_path is None:
+        if as_peer:
+            raise SydentImportError("a peer is imported with its config (--config)")
         del report.kinds["signing key"]
         report.notes.append("No Sydent config given: the signing key was not imported.")
     else:
-        key_to_write = _plan_signing_key(
-            config_path, signing_key_path, replace_key, report.kind("signing key")
-        )
+        sydent = read_sydent_config(config_path)
+        if sydent.server_name is None:
+            report.notes.append(
+                f"{config_path}: no [general] server.name: the invitations of this"
+                " database are signed with our key on delivery."
+            )
+        if as_peer:
+            key_to_write = _plan_peer_key(
+                sydent, signing_key_path, report.kind("signing key"), now=now
+            )
+        else:
+            key = _plan_signing_key(
+                sydent.key, signing_key_path, replace_key, report.kind("signing key")
+            )
+            key_to_write = (signing_key_path, key) if key is not None else None
     with _open_readonly(db_path) as conn:
         tables = _tables(conn)
         for kind, table in _TABLES.items():
             if table not in tables:
                 report.notes.append(f"{kind}: Sydent's database has no {table} table.")
-        _import_pepper(conn, tables, report, now=now)
+        _import_peer_keys(conn, tables, sydent, report.kind("peer keys"), now=now)
+        if as_peer:
+            del report.kinds["pepper"]
+            report.notes.append(
+                "pepper: ours is kept (a peer's import); clients that cached this"
+                " peer's pepper are answered M_INVALID_PEPPER and fetch hash_details."
+            )
+        else:
+            _import_pepper(conn, tables, report, now=now)
         _import_associations(conn, tables, report.kind("associations"), now=now)
         _import_invitations(
-            conn, tables, report.kind("invitations"), now=now, validity=invite_validity
+            conn,
+            tables,
+            report.kind("invitations"),
+            now=now,
+            validity=invite_validity,
+            own_name=sydent.server_name if sydent is not None else None,
         )
         _import_ephemeral_keys(conn, tables, report.kind("ephemeral keys"), now=now)
         _import_accounts(conn, tables, report, now=now)
     if key_to_write is not None:
-        _write_key(signing_key_path, key_to_write)
-        report.written_key = key_to_write
+        path, key = key_to_write
+        keys.write(path, key)
+        if path == signing_key_path:
+            report.written_key = key
+        else:
+            report.notes.append(
+                f"signing key: kept in {path}, to sign the invitations this peer stored."
+            )
     return report
 
 
 # Where each kind is read from; the pepper and the key are reported apart.
 _TABLES = {
+    "peer keys": "peer_pubkeys",
     "pepper": "hashing_metadata",
     "associations": "global_threepid_associations",
     "invitations": "invite_tokens",
@@ -206,6 +254,10 @@ def _open_readonly(db_path: str) -> _ReadOnly:
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
     return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
 def _rows(conn: sqlite3.Connection, query: str) -> Iterator[sqlite3.Row]:
@@ -341,6 +393,13 @@ def _import_associations(
             if older.mxid != newest.mxid:
                 kind.skip("superseded by a newer binding to another Matrix ID", older.ref)
         existing = associations.find("email", address)
+        if existing is not None and _superseded_here(existing, newest, candidates[1:]):
+            # Imported from another peer before that peer heard of this newer binding.
+            existing.mxid, existing.created_at = newest.mxid, newest.ts
+            existing.not_before, existing.not_after = newest.not_before, newest.not_after
+            hash_association(existing, now=now)
+            kind.imported += 1
+            continue
         if existing is not None:
             if existing.mxid == newest.mxid:
                 kind.present += 1
@@ -358,6 +417,21 @@ def _import_associations(
         hash_association(association, now=now)
         associations.save(association)
         kind.imported += 1
+
+
+def _superseded_here(existing: Association, newest: _Binding, older: list[_Binding]) -> bool:
+    """Whether this database holds our binding of the address as an older one.
+
+    A row replicated from another peer and its original are the same binding (same
+    Matrix ID, same `ts`). When this database holds ours among its older rows and a
+    newer binding to another Matrix ID, ours was imported from a peer that had not
+    heard of the newer one yet. A binding made here matches no row, and stays.
+    """
+    return (
+        newest.mxid != existing.mxid
+        and newest.ts > existing.created_at
+        and any(b.mxid == existing.mxid and b.ts == existing.created_at for b in older)
+    )
 
 
 def _binding(row: sqlite3.Row, ref: str, kind: KindReport, *, now: datetime) -> _Binding | None:
@@ -387,6 +461,16 @@ def _binding(row: sqlite3.Row, ref: str, kind: KindReport, *, now: datetime) -> 
 # -- invitations and ephemeral keys ------------------------------------------------
 
 
+_INVITATIONS = (
+    "SELECT id, medium, address, room_id, sender, token, received_ts, sent_ts,"
+    " NULL AS origin_server FROM invite_tokens ORDER BY id"
+)
+_INVITATIONS_REPLICATED = (
+    "SELECT id, medium, address, room_id, sender, token, received_ts, sent_ts,"
+    " origin_server FROM invite_tokens ORDER BY id"
+)
+
+
 def _import_invitations(
     conn: sqlite3.Connection,
     tables: set[str],
@@ -394,20 +478,34 @@ def _import_invitations(
     *,
     now: datetime,
     validity: timedelta,
+    own_name: str | None,
 ) -> None:
+    """Import the invitations not yet delivered, each with the peer that stored it.
+
+    Tchap's Sydent replicates invitations between peers: a copy carries the name of
+    the peer that stored the original (`origin_server`), and its token, which is
+    what makes both the same invitation here.
+    """
     if "invite_tokens" not in tables:
         return
-    query = (
-        "SELECT id, medium, address, room_id, sender, token, received_ts, sent_ts"
-        " FROM invite_tokens ORDER BY id"
-    )
+    # Only Tchap's branch has the origin column; mainline Sydent does not replicate.
+    replicated = "origin_server" in _columns(conn, "invite_tokens")
+    query = _INVITATIONS_REPLICATED if replicated else _INVITATIONS
     for row in _rows(conn, query):
         ref = f"invite_tokens#{row['id']}"
         token = row["token"]
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN:
             kind.skip("missing or too long a token", ref)
             continue
-        if invites.by_token(token) is not None:
+        stored_by = row["origin_server"] or own_name
+        if stored_by is not None and not is_server_name(stored_by):
+            kind.skip("the origin server is not a server name", ref)
+            continue
+        existing = invites.by_token(token)
+        if existing is not None:
+            if existing.stored_by is None and stored_by is not None:
+                # Imported first without knowing its origin (no config given).
+                existing.stored_by = stored_by
             kind.present += 1
             continue
         if row["sent_ts"] is not None:
@@ -446,6 +544,7 @@ def _import_invitations(
                 details={},
                 created_at=received,
                 expires_at=received + validity,
+                stored_by=stored_by,
             )
         )
         kind.imported += 1
@@ -557,14 +656,13 @@ def _import_accounts(
 
 
 def _plan_signing_key(
-    config_path: str, key_path: str, replace_key: bool, kind: KindReport
+    sydent_key: SigningKey, key_path: str, replace_key: bool, kind: KindReport
 ) -> SigningKey | None:
     """Sydent's key when it is to be written to `key_path`, None when ours is the same.
 
-    :raises SydentImportError: unreadable config or key, or a different key at
-        `key_path` without `replace_key`.
+    :raises SydentImportError: an unreadable key, or a different key at `key_path`
+        without `replace_key`.
     """
-    sydent_key = read_sydent_key(config_path)
     if not os.path.exists(key_path):
         kind.imported += 1
         return sydent_key
@@ -582,15 +680,58 @@ def _plan_signing_key(
     if not replace_key:
         raise SydentImportError(
             f"{key_path} holds another signing key ({_describe(ours)}) than Sydent's"
-            f" ({_describe(sydent_key)}): nothing was imported. Use --replace-key to"
-            " replace it, if nothing signed with it must stay valid."
+            f" ({_describe(sydent_key)}): nothing was imported. Use --peer if this"
+            " Sydent is one more peer of a deployment already imported, or"
+            " --replace-key to replace it, if nothing signed with it must stay valid."
         )
     kind.imported += 1
     return sydent_key
 
 
-def read_sydent_key(config_path: str) -> SigningKey:
-    """The key of `[crypto] ed25519.signingkey` in a sydent.conf."""
+def _plan_peer_key(
+    sydent: "SydentConfig", signing_key_path: str, kind: KindReport, *, now: datetime
+) -> tuple[str, SigningKey] | None:
+    """(file, key) when the peer's private key is to be written, None when it is there.
+
+    :raises SydentImportError: no server name, or another key recorded for the peer.
+    """
+    if sydent.server_name is None:
+        raise SydentImportError(
+            "a peer is imported under its server name: set [general] server.name in"
+            " its config to the name its replication peers know it by"
+        )
+    public_key = keys.public_key_base64(sydent.key)
+    known = peer_keys.find(sydent.server_name)
+    if known is not None and known.public_key != public_key:
+        raise SydentImportError(
+            f"another key ({known.public_key}) is recorded for peer {sydent.server_name}"
+            f" than its config's ({_describe(sydent.key)}): nothing was imported."
+        )
+    try:
+        ours = keys.read(signing_key_path)
+    except (OSError, ValueError):
+        ours = None
+    on_disk = peers.read_private_key(signing_key_path, sydent.server_name)
+    if any(k is not None and _same_key(k, sydent.key) for k in (ours, on_disk)):
+        kind.present += 1
+        return None
+    kind.imported += 1
+    return peers.key_path(signing_key_path, sydent.server_name), sydent.key
+
+
+@dataclass(frozen=True)
+class SydentConfig:
+    """What the import needs from a sydent.conf."""
+
+    # [general] server.name: the name the peer signs under and its replication peers
+    # know it by; None when unset (Sydent then takes the host name).
+    server_name: str | None
+    # [crypto] ed25519.signingkey
+    key: SigningKey
+
+
+def read_sydent_config(config_path: str) -> SydentConfig:
+    """The server name and signing key of a sydent.conf."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
         with open(config_path, encoding="utf-8") as f:
@@ -601,11 +742,56 @@ def read_sydent_key(config_path: str) -> SigningKey:
     if not text:
         raise SydentImportError(f"{config_path}: no [crypto] ed25519.signingkey")
     try:
-        return keys.parse(text)
+        key = keys.parse(text)
     except ValueError:
         raise SydentImportError(
             f"{config_path}: [crypto] ed25519.signingkey is not 'ed25519 <version> <base64>'"
         ) from None
+    server_name = parser.get("general", "server.name", fallback="").strip()
+    if server_name and not is_server_name(server_name):
+        raise SydentImportError(f"{config_path}: [general] server.name is not a server name")
+    return SydentConfig(server_name or None, key)
+
+
+def _import_peer_keys(
+    conn: sqlite3.Connection,
+    tables: set[str],
+    sydent: SydentConfig | None,
+    kind: KindReport,
+    *,
+    now: datetime,
+) -> None:
+    """Record the public keys of this Sydent and of its replication peers.
+
+    Invitations a peer stored name its key in their rooms: it must stay valid here.
+    Replication peers are configured in `peers` and `peer_pubkeys` (Sydent's README,
+    "Intra-sydent replication"), under the server name each peer signs with.
+    """
+    found: list[tuple[str, str, str]] = []
+    if sydent is not None and sydent.server_name is not None:
+        found.append(("config", sydent.server_name, keys.public_key_base64(sydent.key)))
+    if "peer_pubkeys" in tables:
+        query = "SELECT id, peername, alg, key FROM peer_pubkeys ORDER BY id"
+        for row in _rows(conn, query):
+            ref = f"peer_pubkeys#{row['id']}"
+            if row["alg"] != "ed25519":
+                kind.skip(f"algorithm {row['alg']!r} is not supported", ref)
+            elif not isinstance(row["peername"], str) or not is_server_name(row["peername"]):
+                kind.skip("not a server name", ref)
+            elif not _is_public_key(row["key"]):
+                kind.skip("not an ed25519 public key in unpadded base64", ref)
+            else:
+                found.append((ref, row["peername"], row["key"]))
+    for ref, server_name, public_key in found:
+        try:
+            recorded = peers.record_public_key(server_name, public_key, now=now)
+        except ValueError as e:
+            kind.skip(str(e), ref)
+            continue
+        if recorded:
+            kind.imported += 1
+        else:
+            kind.present += 1
 
 
 def _same_key(a: SigningKey, b: SigningKey) -> bool:
@@ -616,17 +802,3 @@ def _describe(key: SigningKey | None) -> str:
     if key is None:
         return "unreadable"
     return f"{keys.key_id(key)} {keys.public_key_base64(key)}"
-
-
-def _write_key(path: str, key: SigningKey) -> None:
-    """Write the key in Sydent's format, owner-only, replacing the file atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".signing-key-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(keys.serialise(key) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

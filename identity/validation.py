@@ -14,6 +14,8 @@ from datetime import timedelta
 from urllib.parse import urlencode
 from urllib.parse import urlsplit
 
+from werkzeug.urls import iri_to_uri
+
 from identity import mailer
 from identity.addresses import normalise_email
 from identity.clock import new_code
@@ -30,6 +32,10 @@ MEDIUM = "email"
 # The specification's grammar for client secrets.
 _CLIENT_SECRET = re.compile(r"^[0-9a-zA-Z.=_-]{1,255}$")
 _CODE_SEPARATORS = re.compile(r"[\s-]+")
+# Browsers cope with longer links, but a link mailed and redirected to needs no more.
+NEXT_LINK_MAX_LENGTH = 2048
+# Whitespace, C0 and C1 controls, DEL, Unicode line and paragraph separators, backslash.
+_NEXT_LINK_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029\\]")
 
 # Sends the code: (session, code formatted for people) → None; raises on failure.
 CodeSender = Callable[[ValidationSession, str], None]
@@ -68,10 +74,11 @@ def request_code(
         check_next_link(next_link, policy.next_link_hosts)
     session = sessions.find(MEDIUM, address, client_secret)
     if session is not None and is_expired(session, now, policy.lifetime):
-        sessions.remove(session)
+        sessions.remove_expired(session, cutoff=now - policy.lifetime)
         session = None
     if session is None:
-        session = sessions.create(
+        # Identical requests may arrive at once: one inserts, the others get its session.
+        session, created = sessions.create_or_get(
             ValidationSession(
                 sid=new_token(18),
                 medium=MEDIUM,
@@ -86,14 +93,16 @@ def request_code(
                 updated_at=now,
             )
         )
-    elif send_attempt <= session.send_attempt:
+        if created:
+            send(session, format_code(session.token))
+            return session
+    if send_attempt <= session.send_attempt:
         return session
-    else:
-        session.send_attempt = send_attempt
-        session.next_link = next_link or session.next_link
-        session.brand = brand
-        session.updated_at = now
-    send(session, format_code(session.token))
+    # Of several requests carrying this new attempt, only the one that claims it mails.
+    if sessions.claim_send_attempt(
+        session, send_attempt, next_link=next_link, brand=brand, now=now
+    ):
+        send(session, format_code(session.token))
     return session
 
 
@@ -102,7 +111,8 @@ def submit_token(
 ) -> ValidationSession:
     """Validate a session with the code its address received.
 
-    A wrong code counts against the session; past `max_attempts` it is closed.
+    A wrong code counts against the session; past `max_attempts` it is closed, and a
+    right code is refused too.
 
     :raises MatrixError: M_NO_VALID_SESSION, M_SESSION_EXPIRED, M_TOKEN_INCORRECT.
     """
@@ -111,12 +121,13 @@ def submit_token(
         raise NoValidSession("No valid session was found matching that sid and client secret")
     if is_expired(session, now, policy.lifetime):
         raise SessionExpired("This validation session has expired: request a new code")
+    # Count the check in the database before comparing: guesses sent at once each need
+    # a slot of their own, so no more than max_attempts codes are ever compared.
+    if not sessions.claim_code_check(session, policy.max_attempts):
+        raise NoValidSession("No valid session was found matching that sid and client secret")
     if not codes_match(token, session.token):
-        session.failed_attempts += 1
         raise TokenIncorrect("The code is incorrect")
-    if session.validated_at is None:
-        session.validated_at = now
-        session.updated_at = now
+    sessions.mark_validated(session, now)
     return session
 
 
@@ -152,18 +163,47 @@ def check_client_secret(client_secret: str) -> None:
 
 
 def check_next_link(next_link: str, allowed_hosts: tuple[str, ...] | None) -> None:
-    """Accept only http(s) links, to hosts on the allowlist when there is one.
+    """Accept only http(s) links the redirect can send, to hosts on the allowlist when there is one.
 
-    A validation link must never become a `javascript:` or `file:` redirect.
+    A validation link must never become a `javascript:` or `file:` redirect, nor fail
+    only once the user has clicked it: the link is parsed here as the redirect will
+    parse it (Werkzeug's ``iri_to_uri``). Control characters and spaces (header
+    injection), backslashes and user info (browsers and ``urlsplit`` disagree on the
+    host of ``https://a\\@b/``), bad ports and overlong links are refused.
+
+    :raises MatrixError: M_INVALID_PARAM.
     """
+    if len(next_link) > NEXT_LINK_MAX_LENGTH:
+        raise InvalidParam(f"next_link is longer than {NEXT_LINK_MAX_LENGTH} characters")
+    if _NEXT_LINK_FORBIDDEN.search(next_link):
+        raise InvalidParam("next_link holds spaces, control characters or backslashes")
     try:
         parts = urlsplit(next_link)
-    except ValueError:  # an unclosed IPv6 bracket: "https://[::1"
-        raise InvalidParam("next_link must be an http or https URL") from None
+        port = parts.port
+        iri_to_uri(next_link)
+    except ValueError:  # bad port, bad IPv6 literal, host that IDNA cannot encode
+        raise InvalidParam("next_link is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidParam("next_link must be an http or https URL")
+    if port == 0 or "@" in parts.netloc:
+        raise InvalidParam("next_link is not a valid URL")
     if allowed_hosts is not None and parts.hostname.lower() not in allowed_hosts:
         raise InvalidParam("next_link points to a host that is not allowed")
+
+
+def redirect_for(session: ValidationSession, allowed_hosts: tuple[str, ...] | None) -> str | None:
+    """Where to send the user once their session is validated, if anywhere.
+
+    A link stored before today's rules (or the allowlist) changed is dropped rather than
+    followed: the user then sees the result page.
+    """
+    if session.next_link is None:
+        return None
+    try:
+        check_next_link(session.next_link, allowed_hosts)
+    except InvalidParam:
+        return None
+    return session.next_link
 
 
 def codes_match(typed: str, expected: str) -> bool:

@@ -5,11 +5,14 @@ The virtualenv lives outside the repository, in ~/.cache/tchap-identity/sydent-v
 as it imports the pinned version.
 """
 
+import base64
 import configparser
 import fcntl
+import hashlib
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +20,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import signedjson.key
+import signedjson.sign
 
 from tests.support import free_port
 
@@ -224,3 +230,119 @@ def _code(mail) -> str:
     match = re.search(r"Votre code : (\S+)", mail.text())
     assert match, mail.text()
     return match.group(1)
+
+
+# -- replication between peers --------------------------------------------------------
+
+
+def long_term_key(sydent: Sydent) -> str:
+    """The peer's long-term public key (Sydent writes its key into its config)."""
+    config = configparser.ConfigParser(interpolation=None)
+    config.read(sydent.config_path)
+    _, version, seed = config["crypto"]["ed25519.signingkey"].split()
+    key = signedjson.key.decode_signing_key_base64("ed25519", version, seed)
+    return signedjson.key.encode_verify_key_base64(key.verify_key)
+
+
+def introduce(target: Sydent, peer: Sydent) -> None:
+    """Configure `peer` as a replication peer of `target`: a row in `peers` and one in
+    `peer_pubkeys` under the name the peer signs with (Sydent's README, "Intra-sydent
+    replication")."""
+    with sqlite3.connect(target.db_path) as conn:
+        conn.execute(
+            "INSERT INTO peers (name, port, active) VALUES (?, ?, 1)", (peer.server_name, 1)
+        )
+        conn.execute(
+            "INSERT INTO peer_pubkeys (peername, alg, key) VALUES (?, 'ed25519', ?)",
+            (peer.server_name, long_term_key(peer)),
+        )
+
+
+def replicate(source: Sydent, target: Sydent) -> None:
+    """Write into `target`'s database (Sydent stopped) what a push from `source` stores.
+
+    Associations as Sydent 2.6.1 stores a push (http/servlets/replication.py, then
+    GlobalAssociationStore.addAssociation): the association signed by the source,
+    verified with its key, hashed with the target's pepper, under the source's name
+    and the source's local ID. Invitation tokens and ephemeral keys as Tchap's Sydent
+    branch stores them (JoinTokenStore.storeToken / storeEphemeralPublicKey):
+    `origin_server` / `origin_id` columns, the reception time as `received_ts`.
+    Mainline 2.6.1 replicates neither; the two columns are added as Tchap's schema has.
+    """
+    verify_key = signedjson.key.decode_verify_key_bytes(
+        "ed25519:0", signedjson.key.decode_base64(long_term_key(source))
+    )
+    for sydent in (source, target):
+        _add_origin_columns(sydent.db_path)
+    with sqlite3.connect(source.db_path) as conn:
+        associations = conn.execute(
+            "SELECT originId, sgAssoc FROM global_threepid_associations"
+            " WHERE originServer = ? ORDER BY originId",
+            (source.server_name,),
+        ).fetchall()
+        tokens = conn.execute(
+            "SELECT id, medium, address, room_id, sender, token FROM invite_tokens"
+            " WHERE origin_id IS NULL ORDER BY id"
+        ).fetchall()
+        ephemeral = conn.execute(
+            "SELECT id, public_key, persistence_ts FROM ephemeral_public_keys"
+            " WHERE origin_id IS NULL ORDER BY id"
+        ).fetchall()
+    now_s = int(time.time())
+    with sqlite3.connect(target.db_path) as conn:
+        (pepper,) = conn.execute("SELECT lookup_pepper FROM hashing_metadata").fetchone()
+        for origin_id, raw in associations:
+            signed = json.loads(raw)
+            signedjson.sign.verify_signed_json(signed, source.server_name, verify_key)
+            address = signed["address"].casefold()
+            digest = hashlib.sha256(f"{address} {signed['medium']} {pepper}".encode()).digest()
+            conn.execute(
+                "insert or ignore into global_threepid_associations (medium, address,"
+                " lookup_hash, mxid, ts, notBefore, notAfter, originServer, originId, sgAssoc)"
+                " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    signed["medium"],
+                    address,
+                    base64.urlsafe_b64encode(digest).rstrip(b"=").decode(),
+                    signed["mxid"],
+                    signed["ts"],
+                    signed["not_before"],
+                    signed["not_after"],
+                    source.server_name,
+                    origin_id,
+                    json.dumps(signed),
+                ),
+            )
+        (last,) = conn.execute(
+            "SELECT coalesce(max(origin_id), 0) FROM invite_tokens WHERE origin_server = ?",
+            (source.server_name,),
+        ).fetchone()
+        for origin_id, medium, address, room_id, sender, token in tokens:
+            if origin_id > last:
+                conn.execute(
+                    "INSERT INTO invite_tokens ('medium', 'address', 'room_id', 'sender',"
+                    " 'token', 'received_ts', 'origin_server', 'origin_id')"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (medium, address, room_id, sender, token, now_s, source.server_name, origin_id),
+                )
+        (last,) = conn.execute(
+            "SELECT coalesce(max(origin_id), 0) FROM ephemeral_public_keys WHERE origin_server = ?",
+            (source.server_name,),
+        ).fetchone()
+        for origin_id, key, persistence_ts in ephemeral:
+            if origin_id > last:
+                conn.execute(
+                    "INSERT INTO ephemeral_public_keys"
+                    " (public_key, persistence_ts, origin_server, origin_id)"
+                    " VALUES (?, ?, ?, ?)",
+                    (key, persistence_ts, source.server_name, origin_id),
+                )
+
+
+def _add_origin_columns(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as conn:
+        for table in ("invite_tokens", "ephemeral_public_keys"):
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if "origin_server" not in columns:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN origin_server TEXT")
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN origin_id INTEGER")

@@ -161,3 +161,76 @@ def test_malformed_terms_file_stops_start_up(config, tmp_path, clock):
     config["TERMS_PATH"] = str(bad)
     with pytest.raises(ConfigError, match="TERMS_PATH"):
         create_app(config, clock=clock)
+
+
+# -- homeservers allowed to register ------------------------------------------------
+
+
+def register(client, fake_homeserver, localpart="alice"):
+    body = {
+        "access_token": fake_homeserver.issue_openid_token(localpart),
+        "matrix_server_name": fake_homeserver.server_name,
+    }
+    return client.post(f"{V2}/account/register", json=body)
+
+
+def test_only_allowlisted_homeservers_register(make_app, fake_homeserver):
+    closed = {f"V1_{family}_ENABLED": False for family in ("STORE_INVITE", "LOOKUP", "BIND")}
+    other = make_app(REGISTER_HOMESERVER_ALLOWLIST=["agent.tchap.gouv.fr"], **closed)
+    r = register(other.test_client(), fake_homeserver)
+    assert (r.status_code, r.json["errcode"]) == (403, "M_UNAUTHORIZED")
+    assert fake_homeserver.userinfo_requests == 0  # not even asked
+    listed = make_app(REGISTER_HOMESERVER_ALLOWLIST=[fake_homeserver.server_name], **closed)
+    assert register(listed.test_client(), fake_homeserver).status_code == 200
+
+
+def test_an_allowlist_with_the_v1_api_open_stops_start_up(config, clock):
+    from identity.config import ConfigError
+
+    with pytest.raises(ConfigError, match="REGISTER_HOMESERVER_ALLOWLIST.*V1_LOOKUP_ENABLED"):
+        create_app(
+            {**config, "REGISTER_HOMESERVER_ALLOWLIST": ["a.example"], "V1_LOOKUP_ENABLED": True},
+            clock=clock,
+        )
+
+
+# -- flask accounts token -----------------------------------------------------------
+
+
+def cli_token(runner, *args):
+    result = runner.invoke(args=["accounts", "token", *args])
+    return result
+
+
+def test_cli_token_works_on_the_v2_api(runner, client, smtp):
+    result = cli_token(runner, "@admin:agent.dinum.tchap.gouv.fr")
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    assert len(token) >= 32 and "\n" not in token
+    r = client.get(f"{V2}/account", headers=auth(token))
+    assert (r.status_code, r.json) == (200, {"user_id": "@admin:agent.dinum.tchap.gouv.fr"})
+    r = client.post(
+        f"{V2}/validate/email/requestToken",
+        json={"client_secret": "s3cret", "email": "a@ac-versailles.fr", "send_attempt": 1},
+        headers=auth(token),
+    )
+    assert r.status_code == 200 and smtp.last().recipients == ["a@ac-versailles.fr"]
+    assert client.get(f"{V2}/hash_details", headers=auth(token)).status_code == 200
+
+
+def test_cli_token_respects_the_terms(terms_file, runner, client):
+    result = cli_token(runner, "@marie:agent.dinum.tchap.gouv.fr")
+    assert result.exit_code == 0 and "M_TERMS_NOT_SIGNED" in result.stderr
+    r = client.get(f"{V2}/hash_details", headers=auth(result.stdout.strip()))
+    assert (r.status_code, r.json["errcode"]) == (403, "M_TERMS_NOT_SIGNED")
+    result = cli_token(runner, "@marie:agent.dinum.tchap.gouv.fr", "--accept-terms")
+    assert result.exit_code == 0 and result.stderr == ""
+    assert client.get(f"{V2}/hash_details", headers=auth(result.stdout.strip())).status_code == 200
+
+
+@pytest.mark.parametrize("user_id", ["marie", "@marie", "@marie:bad name", ""])
+def test_cli_token_refuses_what_is_not_a_user_id(app, runner, user_id):
+    result = cli_token(runner, user_id)
+    assert result.exit_code == 2 and "Not a Matrix user ID" in result.output
+    with app.app_context():
+        assert db.session.scalars(select(AccessToken.token_hash)).all() == []

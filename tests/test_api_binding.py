@@ -161,9 +161,18 @@ def test_v2_bind_only_to_own_mxid(client, smtp, fake_homeserver):
     r = bind(
         client, sid, mxid="@someone.else:" + fake_homeserver.server_name, prefix=V2, headers=headers
     )
-    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    # Tchap's errcode for it (its Sydent branch), which its homeservers and clients handle.
+    assert (r.status_code, r.json["errcode"]) == (403, "M_UNAUTHORIZED")
     r = bind(client, sid, mxid=fake_homeserver.user_id("marie"), prefix=V2, headers=headers)
     assert r.status_code == 200 and r.json["mxid"] == fake_homeserver.user_id("marie")
+
+
+def test_bind_refused_by_routing_is_binding_not_permitted(make_app, smtp):
+    client = make_app(RESTRICT_BINDS_TO_ROUTING=True).test_client()
+    sid = validate_address(client, smtp, ADDRESS)
+    r = bind(client, sid, mxid="@intrus:agent.externe.tchap.gouv.fr")
+    assert (r.status_code, r.json["errcode"]) == (400, "M_BINDING_NOT_PERMITTED")
+    assert client.get(f"{V1}/lookup?medium=email&address={ADDRESS}").json == {}
 
 
 def test_rebind_replaces_the_mxid(client, smtp):

@@ -205,7 +205,7 @@ def test_binds_follow_routing(make_app, smtp):
     client = make_app(RESTRICT_BINDS_TO_ROUTING=True).test_client()
     address = "marie.dupont@ac-versailles.fr"
     r = bind(client, smtp, address, "@intrus:agent.externe.tchap.gouv.fr")
-    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    assert (r.status_code, r.json["errcode"]) == (400, "M_BINDING_NOT_PERMITTED")
     assert EDUCATION in r.json["error"]
     assert bind(client, smtp, address, f"@marie:{EDUCATION}").status_code == 200
     # Protected platforms accept both their servers.
@@ -221,7 +221,7 @@ def test_an_address_stays_bindable_on_its_current_server(make_app, smtp):
     strict = make_app(RESTRICT_BINDS_TO_ROUTING=True).test_client()
     assert bind(strict, smtp, address, old_server).status_code == 200
     r = bind(strict, smtp, address, "@paul:agent.culture.tchap.gouv.fr")
-    assert r.status_code == 403
+    assert r.status_code == 400
 
 
 # -- editing domains.yaml ----------------------------------------------------

@@ -47,7 +47,7 @@ def test_bind_lookup_unbind(make_app, config):
     assert found.json["mxid"] == mxid
     # The routing rules hold here too: an education address stays off other platforms.
     r = post(client, "bind", {"address": AGENT, "mxid": "@paul:agent.externe.tchap.gouv.fr"})
-    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    assert (r.status_code, r.json["errcode"]) == (400, "M_BINDING_NOT_PERMITTED")
     assert post(client, "unbind", {"address": AGENT, "mxid": mxid}).json == {}
     found = client.get(f"{V1}/lookup", query_string={"medium": "email", "address": AGENT})
     assert found.json == {}

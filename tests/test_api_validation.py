@@ -2,9 +2,11 @@
 
 import logging
 
+import psycopg
 import pytest
 from sqlalchemy import func
 from sqlalchemy import select
+from sqlalchemy import text
 
 from identity.extensions import db
 from identity.storage.models import ValidationSession
@@ -241,6 +243,19 @@ def test_expired_session_is_replaced_by_a_new_one(client, smtp, clock):
     assert first != second and len(smtp.messages) == 2
 
 
+def test_a_session_is_replaced_at_the_very_moment_it_expires(client, smtp, clock):
+    first = request_code(client, ADDRESS, attempt=1).json["sid"]
+    clock.advance(hours=24)
+    second = request_code(client, ADDRESS, attempt=1).json["sid"]
+    assert first != second and len(smtp.messages) == 2
+
+
+def test_hide_parameters_survives_engine_options_of_the_operators(make_app):
+    app = make_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_recycle": 300, "hide_parameters": False})
+    with app.app_context():
+        assert db.engine.hide_parameters is True
+
+
 def test_get_validated_3pid_errors(client):
     r = validated(client, "unknown")
     assert (r.status_code, r.json["errcode"]) == (400, "M_NO_VALID_SESSION")
@@ -309,3 +324,162 @@ def test_purge_command_deletes_expired_sessions(app, client, smtp, clock, runner
     assert result.exit_code == 0 and "1" in result.output
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(ValidationSession)) == 1
+
+
+@pytest.mark.parametrize(
+    "send_attempt",
+    [2**63, -(2**63) - 1, 2**53, -1e20, 1e300, 1.5, "99999999999999999999", "9" * 5000,
+     "³", "1e3", "", "x", True, [1], {"n": 1}],
+)  # fmt: skip
+def test_send_attempt_out_of_range_or_not_an_integer_is_m_invalid_param(
+    app, client, smtp, send_attempt
+):
+    r = request_code(client, ADDRESS, attempt=send_attempt)
+    expected = "M_MISSING_PARAMS" if send_attempt == "" else "M_INVALID_PARAM"
+    assert (r.status_code, r.json["errcode"]) == (400, expected)
+    assert smtp.messages == []
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(ValidationSession)) == 0
+
+
+@pytest.mark.parametrize("literal", [b"Infinity", b"-Infinity", b"NaN", b"1e400"])
+def test_send_attempt_beyond_any_float_is_m_invalid_param(client, smtp, literal):
+    body = b'{"client_secret": "s3cret", "email": "a@ac-versailles.fr", "send_attempt": '
+    r = client.post(f"{V1}/validate/email/requestToken", data=body + literal + b"}",
+                    content_type="application/json")  # fmt: skip
+    assert (r.status_code, r.json["errcode"]) == (400, "M_INVALID_PARAM")
+    assert smtp.messages == []
+
+
+@pytest.mark.parametrize("send_attempt", [0, 2**53 - 1, -(2**53) + 1, 3.0, " 7 ", "+2", "-1"])
+def test_send_attempts_sydent_accepts_are_accepted(client, smtp, send_attempt):
+    r = request_code(client, ADDRESS, attempt=send_attempt)
+    assert r.status_code == 200 and len(smtp.messages) == 1
+
+
+@pytest.mark.parametrize(
+    "next_link",
+    [
+        "https://www.tchap.gouv.fr:99999/",
+        "https://www.tchap.gouv.fr:0/",
+        "https://www.tchap.gouv.fr:abc/",
+        "https://www.tchap.gouv.fr/\r\nSet-Cookie: a=b",
+        "https://www.tchap.gouv.fr/#/done\n",
+        "https://www.tchap.gouv.fr/\x00",
+        "https://www.tchap.gouv.fr/a b",
+        "https://www.tchap.gouv.fr/\u2028",
+        "https://[::1/",
+        "https://evil.example\\@www.tchap.gouv.fr/",
+        "https://user:password@www.tchap.gouv.fr/",
+        "https://" + "a" * 60 + ".fr/" + "x" * 2048,
+        "https:///path-only",
+    ],
+)
+def test_next_link_the_redirect_could_not_follow_is_refused_at_request_token(
+    client, smtp, next_link
+):
+    r = request_code(client, ADDRESS, next_link=next_link)
+    assert (r.status_code, r.json["errcode"]) == (400, "M_INVALID_PARAM")
+    assert smtp.messages == []
+
+
+@pytest.mark.parametrize(
+    "next_link",
+    [
+        "https://www.tchap.gouv.fr:8443/#/done?x=1&y=%20",
+        "http://localhost:8080/",
+        "https://[2001:db8::1]:8448/return",
+        "https://tchap.gouv.fr/retour/",
+    ],
+)
+def test_unusual_but_valid_next_links_are_followed_after_validation(client, smtp, next_link):
+    request_code(client, ADDRESS, next_link=next_link)
+    r = client.get(relative(link_from_mail(smtp.last())))
+    assert (r.status_code, r.headers["Location"]) == (302, next_link)
+
+
+def test_a_stored_next_link_the_redirect_cannot_follow_shows_the_page(app, client, smtp):
+    """A session stored before next_link was checked this closely still validates."""
+    sid = request_code(client, ADDRESS, next_link="https://www.tchap.gouv.fr/").json["sid"]
+    with app.app_context():
+        session = db.session.scalar(select(ValidationSession).filter_by(sid=sid))
+        session.next_link = "https://www.tchap.gouv.fr:99999/\r\n"
+        db.session.commit()
+    r = client.get(relative(link_from_mail(smtp.last())))
+    assert r.status_code == 200 and "Votre adresse est confirmée" in r.get_data(as_text=True)
+    assert validated(client, sid).status_code == 200
+
+
+def test_a_right_code_after_the_limit_is_refused_then_a_right_code_before_it_is_kept(
+    three_attempts, client, smtp
+):
+    sid = request_code(client, ADDRESS).json["sid"]
+    code = code_from_mail(smtp.last())
+    for _ in range(2):
+        assert submit(client, sid, "ZZZZ-ZZZZ").json["errcode"] == "M_TOKEN_INCORRECT"
+    # A right code does not use up an attempt: the link may be opened again and again.
+    for _ in range(3):
+        assert submit(client, sid, code).json == {"success": True}
+    assert submit(client, sid, "ZZZZ-ZZZZ").json["errcode"] == "M_TOKEN_INCORRECT"
+    assert submit(client, sid, code).json["errcode"] == "M_NO_VALID_SESSION"
+
+
+@pytest.fixture
+def failing_database(config, db_url):
+    """A database that refuses new sessions (an IntegrityError from a trigger), served
+    with TESTING off so that the error reaches the log as it would in production."""
+    config["TESTING"] = False
+    postgres = db_url.startswith("postgresql")
+    yield postgres
+    if postgres:
+        with psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://")) as c:
+            c.execute("DROP TRIGGER IF EXISTS refuse_sessions ON validation_session")
+            c.execute("DROP FUNCTION IF EXISTS refuse_sessions()")
+            c.execute("ALTER TABLE IF EXISTS gone RENAME TO validation_session")
+
+
+def refuse_new_sessions(postgres: bool) -> None:
+    if postgres:
+        db.session.execute(text(
+            "CREATE FUNCTION refuse_sessions() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN RAISE EXCEPTION 'forced failure' USING ERRCODE = 'unique_violation'; END $$"
+        ))  # fmt: skip
+        db.session.execute(text(
+            "CREATE TRIGGER refuse_sessions BEFORE INSERT ON validation_session"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_sessions()"
+        ))  # fmt: skip
+    else:
+        db.session.execute(text(
+            "CREATE TRIGGER refuse_sessions BEFORE INSERT ON validation_session"
+            " BEGIN SELECT RAISE(ABORT, 'forced failure'); END"
+        ))  # fmt: skip
+    db.session.commit()
+
+
+def test_database_errors_log_no_sid_secret_code_or_address(
+    failing_database, app, client, smtp, caplog
+):
+    secret = "VerySecretValue"
+    sid = request_code(client, ADDRESS, secret=secret).json["sid"]
+    code = code_from_mail(smtp.last())
+    with app.app_context():
+        refuse_new_sessions(failing_database)
+    r = request_code(client, "Jean.Martin@ac-versailles.fr", secret=secret)
+    assert (r.status_code, r.json["errcode"]) == (500, "M_UNKNOWN")
+    with app.app_context():  # the session's table is gone: its SELECT fails too
+        db.session.execute(text("ALTER TABLE validation_session RENAME TO gone"))
+        db.session.commit()
+    r = client.get(f"{V1}/validate/email/submitToken?sid={sid}&client_secret={secret}"
+                   f"&token={code}")  # fmt: skip
+    assert r.status_code == 500
+    with app.app_context():
+        db.session.execute(text("ALTER TABLE gone RENAME TO validation_session"))
+        db.session.commit()
+    # Every line as written, tracebacks included; the test SMTP server's own are not ours.
+    formatter = logging.Formatter()
+    ours = [r for r in caplog.records if not r.name.startswith("mail.log")]
+    logged = "\n".join(formatter.format(r) for r in ours).lower()
+    assert "integrityerror" in logged and logged.count("unhandled error") == 2
+    assert "parameters hidden" in logged
+    for value in (secret, sid, code, code.replace("-", ""), "jean.martin", "marie.dupont"):
+        assert value.lower() not in logged

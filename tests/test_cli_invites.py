@@ -1,5 +1,7 @@
 """`flask invites revoke|list|purge-expired`, on invitations stored through the HTTP API."""
 
+from urllib.parse import urlencode
+
 import pytest
 from sqlalchemy import func
 from sqlalchemy import select
@@ -10,7 +12,11 @@ from identity.storage.models import Delivery
 from identity.storage.models import EphemeralKey
 from identity.storage.models import Invitation
 from tests.helpers import V1
+from tests.helpers import landing_link_from_mail
+from tests.helpers import query_of
+from tests.helpers import relative
 from tests.helpers import validate_address
+from tests.helpers import web_client_link_from_page
 
 GUEST = "claire.martin@partenaire.example"
 OTHER_GUEST = "paul.durand@prestataire.example"
@@ -88,13 +94,50 @@ def test_revoke_by_token(app, client, smtp, runner, clock):
     # A revoked invitation can no longer be signed for, as if it had expired.
     body = {"mxid": "@claire:agent.externe.tchap.gouv.fr", "token": first["token"]}
     r = client.post(f"{V1}/sign-ed25519", json={**body, "private_key": "x"})
-    assert (r.status_code, r.json["errcode"]) == (404, "M_UNRECOGNIZED")
-    # Revoking again changes nothing; an unknown token matches nothing.
+    assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
+    # Revoking again changes nothing.
     clock.advance(hours=1)
-    assert invoke(runner, "revoke", first["token"]) == ["Revoked 0 invitation(s)."]
-    assert invoke(runner, "revoke", "unknown-token") == ["Revoked 0 invitation(s)."]
+    assert invoke(runner, "revoke", first["token"]) == [
+        f"Revoked 0 invitation(s): {first['token'][:8]}… was already revoked."
+    ]
     with app.app_context():
         assert invites.by_token(first["token"]).revoked_at == revoked_at  # not moved
+
+
+def test_revoke_by_the_prefix_that_list_shows(app, client, smtp, runner):
+    first, second = store(client), store(client, OTHER_GUEST)
+    shown = {line.split()[-1] for line in invoke(runner, "list")[:-1]}
+    prefix = first["token"][:8] + "…"
+    assert prefix in shown
+
+    assert invoke(runner, "revoke", prefix) == ["Revoked 1 invitation(s)."]
+    assert invoke(runner, "revoke", second["token"][:10]) == ["Revoked 1 invitation(s)."]
+
+    assert revoked_tokens(app) == {first["token"], second["token"]}
+    assert not key_is_valid(client, first) and not key_is_valid(client, second)
+
+
+@pytest.mark.parametrize(
+    ("selector", "message"),
+    [
+        ("unknown-token", "No invitation's token starts with 'unknown-token'."),
+        ("ab_", "No invitation's token starts with 'ab_'."),  # _ is no wildcard
+        ("abc", "Several invitations' tokens start with 'abc': give more characters."),
+    ],
+)
+def test_revoke_refuses_a_prefix_matching_none_or_several(
+    app, client, smtp, runner, monkeypatch, selector, message
+):
+    tokens = iter(["abcd" + "1" * 39, "abce" + "2" * 39, "abXd" + "3" * 39])
+    monkeypatch.setattr("identity.invitations.new_token", lambda nbytes: next(tokens))
+    answers = [store(client), store(client, OTHER_GUEST), store(client, "x@partenaire.example")]
+
+    result = runner.invoke(args=["invites", "revoke", selector])
+
+    assert result.exit_code == 1, result.output
+    assert result.output == f"Error: {message}\n"
+    assert revoked_tokens(app) == set()
+    assert all(key_is_valid(client, answer) for answer in answers)
 
 
 def test_revoke_by_address_normalises_it(app, client, smtp, runner):
@@ -165,11 +208,11 @@ def test_list_newest_first_with_redacted_addresses(app, client, smtp, runner, cl
 
     assert len(lines) == 3
     assert lines[0].split() == [
-        "2026-11-24", "11:05", "UTC", "pending", "p…@prestataire.example", OTHER_ROOM,
+        "2026-11-24", "11:05", "UTC", "pending", "-", "p…@prestataire.example", OTHER_ROOM,
         OTHER_SENDER, "expires", "2026-12-24", "11:05", "UTC", newer["token"][:8] + "…",
     ]  # fmt: skip
     assert lines[1].split() == [
-        "2026-11-24", "09:00", "UTC", "pending", "c…@partenaire.example", ROOM,
+        "2026-11-24", "09:00", "UTC", "pending", "-", "c…@partenaire.example", ROOM,
         SENDER, "expires", "2026-12-24", "09:00", "UTC", older["token"][:8] + "…",
     ]  # fmt: skip
     assert lines[2] == "2 invitation(s)."
@@ -225,7 +268,11 @@ def test_list_by_state(app, client, smtp, runner, clock):
     clock.advance(days=11)  # 31 days after the first invitation: it has expired
     assert not key_is_valid(client, expired) and key_is_valid(client, pending)
 
-    states = {line.split()[-1]: line.split()[3] for line in invoke(runner, "list")[:-1]}
+    listed = invoke(runner, "list")[:-1]
+    states = {line.split()[-1]: line.split()[3] for line in listed}
+    admitted_on = {line.split()[-1]: line.split()[4] for line in listed}
+    assert admitted_on[accepted["token"][:8] + "…"] == "agent.externe.tchap.gouv.fr"
+    assert set(admitted_on.values()) == {"agent.externe.tchap.gouv.fr", "-"}
     assert states == {
         expired["token"][:8] + "…": "expired",
         pending["token"][:8] + "…": "pending",
@@ -248,6 +295,23 @@ def test_list_by_state(app, client, smtp, runner, clock):
     assert len(invoke(runner, "list", "--state", "pending")) == 1
     assert len(invoke(runner, "list", "--state", "expired")) == 3
     assert len(invoke(runner, "list", "--state", "accepted")) == 2
+
+
+def test_list_shows_an_invitation_accepted_by_a_signature(app, client, smtp, runner):
+    answer = store(client)
+    link = relative(landing_link_from_mail(smtp.last()))
+    page = client.get(link)
+    signurl = query_of(web_client_link_from_page(page.text).replace("#/room/", ""))["signurl"]
+    mxid = "@claire:matrix.partenaire.example"
+    r = client.post(relative(signurl) + "&" + urlencode({"mxid": mxid}))
+    assert r.status_code == 200, r.json
+
+    [line, total] = invoke(runner, "list", "--show-addresses")
+
+    assert line.split()[3:5] == ["accepted", "matrix.partenaire.example"]
+    assert line.split()[-1] == answer["token"][:8] + "…"
+    assert mxid not in line and "@claire" not in line
+    assert invoke(runner, "list", "--state", "accepted", "--show-addresses")[0] == line
 
 
 # -- purge-expired ---------------------------------------------------------------

@@ -1,14 +1,20 @@
 """External guests: the invitation mail, the landing page, expiry, revocation, limits."""
 
+import base64
 import re
+from urllib.parse import quote
 from urllib.parse import unquote
+from urllib.parse import urlsplit
 
 import pytest
+from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import func
 from sqlalchemy import select
 
 from identity import deliveries
+from identity import keys
 from identity.extensions import db
+from identity.landing import secret_from
 from identity.storage.models import Invitation
 from tests.helpers import V1
 from tests.helpers import V2
@@ -98,13 +104,33 @@ def test_wording_follows_the_platform(client, smtp):
     assert "compte invité" not in agent_mail
 
 
-def test_long_room_names_are_cut_sensibly(client, smtp):
-    name = "Coordination interministérielle du plan grand froid hiver 2026-2027"
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # The last word that fits is kept whole, however far back the cut is...
+        (
+            "Coordination interministérielle du plan grand froid hiver 2026-2027",
+            "Coordination interministérielle du plan…",
+        ),
+        ("Coordination interministérielledelaplanificationhivernale", "Coordination…"),
+        # ...with no dangling punctuation; a single word longer than that is cut inside.
+        (
+            "Coordination des équipes de la DINUM, suivi hebdomadaire",
+            "Coordination des équipes de la DINUM…",
+        ),
+        (
+            "Anticonstitutionnellementinterministériellement",
+            "Anticonstitutionnellementinterministéri…",
+        ),
+    ],
+)
+def test_long_room_names_are_cut_at_a_word(client, smtp, name, expected):
     store_invite(client, room_name=name)
     subject = smtp.last().message["Subject"]
     shown = re.search(r"« (.*) »", subject).group(1)
-    assert shown.endswith("…") and len(shown) <= 40 and not shown[:-1].endswith(" ")
-    assert shown[:-1] in name
+    assert shown == expected and len(shown) <= 40
+    page = client.get(relative(landing_link_from_mail(smtp.last()))).text
+    assert f"le salon «&nbsp;{expected}&nbsp;»" in page
 
 
 def test_hostile_names_are_escaped_and_not_linked(client, smtp):
@@ -239,7 +265,8 @@ def test_landing_page_for_an_agent(client, smtp):
     )
 
 
-def test_web_client_named_by_the_request(client, smtp):
+def test_web_client_named_by_the_request(make_app, smtp):
+    client = make_app(WEB_CLIENT_LOCATION_ALLOWLIST=["app.partenaire.example"]).test_client()
     store_invite(client, **{"org.matrix.web_client_location": "https://app.partenaire.example"})
     page = landing(client, smtp).text
     assert 'href="https://app.partenaire.example/#/room/' in page
@@ -305,3 +332,76 @@ def test_accepted_invitation(client, smtp, fake_homeserver):
     assert client.post(f"{V1}/3pid/bind", json=body).status_code == 200
     page = client.get(link)
     assert page.status_code == 409 and "Cette invitation a déjà été acceptée" in page.text
+    assert f'un compte Tchap du serveur <span class="address">{fake_homeserver.server_name}' in (
+        page.text
+    )
+
+
+@pytest.mark.parametrize("lang", ["fr", "en"])
+def test_an_invitation_accepted_by_a_signature_says_on_which_server(client, smtp, lang):
+    store_invite(client)
+    link = relative(landing_link_from_mail(smtp.last(), lang))
+    signurl = query_of(web_client_link_from_page(client.get(link).text).replace("#/room/", ""))[
+        "signurl"
+    ]
+    mxid = "@quelquun:matrix.autre.example"
+    assert client.post(relative(signurl) + "&mxid=" + quote(mxid)).status_code == 200
+
+    page = client.get(link)
+
+    assert page.status_code == 409
+    text = re.sub(r"<[^>]+>", "", page.text)
+    if lang == "fr":
+        assert "Cette invitation a déjà été acceptée" in text
+        assert "par un compte Tchap du serveur matrix.autre.example" in text
+        assert "Une invitation ne permet qu'à une seule personne de rejoindre le salon" in text
+        assert "Demandez à Marie Dupont de vous inviter à nouveau" in text
+    else:
+        assert "This invitation has already been accepted" in text
+        assert "by a Tchap account on the server matrix.autre.example" in text
+        assert "Ask Marie Dupont to invite you again" in text
+    assert mxid not in page.text and "quelquun" not in page.text
+    # Its account may come back through the page: the button still opens the room.
+    assert (
+        web_client_link_from_page(page.text)
+        .split("?")[0]
+        .endswith("/#/room/%21projetx%3Aagent.dinum.tchap.gouv.fr")
+    )
+
+
+def signurl_query(page_text: str) -> dict[str, str]:
+    link = web_client_link_from_page(page_text)
+    return query_of(unquote(query_of(link.replace("#/room/", ""))["signurl"]))
+
+
+def test_the_landing_link_is_opaque(client, smtp):
+    store_invite(client)
+    link = landing_link_from_mail(smtp.last())
+    token = urlsplit(link).path.rsplit("/", 1)[1]
+    private_key = signurl_query(client.get(relative(link)).text)["private_key"]
+    seed = base64.urlsafe_b64decode(private_key + "=" * (-len(private_key) % 4))
+    # Whichever way its parts are decoded, the token shows neither the key nor the id.
+    for part in token.split("."):
+        raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        assert private_key.encode() not in raw and seed not in raw
+        assert not raw.startswith(b"[") and b'"' not in raw[:8]
+
+
+def test_links_mailed_before_encryption_keep_working(app, config, client, smtp):
+    token = store_invite(client).json["token"]
+    page = client.get(relative(landing_link_from_mail(smtp.last())))
+    signed = signurl_query(page.text)
+    with app.app_context():
+        invitation_id = db.session.scalar(select(Invitation.id).filter_by(token=token))
+    # What the mails of earlier versions carried: [id, private key], signed, readable.
+    secret = secret_from(None, keys.read(config["SIGNING_KEY_PATH"]))
+    legacy = URLSafeTimedSerializer(secret, salt="invitation-landing").dumps(
+        [invitation_id, signed["private_key"]]
+    )
+
+    old = client.get(f"/_matrix/identity/invitation/{legacy}?lang=fr")
+
+    assert old.status_code == 200 and "Marie Dupont vous invite" in old.text
+    assert signurl_query(old.text) == signed
+    altered = client.get(f"/_matrix/identity/invitation/{legacy[:-2]}xy")
+    assert altered.status_code == 404

@@ -3,6 +3,8 @@ keyboard use and visible focus, without JavaScript, at phone and desktop widths,
 French and English, for each state of an invitation. Screenshots go to artifacts/."""
 
 import threading
+from urllib.parse import quote
+from urllib.parse import unquote
 
 import pytest
 from werkzeug.serving import make_server
@@ -16,6 +18,7 @@ from tests.browser import format_violations
 from tests.browser import save_screenshot
 from tests.helpers import V1
 from tests.helpers import landing_link_from_mail
+from tests.helpers import web_client_link_from_page
 from tests.support import free_port
 
 pytestmark = pytest.mark.browser
@@ -110,6 +113,25 @@ def test_revoked_invitation(browser, site, smtp, lang):
     assert "Revoked 1" in result.output
     heading = "Cette invitation a été annulée" if lang == "fr" else "This invitation has been"
     check_page(browser, url, f"revoked-{lang}", status=410, heading=heading)
+
+
+@pytest.mark.parametrize("lang", ["fr", "en"])
+def test_accepted_invitation(browser, site, smtp, lang):
+    """Someone signed in with the link: the page names the server of the account it admitted."""
+    app, base = site
+    url = invite(site, smtp, lang=lang)
+    page = app.test_client().get(url.removeprefix(base))
+    signurl = web_client_link_from_page(page.text).split("signurl=")[1].split("&")[0]
+    sign = (
+        unquote(signurl).removeprefix(base) + "&mxid=" + quote("@claire:matrix.partenaire.example")
+    )
+    assert app.test_client().post(sign).status_code == 200
+    heading = (
+        "Cette invitation a déjà été acceptée"
+        if lang == "fr"
+        else "This invitation has already been accepted"
+    )
+    check_page(browser, url, f"accepted-{lang}", status=409, heading=heading)
 
 
 def test_invalid_link(browser, site):

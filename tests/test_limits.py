@@ -1,8 +1,10 @@
 """Rate limits: per client IP, per user, per mail recipient; shared through Redis."""
 
+import os
 import uuid
 
 import pytest
+import requests
 
 from app import create_app
 from identity.config import ConfigError
@@ -11,6 +13,9 @@ from tests.helpers import V2
 from tests.helpers import auth
 from tests.helpers import register_user
 from tests.helpers import request_code
+from tests.servers import Gunicorn
+from tests.servers import migrate
+from tests.support import free_port
 
 
 def info(client, ip="192.0.2.10"):
@@ -77,3 +82,183 @@ def test_limits_hold_across_instances_through_redis(make_app, redis_url):
     assert statuses == [200] * 4
     assert_limited(info(first, ip), 60_000)
     assert_limited(info(second, ip), 60_000)
+
+
+JUNK = {"Authorization": "Bearer junk"}
+
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        lambda c, ip: c.get(
+            f"{V1}/info",
+            query_string={"medium": "email", "address": "a@ac-versailles.fr"},
+            headers=JUNK,
+            environ_base={"REMOTE_ADDR": ip},
+        ),
+        lambda c, ip: c.get(
+            f"{V1}/info",
+            query_string={
+                "medium": "email",
+                "address": "a@ac-versailles.fr",
+                "access_token": "junk",
+            },
+            environ_base={"REMOTE_ADDR": ip},
+        ),
+        lambda c, ip: c.post(
+            f"{V1}/bulk_lookup",
+            json={"threepids": [["email", "a@ac-versailles.fr"]]},
+            headers=JUNK,
+            environ_base={"REMOTE_ADDR": ip},
+        ),
+    ],
+    ids=["info-header", "info-query", "bulk_lookup"],
+)
+def test_a_made_up_token_does_not_skip_the_per_ip_limit(make_app, send):
+    client = make_app(RATELIMIT_ENABLED=True, RATELIMIT_PER_IP="3/minute").test_client()
+    assert [send(client, "192.0.2.20").status_code for _ in range(3)] == [200] * 3
+    assert_limited(send(client, "192.0.2.20"), 60_000)
+
+
+def test_a_made_up_token_sends_no_more_mail_than_none(make_app, smtp):
+    client = make_app(
+        RATELIMIT_ENABLED=True, RATELIMIT_PER_IP="3/minute", MAIL_LIMIT_PER_ADDRESS="100/hour"
+    ).test_client()
+    statuses = [
+        request_code(
+            client, f"agent{i}@ac-versailles.fr", headers={"Authorization": f"Bearer junk{i}"}
+        ).status_code
+        for i in range(6)
+    ]
+    assert statuses == [200] * 3 + [429] * 3
+    assert len(smtp.messages) == 3
+
+
+def test_a_valid_token_counts_against_its_user_on_every_endpoint(make_app, fake_homeserver):
+    client = make_app(
+        RATELIMIT_ENABLED=True, RATELIMIT_PER_IP="2/minute", RATELIMIT_PER_USER="4/minute"
+    ).test_client()
+    alice = auth(register_user(client, fake_homeserver, "alice"))  # 1 request from the IP
+    query = {"medium": "email", "address": "a@ac-versailles.fr"}
+    statuses = [client.get(f"{V1}/info", query_string=query, headers=alice).status_code]
+    statuses += [client.get(f"{V2}/account", headers=alice).status_code for _ in range(3)]
+    assert statuses == [200] * 4  # beyond the per-IP limit: counted as alice's
+    assert_limited(client.get(f"{V1}/info", query_string=query, headers=alice), 60_000)
+    assert_limited(client.get(f"{V2}/account", headers=alice), 60_000)
+
+
+TRUSTED_HOMESERVER = "10.20.0.5"
+
+
+@pytest.fixture(params=["memory", "redis"])
+def limit_storage(request):
+    return "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+
+
+ADDRESS_QUERY = {"medium": "email", "address": "agent@ac-versailles.fr"}
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        (f"{V1}/internal-info", ADDRESS_QUERY),
+        (f"{V1}/info", ADDRESS_QUERY),
+        (f"{V1}/pubkey/isvalid", {"public_key": "AAAA"}),
+    ],
+    ids=["internal-info", "info", "pubkey-isvalid"],
+)
+def test_trusted_homeservers_are_not_held_to_the_public_per_ip_limit(
+    make_app, limit_storage, path, query
+):
+    # The shipped limits, the real limiter: a homeserver registering users calls from
+    # one address, far more often than a person.
+    client = make_app(
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_STORAGE_URI=limit_storage,
+        INTERNAL_API_TRUSTED_NETWORKS=["10.20.0.0/16"],
+    ).test_client()
+    load = 600  # five times the public per-minute limit, within one window
+    trusted = [
+        client.get(path, query_string=query, environ_base={"REMOTE_ADDR": TRUSTED_HOMESERVER})
+        for _ in range(load)
+    ]
+    assert [r.status_code for r in trusted].count(429) == 0
+    public = [
+        client.get(path, query_string=query, environ_base={"REMOTE_ADDR": "203.0.113.9"})
+        for _ in range(130)
+    ]
+    assert [r.status_code for r in public].count(429) == 10  # 120/minute
+
+
+def test_the_internal_secret_lifts_the_per_ip_limit(make_app):
+    client = make_app(
+        RATELIMIT_ENABLED=True, RATELIMIT_PER_IP="2/minute", INTERNAL_API_SECRET="s3cr3t-internal"
+    ).test_client()
+    query = {"medium": "email", "address": "agent@ac-versailles.fr"}
+    secret = {"Authorization": "Bearer s3cr3t-internal"}
+    statuses = [
+        client.get(f"{V1}/internal-info", query_string=query, headers=secret).status_code
+        for _ in range(10)
+    ]
+    assert statuses == [200] * 10
+    wrong = {"Authorization": "Bearer guessed"}
+    statuses = [
+        client.get(f"{V1}/internal-info", query_string=query, headers=wrong).status_code
+        for _ in range(3)
+    ]
+    assert statuses == [403, 403, 429]
+
+
+class FromAddress(requests.adapters.HTTPAdapter):
+    """Connect from a given loopback address (127.0.0.0/8 is all ours on Linux)."""
+
+    def __init__(self, source: str):
+        self.source = source
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.source, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def session_from(source: str) -> requests.Session:
+    session = requests.Session()
+    session.mount("http://", FromAddress(source))
+    return session
+
+
+def test_under_gunicorn_a_trusted_homeserver_is_never_limited(tmp_path, redis_url):
+    """Several workers sharing the limits in Redis, the shipped per-IP limits: a
+    homeserver on a trusted network keeps being answered far beyond them, while
+    another address is stopped at 120 a minute."""
+    env = {
+        **os.environ,
+        "IDENTITY_WORKERS": "2",
+        "IDENTITY_THREADS": "2",
+        "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
+        "IDENTITY_MAIL_SERVER": "127.0.0.1",  # never used here
+        "IDENTITY_MAIL_PORT": str(free_port()),
+        "IDENTITY_RATELIMIT_ENABLED": "true",
+        "IDENTITY_RATELIMIT_STORAGE_URI": redis_url,
+        "IDENTITY_INTERNAL_API_TRUSTED_NETWORKS": "127.0.0.1/32",
+    }
+    migrate(env)
+    server = Gunicorn(env, ("-c", "gunicorn.conf.py"))
+    try:
+        query = {"medium": "email", "address": "agent@ac-versailles.fr"}
+        trusted, other = session_from("127.0.0.1"), session_from("127.0.0.2")
+        statuses = [
+            trusted.get(f"{server.base}{path}", params=query, timeout=10).status_code
+            for _ in range(300)
+            for path in (f"{V1}/internal-info", f"{V1}/info")
+        ]
+        assert statuses.count(200) == 600
+        statuses = [
+            other.get(f"{server.base}{V1}/info", params=query, timeout=10).status_code
+            for _ in range(130)
+        ]
+        assert (statuses.count(200), statuses.count(429)) == (120, 10)
+    finally:
+        server.stop()

@@ -68,10 +68,34 @@ def test_the_shipped_file_is_valid_and_routes_the_state_network():
     for platform in table.platforms.values():
         assert (platform.protected_server or platform.server).endswith(".tchap.gouv.fr")
     assert table.resolve("a@ac-versailles.fr").platform.server == "agent.education.tchap.gouv.fr"
-    assert table.resolve("a@ac-normandie.fr").platform.server == "agent.education.tchap.gouv.fr"
+    assert table.resolve("a@ac-rouen.fr").platform.server == "agent.education.tchap.gouv.fr"
     assert table.resolve("a@interieur.gouv.fr").platform.server == "agent.interieur.tchap.gouv.fr"
     assert table.default.server == "agent.externe.tchap.gouv.fr"
     assert table.default.requires_invite
+
+
+# What the product's own guidance says of some addresses (../shared/seeds/): the
+# académies' agents register with their académie's address (Normandie's with
+# @ac-rouen.fr, "et pas @ac-normandie.fr"), and a person outside the State joins only
+# when invited (pierre.dupont@gmail.com).
+SHIPPED_ROUTES = [
+    ("pierre.dupont@ac-versailles.fr", "education", "agent.education.tchap.gouv.fr", "no"),
+    ("agent@ac-rouen.fr", "education", "agent.education.tchap.gouv.fr", "no"),
+    ("agent@ac-caen.fr", "education", "agent.education.tchap.gouv.fr", "no"),
+    ("agent@ac-normandie.fr", "externe", "agent.externe.tchap.gouv.fr", "yes"),
+    ("pierre.dupont@gmail.com", "externe", "agent.externe.tchap.gouv.fr", "yes"),
+]
+
+
+@pytest.mark.parametrize(("address", "platform", "server", "invite"), SHIPPED_ROUTES)
+def test_the_shipped_file_follows_the_products_guidance(runner, address, platform, server, invite):
+    result = runner.invoke(
+        args=["domains", "resolve", address, "--file", str(ROOT / "domains.yaml")]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"platform:         {platform}\n" in result.output
+    assert f"server:           {server}\n" in result.output
+    assert f"requires invite:  {invite}\n" in result.output
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,9 @@ from tests.support import FakeClock
 from tests.sydent_peer import Sydent
 from tests.sydent_peer import SydentUnavailable
 from tests.sydent_peer import ensure_venv
+from tests.sydent_peer import introduce
+from tests.sydent_peer import long_term_key
+from tests.sydent_peer import replicate
 
 pytestmark = pytest.mark.interop
 
@@ -453,11 +456,12 @@ def test_a_pending_sydent_invitation_is_delivered_when_the_guest_binds_with_us(
     [invite] = call["invites"]
     assert (invite["room_id"], invite["sender"], invite["mxid"]) == (ROOM, SENDER, mxid)
     assert invite["signed"]["token"] == sydent_deployment.pending_token
-    # Signed with Sydent's own key, the one the room's third-party invite names.
+    # Signed with Sydent's own key, the one the room's third-party invite names, under
+    # the name Sydent signed with.
     sydent_key = signedjson.key.decode_verify_key_bytes(
         "ed25519:0", signedjson.key.decode_base64(sydent_deployment.public_key)
     )
-    signedjson.sign.verify_signed_json(invite["signed"], "id.tchap.test", sydent_key)
+    signedjson.sign.verify_signed_json(invite["signed"], "sydent.test", sydent_key)
 
 
 def test_an_account_registered_with_sydent_works_here(sydent_deployment, client, runner):
@@ -466,3 +470,227 @@ def test_an_account_registered_with_sydent_works_here(sydent_deployment, client,
     user_id, token = sydent_deployment.registered
     r = client.get(f"{V2}/account", headers=auth(token))
     assert (r.status_code, r.json) == (200, {"user_id": user_id})
+
+
+# -- a deployment of two replicating peers ----------------------------------------
+
+PEER_A, PEER_B = "sydent-a.test", "sydent-b.test"
+ANNE = ("anne.roux@numerique.gouv.fr", "@anne.roux-numerique.gouv.fr:agent.dinum.test")
+BASILE = ("basile.morel@interieur.gouv.fr", "@basile.morel-interieur.gouv.fr:agent.test")
+# Bound at A, replicated to B, bound again at B to another Matrix ID; B's push to A
+# has not happened yet when the peers stop.
+REBOUND, REBOUND_OLD, REBOUND_NEW = "remi@partenaire.example", "@remi:old.test", "@remi:new.test"
+# Invited into one room through each peer.
+GUEST = "gisele@partenaire.example"
+ROOM_A, ROOM_B = "!salon-a:agent.dinum.test", "!salon-b:agent.interieur.test"
+
+
+@dataclass
+class Peers:
+    """Two stopped Sydent peers that replicated to each other."""
+
+    a: Sydent
+    b: Sydent
+    # {room_id: the store-invite answer of the peer that stored the invitation}
+    invites: dict[str, dict] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="session")
+def sydent_peers(tmp_path_factory, smtp) -> Peers:
+    try:
+        python = ensure_venv()
+    except (SydentUnavailable, OSError) as e:
+        _unavailable(f"Sydent 2.6.1 cannot be installed: {e}")
+    a = Sydent(python, tmp_path_factory.mktemp("peer-a"), smtp.host, smtp.port, PEER_A)
+    b = Sydent(python, tmp_path_factory.mktemp("peer-b"), smtp.host, smtp.port, PEER_B)
+    peers = Peers(a, b)
+    try:
+        for sydent in (a, b):
+            sydent.start()
+        a.bind(smtp, *ANNE)
+        a.bind(smtp, REBOUND, REBOUND_OLD)
+        peers.invites[ROOM_A] = a.store_invite(GUEST, ROOM_A, "@marie:agent.dinum.test")
+        b.bind(smtp, *BASILE)
+        peers.invites[ROOM_B] = b.store_invite(GUEST, ROOM_B, "@paul:agent.interieur.test")
+    finally:
+        for sydent in (a, b):
+            sydent.stop()
+    for target, peer in ((a, b), (b, a)):
+        introduce(target, peer)
+    replicate(a, b)
+    replicate(b, a)
+    b.start()
+    try:
+        time.sleep(0.01)  # B's new binding is strictly newer than A's
+        b.bind(smtp, REBOUND, REBOUND_NEW)
+    finally:
+        b.stop()
+    replicate(a, b)  # nothing new from A; B's new binding never reached A
+    return peers
+
+
+def import_peer(runner, sydent: Sydent, *options: str):
+    args = ["sydent", "import", str(sydent.db_path), "--config", str(sydent.config_path)]
+    return runner.invoke(args=[*args, *options])
+
+
+def synapse_accepts(signed: dict, invite: dict) -> bool:
+    """Whether Synapse accepts `signed` for the third-party invite made from `invite`.
+
+    The room's m.room.third_party_invite carries the store-invite answer's keys; for
+    each, Synapse verifies the first ed25519 signature of `signed` with it (Synapse's
+    handlers/federation.py `_check_signature` and event_auth.py
+    `_verify_third_party_invite`: any failure moves on to the next key).
+    """
+    public_keys = [k["public_key"] for k in invite["public_keys"]] + [invite["public_key"]]
+    for public_key in public_keys:
+        try:
+            for server, block in signed["signatures"].items():
+                for key_name in block:
+                    if not key_name.startswith("ed25519:"):
+                        continue
+                    verify_key = signedjson.key.decode_verify_key_bytes(
+                        key_name, signedjson.key.decode_base64(public_key)
+                    )
+                    signedjson.sign.verify_signed_json(signed, server, verify_key)
+                    return True
+        except (KeyError, signedjson.sign.SignatureVerifyException):
+            continue
+    return False
+
+
+def test_two_peers_import_each_row_once(sydent_peers, app, client, runner):
+    first = import_peer(runner, sydent_peers.a)
+    assert first.exit_code == 0, first.output
+    # A holds its own rows and B's replicated ones: ANNE, REBOUND (old), BASILE.
+    assert kind_line(first.output, "associations") == (3, 0, 0)
+    assert kind_line(first.output, "invitations") == (2, 0, 0)
+    assert kind_line(first.output, "ephemeral keys") == (2, 0, 0)
+    assert kind_line(first.output, "peer keys") == (2, 0, 0)
+
+    second = import_peer(runner, sydent_peers.b, "--peer")
+    assert second.exit_code == 0, second.output
+    # B's new binding of REBOUND replaces A's older one (which B holds too, superseded);
+    # the rest is A's rows again.
+    assert kind_line(second.output, "associations") == (1, 2, 1)
+    assert "skipped 1: superseded by a newer binding to another Matrix ID" in second.output
+    assert kind_line(second.output, "invitations") == (0, 2, 0)
+    assert kind_line(second.output, "ephemeral keys") == (0, 2, 0)
+    assert kind_line(second.output, "peer keys") == (0, 2, 0)
+    assert kind_line(second.output, "signing key") == (1, 0, 0)
+    assert "note: pepper: ours is kept" in second.output
+
+    for sydent in (sydent_peers.a, sydent_peers.b):
+        again = import_peer(runner, sydent, *(["--peer"] if sydent is sydent_peers.b else []))
+        assert again.exit_code == 0, again.output
+        assert totals(again.output)[0] == 0, again.output
+
+    expected = {ANNE[0]: ANNE[1], BASILE[0]: BASILE[1], REBOUND: REBOUND_NEW}
+    for address, mxid in expected.items():
+        r = client.get(f"{V1}/lookup", query_string={"medium": "email", "address": address})
+        assert r.json["mxid"] == mxid, address
+    with app.app_context():
+        stored = {i.room_id: i.stored_by for i in db.session.scalars(select(Invitation))}
+    assert stored == {ROOM_A: PEER_A, ROOM_B: PEER_B}
+
+
+def test_every_peers_keys_stay_valid(sydent_peers, client, runner):
+    assert import_peer(runner, sydent_peers.a).exit_code == 0
+    assert import_peer(runner, sydent_peers.b, "--peer").exit_code == 0
+
+    for invite in sydent_peers.invites.values():
+        long_term, ephemeral = (k["public_key"] for k in invite["public_keys"])
+        r = client.get(f"{V1}/pubkey/isvalid", query_string={"public_key": long_term})
+        assert r.json == {"valid": True}
+        r = client.get(f"{V2}/pubkey/ephemeral/isvalid", query_string={"public_key": ephemeral})
+        assert r.json == {"valid": True}
+    # The first peer's key is ours now; the other's is not served as ours.
+    assert client.get(f"{V1}/pubkey/ed25519:0").json["public_key"] == long_term_key(sydent_peers.a)
+    r = client.get(f"{V1}/pubkey/isvalid", query_string={"public_key": "A" * 43})
+    assert r.json == {"valid": False}
+
+
+def test_a_bind_delivers_both_peers_invitations_signed_by_their_peer(
+    sydent_peers, app, client, runner, smtp, fake_homeserver
+):
+    assert import_peer(runner, sydent_peers.a).exit_code == 0
+    assert import_peer(runner, sydent_peers.b, "--peer").exit_code == 0
+
+    sid = validate_address(client, smtp, GUEST, secret="guest")
+    mxid = fake_homeserver.user_id("gisele")
+    r = client.post(f"{V1}/3pid/bind", json={"sid": sid, "client_secret": "guest", "mxid": mxid})
+    assert r.status_code == 200, r.json
+    with app.app_context():
+        assert deliveries.run_due(now=app.extensions["identity.clock"].now()) == 2
+    invites = {
+        invite["room_id"]: invite
+        for call in fake_homeserver.onbind_calls
+        for invite in call["invites"]
+    }
+    assert set(invites) == {ROOM_A, ROOM_B}
+    for room_id, other in ((ROOM_A, ROOM_B), (ROOM_B, ROOM_A)):
+        signed = invites[room_id]["signed"]
+        assert signed["mxid"] == mxid
+        assert signed["token"] == sydent_peers.invites[room_id]["token"]
+        # The homeserver accepts it with the keys of the peer that stored it, alone.
+        assert synapse_accepts(signed, sydent_peers.invites[room_id])
+        assert not synapse_accepts(signed, sydent_peers.invites[other])
+    assert set(invites[ROOM_B]["signed"]["signatures"]) == {PEER_B}
+
+
+def test_a_peer_is_imported_with_its_config(sydent_peers, runner):
+    result = runner.invoke(args=["sydent", "import", str(sydent_peers.b.db_path), "--peer"])
+    assert result.exit_code == 1
+    assert "a peer is imported with its config (--config)" in result.output
+    # Without --peer, a second peer's key is refused as before, naming --peer.
+    assert import_peer(runner, sydent_peers.a).exit_code == 0
+    refused = import_peer(runner, sydent_peers.b)
+    assert refused.exit_code == 1 and "Use --peer" in refused.output
+
+
+def test_another_key_for_a_known_peer_is_refused(sydent_peers, app, runner, tmp_path):
+    assert import_peer(runner, sydent_peers.a).exit_code == 0
+    assert import_peer(runner, sydent_peers.b, "--peer").exit_code == 0
+    # B's config with another key under the same server name.
+    forged = tmp_path / "sydent-b.conf"
+    other = signedjson.key.generate_signing_key("0")
+    other_seed = signedjson.key.encode_signing_key_base64(other)
+    text = sydent_peers.b.config_path.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("ed25519.signingkey"))
+    forged.write_text(text.replace(line, f"ed25519.signingkey = ed25519 0 {other_seed}"))
+    args = ["sydent", "import", str(sydent_peers.b.db_path), "--config", str(forged), "--peer"]
+    refused = runner.invoke(args=args)
+    assert refused.exit_code == 1
+    assert f"another key ({long_term_key(sydent_peers.b)}) is recorded for peer {PEER_B}" in (
+        refused.output
+    )
+    key_file = Path(app.config["SIGNING_KEY_PATH"]).parent / "peer-keys" / f"{PEER_B}.key"
+    assert key_file.read_text().split()[2] != other_seed
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_until_a_peer_is_imported_its_invitations_are_not_acceptable(
+    sydent_peers, app, client, runner, smtp, fake_homeserver, caplog
+):
+    # Only A: B's key is known from A's replication set-up (peer_pubkeys), its private
+    # half is not.
+    assert import_peer(runner, sydent_peers.a).exit_code == 0
+    r = client.get(
+        f"{V1}/pubkey/isvalid", query_string={"public_key": long_term_key(sydent_peers.b)}
+    )
+    assert r.json == {"valid": True}
+
+    sid = validate_address(client, smtp, GUEST, secret="guest")
+    mxid = fake_homeserver.user_id("gisele")
+    r = client.post(f"{V1}/3pid/bind", json={"sid": sid, "client_secret": "guest", "mxid": mxid})
+    assert r.status_code == 200, r.json
+    with app.app_context():
+        assert deliveries.run_due(now=app.extensions["identity.clock"].now()) == 2
+    signed = {
+        invite["room_id"]: invite["signed"]
+        for call in fake_homeserver.onbind_calls
+        for invite in call["invites"]
+    }
+    assert synapse_accepts(signed[ROOM_A], sydent_peers.invites[ROOM_A])
+    assert not synapse_accepts(signed[ROOM_B], sydent_peers.invites[ROOM_B])
+    assert f"No private key of peer {PEER_B}" in caplog.text

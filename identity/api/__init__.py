@@ -4,7 +4,6 @@ from flask import Flask
 from flask import Response
 from flask import request
 
-from identity import limits
 from identity.api import account
 from identity.api import binding
 from identity.api import health
@@ -14,7 +13,7 @@ from identity.api import invitations
 from identity.api import keys
 from identity.api import status
 from identity.api import validation
-from identity.api.auth import bearer_token
+from identity.api.auth import limit_request
 from identity.api.errors import register_error_handlers
 
 # Blueprints of the Identity Service API, all under /_matrix/identity.
@@ -47,22 +46,22 @@ def register_api(app: Flask) -> None:
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     register_error_handlers(app)
-    app.before_request(limit_anonymous_requests)
+    app.before_request(limit_api_requests)
     app.after_request(add_cors_headers)
 
 
-def limit_anonymous_requests() -> None:
-    """Count requests without an access token against their client IP.
+def limit_api_requests() -> None:
+    """Count every API request against its user or its client IP (`limit_request`).
 
-    Requests with a token are counted per user once authenticated (`require_user`);
-    the internal API is for trusted homeservers and is not limited.
+    The internal API (/_matrix/identity/internal/) answers trusted callers only and is
+    not limited.
     """
     path = request.path
     if request.method == "OPTIONS" or not path.startswith(API_PREFIX):
         return
-    if path.startswith(INTERNAL_PREFIX) or bearer_token(allow_query=True) is not None:
+    if path.startswith(INTERNAL_PREFIX):
         return
-    limits.current().check("per_ip", request.remote_addr or "unknown")
+    limit_request()
 
 
 def add_cors_headers(response: Response) -> Response:

@@ -11,6 +11,7 @@ from identity.api.auth import require_user
 from identity.api.http import json_body
 from identity.api.http import now
 from identity.api.http import parse
+from identity.api.http import settings
 from identity.extensions import db
 from identity.terms import current_terms
 
@@ -38,6 +39,7 @@ def register():
         body.matrix_server_name,
         now=now(),
         userinfo=federation.client().openid_userinfo,
+        allowed_servers=settings().register_homeserver_allowlist,
     )
     db.session.commit()
     # Sydent also answered `access_token`; some clients still read it.

@@ -4,6 +4,7 @@ import hmac
 import ipaddress
 from collections.abc import Iterable
 
+from flask import g
 from flask import request
 
 from identity import accounts
@@ -11,6 +12,7 @@ from identity import limits
 from identity.api.http import settings
 from identity.config import Network
 from identity.errors import Forbidden
+from identity.errors import Unrecognized
 from identity.terms import current_terms
 
 
@@ -33,9 +35,53 @@ def require_user(check_terms: bool = True, *, allow_query_token: bool = False) -
     :raises MatrixError: 401 M_UNAUTHORIZED, 403 M_TERMS_NOT_SIGNED, 429 M_LIMIT_EXCEEDED.
     """
     token = bearer_token(allow_query=allow_query_token)
-    user_id = accounts.authenticate(token, current_terms(), check_terms=check_terms)
-    limits.current().check("per_user", user_id)
+    user_id = accounts.authenticate(
+        token, current_terms(), check_terms=check_terms, user_for=_known_user
+    )
+    if g.get("identity_counted_user") != user_id:  # not yet counted by `limit_request`
+        limits.current().check("per_user", user_id)
     return user_id
+
+
+def limit_request() -> None:
+    """Count a request against its user once its token is valid, else against its IP.
+
+    A made-up token (`Authorization: Bearer junk`, `?access_token=junk`) counts against
+    the IP like no token at all, on every endpoint, those that never read the token
+    included. Trusted callers (`is_trusted_caller`) are not held to the public limits.
+
+    :raises MatrixError: 429 M_LIMIT_EXCEEDED.
+    """
+    if is_trusted_caller():
+        return
+    token = bearer_token(allow_query=True)
+    user_id = _known_user(token) if token else None
+    if user_id is None:
+        limits.current().check("per_ip", request.remote_addr or "unknown")
+        return
+    limits.current().check("per_user", user_id)
+    g.identity_counted_user = user_id
+
+
+def _known_user(token: str) -> str | None:
+    """The user of `token`, looked up once per request."""
+    known = g.setdefault("identity_known_users", {})
+    if token not in known:
+        known[token] = accounts.user_for(token)
+    return known[token]
+
+
+def is_trusted_caller() -> bool:
+    """Whether the request comes from a homeserver or the authentication service.
+
+    They call from INTERNAL_API_TRUSTED_NETWORKS, or present INTERNAL_API_SECRET as
+    their bearer token.
+    """
+    config = settings()
+    secret, token = config.internal_api_secret, bearer_token()
+    if secret and token and hmac.compare_digest(token.encode(), secret.encode()):
+        return True
+    return is_from(config.internal_api_trusted_networks)
 
 
 def require_internal_caller() -> None:
@@ -46,13 +92,10 @@ def require_internal_caller() -> None:
 
     :raises MatrixError: 403 M_FORBIDDEN.
     """
+    if is_trusted_caller():
+        return
     config = settings()
-    secret, token = config.internal_api_secret, bearer_token()
-    if secret and token and hmac.compare_digest(token.encode(), secret.encode()):
-        return
-    if is_from(config.internal_api_trusted_networks):
-        return
-    if not secret and not config.internal_api_trusted_networks:
+    if not config.internal_api_secret and not config.internal_api_trusted_networks:
         raise Forbidden("The internal API is not enabled on this server")
     raise Forbidden("The internal API is for homeservers only")
 
@@ -66,3 +109,15 @@ def is_from(networks: Iterable[Network]) -> bool:
     if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped:
         client = client.ipv4_mapped
     return any(client in network for network in networks)
+
+
+def require_v1_enabled(enabled: bool) -> None:
+    """Answer a v1 path the operator switched off as if it did not exist.
+
+    Sydent's `enable_v1_access` removes the paths; callers get what any unknown path
+    gets, and move to the v2 twin.
+
+    :raises MatrixError: 404 M_UNRECOGNIZED.
+    """
+    if not enabled:
+        raise Unrecognized("This v1 endpoint is disabled on this server: use /_matrix/identity/v2")

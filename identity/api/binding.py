@@ -11,6 +11,7 @@ from identity import routing
 from identity import validation
 from identity.addresses import normalise_email
 from identity.api.auth import require_user
+from identity.api.auth import require_v1_enabled
 from identity.api.http import V1
 from identity.api.http import V2
 from identity.api.http import json_body
@@ -18,6 +19,7 @@ from identity.api.http import now
 from identity.api.http import parse
 from identity.api.http import route
 from identity.api.http import settings
+from identity.errors import CallerNotAllowed
 from identity.errors import Forbidden
 from identity.errors import MissingParams
 from identity.errors import Unauthorized
@@ -68,10 +70,12 @@ def signer() -> binding.Signer:
 
 @route(bp, "/3pid/bind", methods=["POST"])
 def bind(v2: bool):
+    if not v2:
+        require_v1_enabled(settings().v1_bind_enabled)
     user_id = require_user() if v2 else None
     body = parse(BindBody, json_body(allow_form=not v2))
     if user_id is not None and user_id != body.mxid:
-        raise Forbidden("You may only bind addresses to your own Matrix ID")
+        raise CallerNotAllowed("You may only bind addresses to your own Matrix ID")
     session = validation.get_validated_session(
         body.sid,
         body.client_secret,
@@ -159,6 +163,7 @@ def lookup_v2():
 
 @bp.get(V1 + "/lookup")
 def lookup_v1():
+    require_v1_enabled(settings().v1_lookup_enabled)
     query = parse(LookupQuery, request.args.to_dict())
     address = query.address.strip().casefold()
     association = associations.find(query.medium, address)
@@ -169,6 +174,7 @@ def lookup_v1():
 
 @bp.post(V1 + "/bulk_lookup")
 def bulk_lookup():
+    require_v1_enabled(settings().v1_lookup_enabled)
     body = parse(BulkLookupBody, json_body(allow_form=True))
     found = lookup.bulk_lookup(
         body.threepids, now=now(), limit=settings().bulk_lookup_max_threepids

@@ -24,6 +24,12 @@ from identity.errors import NotJson
 V1 = "/api/v1"
 V2 = "/v2"
 
+# Canonical JSON's integer range (Matrix specification, appendices): what every
+# client reads back exactly and every engine stores in a BIGINT.
+MAX_SAFE_INTEGER = 2**53 - 1
+# ASCII digits only, few enough for int() (str.isdigit also takes "³" and "٣").
+_DECIMAL = re.compile(r"^\s*[+-]?[0-9]{1,16}\s*$")
+
 M = TypeVar("M")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -114,13 +120,28 @@ def _shape(model: type) -> tuple[dict[str, Any], tuple[dataclasses.Field, ...]]:
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     expected = _concrete_type(hint)
-    if expected is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        # Clients and form bodies send numbers such as send_attempt as strings.
-        return int(value)
-    if expected is int and isinstance(value, bool):
-        raise InvalidParam(f"{name} must be an integer")
+    if expected is int:
+        return _integer(name, value)
     if not isinstance(value, expected):
         raise InvalidParam(f"{name} must be of type {expected.__name__}")
+    return value
+
+
+def _integer(name: str, value: Any) -> int:
+    """`value` as an integer the JSON specification's safe range holds, else M_INVALID_PARAM.
+
+    Sydent takes ``int(value)``, so clients and form bodies send numbers such as
+    send_attempt as strings ("3") and sometimes as floats (3.0): both are accepted.
+    Anything else, or beyond what every engine stores and every client reads back
+    (canonical JSON's ±(2**53 - 1)), is refused here rather than by the database.
+    """
+    from_string = isinstance(value, str) and _DECIMAL.match(value)
+    if from_string or (isinstance(value, float) and value.is_integer()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParam(f"{name} must be an integer")
+    if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        raise InvalidParam(f"{name} is out of range")
     return value
 
 

@@ -7,13 +7,14 @@ from flask import Blueprint
 from identity import invitations
 from identity import routing
 from identity.api.auth import require_user
+from identity.api.auth import require_v1_enabled
 from identity.api.http import json_body
 from identity.api.http import now
 from identity.api.http import parse
 from identity.api.http import route
 from identity.api.http import settings
 from identity.api.validation import requested_brand
-from identity.errors import Forbidden
+from identity.errors import CallerNotAllowed
 from identity.extensions import db
 from identity.keys import current_signing_key
 
@@ -31,11 +32,13 @@ class StoreInviteBody:
 @route(bp, "/store-invite", methods=["POST"])
 def store_invite(v2: bool):
     """Store an invitation and mail the guest (v2: the sender must be the token's user)."""
+    if not v2:
+        require_v1_enabled(settings().v1_store_invite_enabled)
     user_id = require_user() if v2 else None
     raw = json_body(allow_form=not v2)
     body = parse(StoreInviteBody, raw)
     if user_id is not None and user_id != body.sender:
-        raise Forbidden("The sender must be the authenticated user")
+        raise CallerNotAllowed("The sender must be the authenticated user")
     details = {
         key: value
         for key, value in raw.items()

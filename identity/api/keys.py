@@ -8,6 +8,7 @@ from flask import request
 
 from identity import invitations
 from identity import keys
+from identity import peers
 from identity.api.auth import require_user
 from identity.api.http import json_body
 from identity.api.http import now
@@ -44,7 +45,7 @@ def public_key(v2: bool, key_id: str):
 @route(bp, "/pubkey/isvalid", methods=["GET"])
 def is_valid(v2: bool):
     query = parse(PublicKeyQuery, request.args.to_dict())
-    return {"valid": query.public_key == keys.public_key_base64(keys.current_signing_key())}
+    return {"valid": peers.is_long_term_key(query.public_key, keys.current_signing_key())}
 
 
 @route(bp, "/pubkey/ephemeral/isvalid", methods=["GET"])
@@ -60,9 +61,17 @@ def sign_ed25519(v2: bool):
     if v2:
         require_user()
     body = parse(SignBody, json_body() if v2 else _legacy_arguments())
-    return invitations.sign_with_ephemeral_key(
-        body.token, body.mxid, body.private_key, server_name=settings().server_name, now=now()
+    config = settings()
+    signed = invitations.sign_with_ephemeral_key(
+        body.token,
+        body.mxid,
+        body.private_key,
+        server_name=config.server_name,
+        now=now(),
+        single_use=config.invite_single_use,
     )
+    db.session.commit()  # the admission, before the signature leaves
+    return signed
 
 
 def _legacy_arguments() -> dict[str, Any]:

@@ -96,8 +96,8 @@ def submit_token_page(v2: bool):
         session = _submit(parse(SubmitTokenBody, request.args.to_dict()))
     except MatrixError as e:
         return _result_page(success=False, errcode=e.errcode), e.status
-    if session.next_link:
-        return redirect(session.next_link, code=302)
+    if next_link := validation.redirect_for(session, settings().next_link_domain_allowlist):
+        return redirect(next_link, code=302)
     return _result_page(success=True, errcode=None)
 
 

@@ -2,6 +2,7 @@
 
 from flask import Flask
 
+from identity.cli import accounts
 from identity.cli import deliveries
 from identity.cli import domains
 from identity.cli import invites
@@ -12,6 +13,7 @@ from identity.cli import sydent
 from identity.cli import threepid
 
 GROUPS = [
+    accounts.group,
     keys.group,
     sessions.group,
     deliveries.group,

@@ -7,11 +7,15 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from identity.accounts import server_of
 from identity.addresses import normalise_email
 from identity.addresses import redact
 from identity.errors import MatrixError
 from identity.extensions import db
 from identity.storage import invites
+
+# Characters of a token `list` shows; `revoke` accepts any unique prefix.
+TOKEN_SHOWN = 8
 
 group = AppGroup("invites", help="Invitations stored by homeservers (store-invite).")
 
@@ -39,7 +43,8 @@ def _when(moment: datetime) -> str:
 @click.option("--address", help="Revoke every invitation of this email address.")
 @click.option("--room", "room_id", help="Revoke every invitation to this room ID.")
 def revoke(token: str | None, address: str | None, room_id: str | None) -> None:
-    """Revoke the invitation TOKEN, or those of an --address or a --room.
+    """Revoke the invitation TOKEN (or a unique prefix of it, as `list` shows it), or
+    those of an --address or a --room.
 
     A revoked invitation can no longer be accepted, and its ephemeral key is no longer
     valid, as if it had expired.
@@ -49,9 +54,39 @@ def revoke(token: str | None, address: str | None, room_id: str | None) -> None:
         raise click.UsageError("Give exactly one of TOKEN, --address or --room.")
     if not given[0].strip():
         raise click.UsageError("The invitation selector must not be empty.")
+    if token is not None:
+        token = _token_by_prefix(token)
     count = invites.revoke(now=_now(), token=token, address=_address(address), room_id=room_id)
     db.session.commit()
+    if token is not None and count == 0:
+        click.echo(f"Revoked 0 invitation(s): {_shown(token)} was already revoked.")
+        return
     click.echo(f"Revoked {count} invitation(s).")
+
+
+def _shown(token: str) -> str:
+    """The token as `list` shows it: its first characters only."""
+    return f"{token[:TOKEN_SHOWN]}…"
+
+
+def _token_by_prefix(prefix: str) -> str:
+    """The whole token of the one invitation whose token starts with `prefix`.
+
+    `list` shows a prefix ending with "…", which admins copy as it is.
+
+    :raises click.ClickException: (exit 1) when no invitation or several match.
+    """
+    prefix = prefix.strip().removesuffix("…").removesuffix("...")
+    if not prefix:
+        raise click.UsageError("The invitation selector must not be empty.")
+    found = invites.by_token_prefix(prefix)
+    if not found:
+        raise click.ClickException(f"No invitation's token starts with {prefix!r}.")
+    if len(found) > 1:
+        raise click.ClickException(
+            f"Several invitations' tokens start with {prefix!r}: give more characters."
+        )
+    return found[0].token
 
 
 @group.command("list")
@@ -69,7 +104,8 @@ def list_command(
     limit: int,
     show_addresses: bool,
 ) -> None:
-    """The newest invitations: created, state, address, room, sender, expiry, token."""
+    """The newest invitations: created, state, admitted account's server, address, room,
+    sender, expiry, token prefix (which `revoke` accepts)."""
     now = _now()
     found = invites.search(
         address=_address(address),
@@ -86,11 +122,14 @@ def list_command(
                 [
                     _when(invitation.created_at),
                     f"{invites.state_of(invitation, now):<8}",
+                    # The server of the account it admitted: the whole Matrix ID would
+                    # name the guest in terminals and logs.
+                    server_of(invitation.admitted_mxid or "") or "-",
                     shown,
                     invitation.room_id,
                     invitation.sender,
                     f"expires {_when(invitation.expires_at)}",
-                    f"{invitation.token[:8]}…",
+                    _shown(invitation.token),
                 ]
             )
         )

@@ -28,11 +28,22 @@ _SHOWN_ROWS = 5
     is_flag=True,
     help="Replace a different signing key at SIGNING_KEY_PATH (breaks its signatures).",
 )
-def import_command(sydent_db: str, config_path: str | None, replace_key: bool) -> None:
+@click.option(
+    "--peer",
+    "as_peer",
+    is_flag=True,
+    help="One more peer of a deployment already imported: keep our signing key and"
+    " pepper, keep this peer's key (needs --config) to sign the invitations it stored.",
+)
+def import_command(
+    sydent_db: str, config_path: str | None, replace_key: bool, as_peer: bool
+) -> None:
     """Import Sydent's SQLite database SYDENT_DB: bindings, pepper, pending invitations,
-    ephemeral keys, accounts, access tokens and accepted terms.
+    ephemeral keys, peer public keys, accounts, access tokens and accepted terms.
 
-    Running it again imports only what is new.
+    A deployment of several replicating peers: import each peer's database in turn,
+    the first without --peer, the others with it. Running it again imports only what
+    is new.
     """
     config = current_app.config
     try:
@@ -43,6 +54,7 @@ def import_command(sydent_db: str, config_path: str | None, replace_key: bool) -
             invite_validity=timedelta(seconds=config["INVITE_VALIDITY_SECONDS"]),
             signing_key_path=config["SIGNING_KEY_PATH"],
             replace_key=replace_key,
+            as_peer=as_peer,
         )
     except sydent_import.SydentImportError as e:
         db.session.rollback()

@@ -6,6 +6,8 @@ from datetime import timedelta
 from sqlalchemy import ColumnElement
 from sqlalchemy import delete
 from sqlalchemy import func
+from sqlalchemy import literal
+from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy import update
 
@@ -13,6 +15,7 @@ from identity.extensions import db
 from identity.storage.models import Delivery
 from identity.storage.models import EphemeralKey
 from identity.storage.models import Invitation
+from identity.storage.models import UTCDateTime
 
 
 def add(invitation: Invitation) -> Invitation:
@@ -25,6 +28,20 @@ def by_token(token: str) -> Invitation | None:
     return db.session.scalar(select(Invitation).filter_by(token=token))
 
 
+def by_token_prefix(prefix: str, *, limit: int = 2) -> list[Invitation]:
+    """The invitation whose token is `prefix`, else at most `limit` whose token starts with it."""
+    exact = by_token(prefix)
+    if exact is not None:
+        return [exact]
+    query = (
+        select(Invitation)
+        .where(Invitation.token.startswith(prefix, autoescape=True))
+        .order_by(Invitation.id)
+        .limit(limit)
+    )
+    return list(db.session.scalars(query))
+
+
 def _live(now: datetime) -> list[ColumnElement[bool]]:
     return [
         Invitation.expires_at > now,
@@ -33,22 +50,88 @@ def _live(now: datetime) -> list[ColumnElement[bool]]:
     ]
 
 
-def live_for(medium: str, address: str, *, now: datetime, lock: bool = False) -> list[Invitation]:
-    """Invitations for the address that are neither expired, revoked nor accepted.
+def deliverable_to(medium: str, address: str, mxid: str, *, now: datetime) -> list[Invitation]:
+    """The address's invitations a bind to `mxid` may hand over: neither expired, revoked
+    nor handed over yet, and admitting no account or `mxid` itself.
 
-    :param lock: lock the rows until the transaction ends, so that two binds of the
-        same address cannot both hand an invitation over (PostgreSQL re-checks the
-        conditions once the other transaction has committed).
+    Only candidates: `hand_over` decides, atomically, which ones are handed over.
     """
     query = (
         select(Invitation)
         .filter_by(medium=medium, address=address)
-        .where(*_live(now))
+        .where(
+            Invitation.expires_at > now,
+            Invitation.revoked_at.is_(None),
+            Invitation.handed_over_at.is_(None),
+            _admits_none_or(mxid),
+        )
         .order_by(Invitation.id)
     )
-    if lock:
-        query = query.with_for_update()
     return list(db.session.scalars(query))
+
+
+def admitting_others(medium: str, address: str, mxid: str, *, now: datetime) -> int:
+    """How many live invitations of the address a bind to `mxid` may not hand over,
+    because each admitted another account."""
+    query = (
+        select(func.count())
+        .select_from(Invitation)
+        .filter_by(medium=medium, address=address)
+        .where(
+            Invitation.expires_at > now,
+            Invitation.revoked_at.is_(None),
+            Invitation.handed_over_at.is_(None),
+            Invitation.admitted_mxid != mxid,
+        )
+    )
+    return db.session.scalar(query) or 0
+
+
+def _admits_none_or(mxid: str) -> ColumnElement[bool]:
+    return or_(Invitation.admitted_mxid.is_(None), Invitation.admitted_mxid == mxid)
+
+
+# Invitations are admitted and handed over by conditional UPDATEs, never by reading a
+# row and writing it back: two requests racing on one invitation (threads, workers or
+# hosts) cannot both see it free. PostgreSQL makes the second UPDATE wait for the first
+# transaction and re-checks the WHERE clause on the committed row; SQLite lets one
+# writer at a time. Whoever loses reads the winner back.
+
+
+def admit(invitation_id: int, mxid: str, *, now: datetime) -> str | None:
+    """Make `mxid` the account the invitation admits, unless it admits one already.
+
+    :returns: the account the invitation admits now (`mxid`, or the one before it).
+    """
+    db.session.execute(
+        update(Invitation)
+        .where(Invitation.id == invitation_id, Invitation.admitted_mxid.is_(None))
+        .values(admitted_mxid=mxid, accepted_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return db.session.scalar(select(Invitation.admitted_mxid).where(Invitation.id == invitation_id))
+
+
+def hand_over(invitation_id: int, mxid: str, *, now: datetime) -> bool:
+    """Mark the invitation handed over to a bind of `mxid`, admitting `mxid` unless it
+    admits another account; False when another bind handed it over or another account
+    is admitted (then no delivery may be queued)."""
+    moment = literal(now, UTCDateTime())
+    result = db.session.execute(
+        update(Invitation)
+        .where(
+            Invitation.id == invitation_id,
+            Invitation.handed_over_at.is_(None),
+            _admits_none_or(mxid),
+        )
+        .values(
+            handed_over_at=moment,
+            admitted_mxid=func.coalesce(Invitation.admitted_mxid, mxid),
+            accepted_at=func.coalesce(Invitation.accepted_at, moment),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 def has_live(medium: str, address: str, *, now: datetime) -> bool:

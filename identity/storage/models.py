@@ -114,8 +114,17 @@ class Invitation(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Set when a bind handed the invitation to a delivery job.
+    # An invitation admits one account (unless INVITE_SINGLE_USE is off): the first to
+    # obtain a signature with sign-ed25519 or to bind the address. Set once, together,
+    # by one conditional UPDATE (identity.storage.invites.admit).
     accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    admitted_mxid: Mapped[str | None] = mapped_column(String(255))
+    # Set when a bind queued the invitation's one onbind delivery.
+    handed_over_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The server name of the Sydent peer that stored it (imported invitations): the
+    # room's third-party invite names that peer's key, so the delivery is signed
+    # with it. None: stored here.
+    stored_by: Mapped[str | None] = mapped_column(String(255))
 
 
 class EphemeralKey(db.Model):
@@ -186,6 +195,20 @@ class Delivery(db.Model):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     invitation: Mapped[Invitation] = relationship()
+
+
+class PeerKey(db.Model):
+    """The long-term public key of a Sydent peer whose data was imported.
+
+    Invitations that peer stored name this key in their rooms; its private half, when
+    imported, lives in a file beside the signing key (identity.peers), not here.
+    """
+
+    __tablename__ = "peer_key"
+
+    server_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class ServerKey(db.Model):

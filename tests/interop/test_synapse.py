@@ -7,10 +7,17 @@ they share one Synapse and one instance of our service for the session.
 import re
 import time
 import uuid
+from urllib.parse import quote
+from urllib.parse import unquote
+from urllib.parse import urlencode
 
 import pytest
 
 from tests.helpers import code_from_mail
+from tests.helpers import landing_link_from_mail
+from tests.helpers import query_of
+from tests.helpers import relative
+from tests.helpers import web_client_link_from_page
 from tests.interop.synapse import CLIENT
 from tests.interop.synapse import V1
 from tests.interop.synapse import V2
@@ -305,3 +312,52 @@ def test_registration_gated_by_routing(synapse, identity_server, smtp):
         timeout=5,
         what="three internal-info calls in our log",
     )
+
+
+def sign_as_element(identity_server, sign_url: str, mxid: str):
+    """What matrix-js-sdk's joinRoom does with `inviteSignUrl`: POST it, `mxid` added."""
+    return identity_server.post(relative(sign_url) + "&" + urlencode({"mxid": mxid}))
+
+
+def test_a_guest_joins_from_the_landing_page_and_the_link_admits_no_one_else(
+    synapse, identity_server, smtp
+):
+    """7. The guest follows the landing page's button: its client gets our signature and
+    joins with `third_party_signed`; a second account using the same link is refused
+    by us and does not get into the room, not even with the guest's signature."""
+    alice, guest, other = synapse.register(), synapse.register(), synapse.register()
+    address = guest_address("landing")
+    room_id = invite_by_email(synapse, identity_server, smtp, alice, address)
+    (mail,) = mails_to(smtp, address)
+    page = identity_server.get(relative(landing_link_from_mail(mail)))
+    assert page.status_code == 200, page.text
+    link = query_of(web_client_link_from_page(page.text).replace("#/room/", ""))
+    sign_url = unquote(link["signurl"])
+
+    signed = sign_as_element(identity_server, sign_url, guest.user_id)
+    assert signed.status_code == 200, signed.text
+    r = synapse.request(
+        "POST",
+        f"{CLIENT}/rooms/{quote(room_id)}/join",
+        guest,
+        json={"third_party_signed": signed.json()},
+    )
+    assert r.status_code == 200, r.text
+    assert synapse.membership(alice, room_id, guest.user_id) == "join"
+    # A client retrying for the same account still gets its signature.
+    again = sign_as_element(identity_server, sign_url, guest.user_id)
+    assert again.status_code == 200, again.text
+
+    refused = sign_as_element(identity_server, sign_url, other.user_id)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["errcode"] == "M_FORBIDDEN"
+    join = f"{CLIENT}/rooms/{quote(room_id)}/join"
+    r = synapse.request("POST", join, other, json={})
+    assert r.status_code == 403, r.text
+    r = synapse.request("POST", join, other, json={"third_party_signed": signed.json()})
+    assert r.status_code == 403, r.text
+    assert synapse.membership(alice, room_id, other.user_id) is None
+    # The landing page now says the invitation was accepted, on Synapse's server.
+    page = identity_server.get(relative(landing_link_from_mail(mail)))
+    assert page.status_code == 409
+    assert synapse.server_name in page.text and guest.user_id not in page.text
