@@ -1,17 +1,21 @@
 """Application factory: the only place that wires the service together.
 
-Run with `flask --app app run` or `gunicorn 'app:create_app()'`.
+Run with `flask --app app run` or `gunicorn -c gunicorn.conf.py 'app:create_app()'`.
 """
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
+import click
 from flask import Flask
+from flask import request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from identity import deliveries
 from identity import federation
+from identity import keys
 from identity import limits
 from identity import metrics
 from identity import routing
@@ -21,38 +25,72 @@ from identity.cli import register_cli
 from identity.clock import Clock
 from identity.clock import SystemClock
 from identity.config import DEFAULTS
+from identity.config import ConfigError
 from identity.config import Settings
 from identity.config import check_config
 from identity.config import load_file
+from identity.config import unknown_keys
 from identity.extensions import db
 from identity.extensions import mail
 from identity.extensions import migrate
 from identity.logs import init_logging
 from identity.logs import init_request_ids
 from identity.pages import bp as pages_bp
+from identity.schema_upgrade import upgrade_schema
 from identity.storage import models  # noqa: F401  (registers the tables)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MIGRATIONS_DIR = os.path.join(HERE, "migrations")
 
+logger = logging.getLogger(__name__)
+
+# Set by gunicorn.conf.py for its workers once it has checked the configuration.
+CHECKED_AT_START = "_IDENTITY_CHECKED_AT_START"
+
+# Room in a lookup's body for each hash or address it may carry: an address of the
+# longest legal length (254 bytes), its medium, quotes, separators and some escapes.
+LOOKUP_ENTRY_BYTES = 320
+
 
 def create_app(config: Mapping[str, Any] | None = None, *, clock: Clock | None = None) -> Flask:
-    """Build the service: configuration, extensions, API, pages and commands."""
+    """Build the service: configuration, extensions, API, pages and commands.
+
+    :raises ConfigError: naming the bad key (for a `flask` command, a one-line error).
+    """
+    try:
+        return _create_app(config, clock)
+    except ConfigError as e:
+        if click.get_current_context(silent=True) is not None:
+            # A `flask` command: one line and exit status 1, not a traceback.
+            raise click.ClickException(str(e)) from None
+        raise
+
+
+def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
-    _load_config(app, config)
+    given = _load_config(app, config)
     init_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
+    # A gunicorn worker whose master has checked the configuration and the rules.
+    checked = bool(os.environ.get(CHECKED_AT_START))
+    if not checked:
+        for key in unknown_keys(given, flask_keys=Flask.default_config):
+            logger.warning("Unknown configuration key %s (a typo?): ignored", key)
+    serving = _serving()
 
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     mail.init_app(app)
     federation.init_app(app)
     terms.init_app(app)
-    routing.init_app(app)
+    # A server refuses to start on invalid rules. Its later workers (a reload, a
+    # recycled worker) and admins' commands start on the last good ones instead.
+    routing.init_app(app, strict=not checked and (serving or not _running_a_command()))
     deliveries.init_app(app)
     limits.init_app(app)
     app.extensions["identity.clock"] = clock or SystemClock()
     app.extensions["identity.settings"] = Settings.from_config(app.config)
 
+    _limit_body_sizes(app)
     init_request_ids(app)
     metrics.init_app(app)
     register_api(app)
@@ -62,15 +100,35 @@ def create_app(config: Mapping[str, Any] | None = None, *, clock: Clock | None =
         # Client IPs (rate limits, trusted networks) come from the proxies' X-Forwarded-For.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXY_COUNT"])
     if app.config["AUTO_MIGRATE"]:
-        _upgrade_schema(app)
+        upgrade_schema(app, MIGRATIONS_DIR)
+    if serving:
+        # Created at start, not on the first request that signs: the gunicorn master
+        # does it before forking, and concurrent creators agree (keys.generate).
+        keys.init_app(app)
     return app
 
 
-def _load_config(app: Flask, config: Mapping[str, Any] | None) -> None:
+def _serving() -> bool:
+    """Whether this process is starting a server: gunicorn (its master or a worker) or
+    `flask run`; not a `flask` command, not a test building apps."""
+    if os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
+        return True
+    context = click.get_current_context(silent=True)
+    return context is not None and context.info_name == "run"
+
+
+def _running_a_command() -> bool:
+    return click.get_current_context(silent=True) is not None
+
+
+def _load_config(app: Flask, config: Mapping[str, Any] | None) -> list[str]:
+    """Load the layers into `app.config`; return the keys the file and environment set."""
     app.config.from_mapping(DEFAULTS)
+    given = []
     if path := os.environ.get("IDENTITY_CONFIG"):
-        load_file(app.config, path)
+        given += load_file(app.config, path)
     app.config.from_prefixed_env("IDENTITY")
+    given += [name.removeprefix("IDENTITY_") for name in os.environ if name.startswith("IDENTITY_")]
     app.config.update(config or {})
     os.makedirs(app.instance_path, exist_ok=True)
     if not app.config["SQLALCHEMY_DATABASE_URI"]:
@@ -95,10 +153,31 @@ def _load_config(app: Flask, config: Mapping[str, Any] | None) -> None:
         app.config["AUTO_MIGRATE"] = app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite")
     check_config(app.config)
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_REQUEST_BYTES"]
+    if (
+        os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
+        and not app.config["MAIL_SERVER"]
+        and not app.config["MAIL_PRINT_TO_LOG"]
+    ):
+        # Printing mails suits `flask run` on a laptop; in production it would put
+        # codes and client secrets in the logs.
+        raise ConfigError(
+            "MAIL_SERVER: not set, so mails (codes, links with secrets) would be printed"
+            " to the log; set MAIL_SERVER, or MAIL_PRINT_TO_LOG=true for a test set-up"
+        )
+    return given
 
 
-def _upgrade_schema(app: Flask) -> None:
-    from flask_migrate import upgrade
+def _limit_body_sizes(app: Flask) -> None:
+    """MAX_REQUEST_BYTES for every request, except lookups: room for their maximum
+    number of entries (LOOKUP_MAX_ADDRESSES, BULK_LOOKUP_MAX_THREEPIDS)."""
+    base = app.config["MAX_REQUEST_BYTES"]
+    larger = {
+        "/_matrix/identity/v2/lookup": app.config["LOOKUP_MAX_ADDRESSES"],
+        "/_matrix/identity/api/v1/bulk_lookup": app.config["BULK_LOOKUP_MAX_THREEPIDS"],
+    }
+    limits = {path: base + entries * LOOKUP_ENTRY_BYTES for path, entries in larger.items()}
 
-    with app.app_context():
-        upgrade(directory=MIGRATIONS_DIR)
+    @app.before_request
+    def allow_larger_lookups() -> None:
+        if (limit := limits.get(request.path)) is not None:
+            request.max_content_length = limit

@@ -8,6 +8,7 @@ in PostgreSQL and Redis, so any number of workers and hosts answer alike.
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 
 bind = os.environ.get("IDENTITY_BIND", "0.0.0.0:8090")
@@ -28,13 +29,15 @@ max_requests = 10_000
 max_requests_jitter = 1_000
 
 # Access log: JSON, the route without its query string (addresses, codes, secrets)
-# and landing-page tokens scrubbed by identity.logs.GunicornLogger.
+# and landing-page tokens scrubbed by identity.logs.GunicornLogger, which scrubs the
+# error log too; `pid` is the worker that answered.
 logger_class = "identity.logs.GunicornLogger"
 accesslog = "-"
 errorlog = "-"
 access_log_format = (
     '{"time": "%(t)s", "remote": "%(h)s", "request": "%(r)s", "status": "%(s)s",'
-    ' "bytes": "%(B)s", "duration_ms": "%(M)s", "request_id": "%({x-request-id}o)s"}'
+    ' "bytes": "%(B)s", "duration_ms": "%(M)s", "request_id": "%({x-request-id}o)s",'
+    ' "pid": "%(p)s"}'
 )
 
 # Behind a reverse proxy, set TRUSTED_PROXY_COUNT in the service's configuration (the
@@ -55,12 +58,58 @@ def on_starting(server) -> None:  # noqa: ANN001 (gunicorn's hook signature)
     if not _metrics_dir:
         _metrics_dir = tempfile.mkdtemp(prefix="identity-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir  # inherited by the workers
+    _prepare(server)
 
 
-def child_exit(server, worker) -> None:  # noqa: ANN001
+# Set for the workers once the configuration was checked (the name is app.py's).
+CHECKED_AT_START = "_IDENTITY_CHECKED_AT_START"
+
+
+def _prepare(server) -> None:  # noqa: ANN001
+    """Build the app once before any worker starts, in a child process.
+
+    The configuration is checked (a bad value stops gunicorn with one line, not a
+    traceback per worker), the schema is migrated when AUTO_MIGRATE is on, and the
+    signing key is created, so that the workers start on a ready database instead of
+    racing each other to migrate it. A child, so that the master imports none of the
+    application: workers started by a graceful reload (SIGHUP) load the code afresh.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            from gunicorn.util import import_app
+
+            from identity.config import ConfigError
+
+            try:
+                import_app(server.app.app_uri)
+                status = 0
+            except ConfigError as e:
+                server.log.error("Cannot start: %s", e)
+        except BaseException:
+            server.log.exception("Cannot start: the application failed to load")
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    _, wait_status = os.waitpid(pid, 0)
+    child_exit(server, pid)
+    if os.waitstatus_to_exitcode(wait_status) != 0:
+        if server.pidfile is not None:
+            server.pidfile.unlink()
+        on_exit(server)
+        sys.exit(1)
+    # The workers need not warn again about what the child warned about.
+    os.environ[CHECKED_AT_START] = "1"
+
+
+def child_exit(server, worker) -> None:  # noqa: ANN001 (a worker, or _prepare's pid)
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(getattr(worker, "pid", worker))
 
 
 def on_exit(server) -> None:  # noqa: ANN001

@@ -91,6 +91,8 @@ def serve(tmp: Path, workers: int) -> tuple[subprocess.Popen, str]:
         "IDENTITY_LOG_LEVEL": "WARNING",
         # wrk comes from one address: the per-IP limit would answer 429s.
         "IDENTITY_RATELIMIT_ENABLED": "false",
+        # No mail is sent here; gunicorn refuses to start without a mail server otherwise.
+        "IDENTITY_MAIL_PRINT_TO_LOG": "true",
     }
     flask = [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"]
     subprocess.run(flask, cwd=ROOT, env=env, check=True, capture_output=True)

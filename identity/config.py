@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULTS: dict[str, Any] = {
@@ -21,10 +24,13 @@ DEFAULTS: dict[str, Any] = {
     # Run migrations at start-up; by default only in the embedded SQLite mode.
     "AUTO_MIGRATE": None,
     "LOG_LEVEL": "INFO",
-    # JSON lines for production log pipelines, or "text" to read them in a terminal.
-    "LOG_FORMAT": "json",
-    # Mail. An empty MAIL_SERVER prints messages to the log instead of sending them.
+    # "json" lines for log pipelines, "text" for a person, "auto": text when stderr is
+    # a terminal, JSON otherwise.
+    "LOG_FORMAT": "auto",
+    # Mail. An empty MAIL_SERVER prints messages to the log instead of sending them;
+    # under gunicorn only if MAIL_PRINT_TO_LOG says so (the mails carry codes).
     "MAIL_SERVER": "",
+    "MAIL_PRINT_TO_LOG": False,
     "MAIL_PORT": 25,
     "MAIL_USE_TLS": False,
     "MAIL_USE_SSL": False,
@@ -128,9 +134,11 @@ _BOOL_KEYS = (
     "V1_LOOKUP_ENABLED",
     "V1_BIND_ENABLED",
     "INVITE_SINGLE_USE",
+    "MAIL_PRINT_TO_LOG",
 )
 _POSITIVE_INT_KEYS = (
     "MAIL_PORT",
+    "MAIL_TIMEOUT",
     "MAX_REQUEST_BYTES",
     "SESSION_LIFETIME_SECONDS",
     "TOKEN_MAX_ATTEMPTS",
@@ -165,12 +173,15 @@ class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the key."""
 
 
-def load_file(config: Any, path: str) -> None:
-    """Merge the TOML file at `path` into `config`."""
+def load_file(config: Any, path: str) -> list[str]:
+    """Merge the TOML file at `path` into `config`; return the keys it sets."""
     try:
-        config.from_file(path, load=tomllib.load, text=False)
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"IDENTITY_CONFIG: cannot read {path}: {e}") from e
+        raise ConfigError(f"IDENTITY_CONFIG: cannot read {path}: {e}") from None
+    config.from_mapping(values)
+    return list(values)
 
 
 def check_config(config: Any) -> None:
@@ -189,10 +200,12 @@ def check_config(config: Any) -> None:
     base = urlsplit(str(config["PUBLIC_BASE_URL"]))
     if base.scheme not in ("http", "https") or not base.hostname:
         raise ConfigError("PUBLIC_BASE_URL: must be an http(s) URL")
-    if config["LOG_FORMAT"] not in ("json", "text"):
-        raise ConfigError(f"LOG_FORMAT: expected json or text, got {config['LOG_FORMAT']!r}")
-    config["DOMAINS_CHECK_SECONDS"] = _as_seconds("DOMAINS_CHECK_SECONDS", config)
-    config["PURGE_INTERVAL_SECONDS"] = _as_seconds("PURGE_INTERVAL_SECONDS", config)
+    if config["LOG_FORMAT"] not in ("auto", "json", "text"):
+        raise ConfigError(f"LOG_FORMAT: expected auto, json or text, got {config['LOG_FORMAT']!r}")
+    config["LOG_LEVEL"] = _as_log_level(config["LOG_LEVEL"])
+    config["SQLALCHEMY_DATABASE_URI"] = _as_database_url(config["SQLALCHEMY_DATABASE_URI"])
+    for key in ("DOMAINS_CHECK_SECONDS", "PURGE_INTERVAL_SECONDS", "DELIVERY_POLL_SECONDS"):
+        config[key] = _as_seconds(key, config)
     for key in ("TRUSTED_PROXY_COUNT", "INVITE_REVEAL_LOCAL", "INVITE_REVEAL_DOMAIN"):
         config[key] = _as_count(key, config[key])
     for key in _STRING_LIST_KEYS:
@@ -217,6 +230,67 @@ def _check_v1_closed_for_allowlist(config: Any) -> None:
 
 
 _V1_SWITCHES = ("V1_STORE_INVITE_ENABLED", "V1_LOOKUP_ENABLED", "V1_BIND_ENABLED")
+
+
+# Keys read by Flask and its extensions rather than by us: known, so not typos.
+_LIBRARY_KEYS = frozenset(
+    {
+        "MAX_CONTENT_LENGTH",
+        "SQLALCHEMY_ECHO",
+        "SQLALCHEMY_BINDS",
+        "SQLALCHEMY_RECORD_QUERIES",
+        "SQLALCHEMY_TRACK_MODIFICATIONS",
+        "MAIL_DEBUG",
+        "MAIL_MAX_EMAILS",
+        "MAIL_SUPPRESS_SEND",
+        "MAIL_ASCII_ATTACHMENTS",
+    }
+)
+# IDENTITY_* variables that are not configuration keys: the configuration file and
+# gunicorn.conf.py's settings (and the test suite's IDENTITY_TEST_*).
+ENVIRONMENT_ONLY = frozenset(
+    {
+        "CONFIG",
+        "BIND",
+        "WORKERS",
+        "THREADS",
+        "FORWARDED_ALLOW_IPS",
+        "TLS_CERT",
+        "TLS_KEY",
+    }
+)
+
+
+def unknown_keys(names: Any, *, flask_keys: Any = ()) -> list[str]:
+    """The names, among `names`, that no part of the service reads (typos, most likely).
+
+    :param flask_keys: Flask's own configuration keys (`Flask.default_config`).
+    """
+    known = set(DEFAULTS) | _LIBRARY_KEYS | ENVIRONMENT_ONLY | set(flask_keys)
+    return sorted(name for name in set(names) if name not in known and not name.startswith("TEST_"))
+
+
+def _as_log_level(value: Any) -> str:
+    level = str(value).strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(
+            f"LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {value!r}"
+        )
+    return level
+
+
+def _as_database_url(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        make_url(value)
+    except (ArgumentError, TypeError, ValueError):
+        # Not the value itself: a database URL may carry a password.
+        raise ConfigError(
+            "SQLALCHEMY_DATABASE_URI: expected a database URL such as"
+            " postgresql+psycopg://user@host/db"
+        ) from None
+    return value
 
 
 def _as_bool(key: str, value: Any) -> bool:

@@ -7,12 +7,29 @@ from typing import Any
 
 import signedjson.key
 import signedjson.sign
+from flask import Flask
 from flask import current_app
 from nacl.signing import SigningKey
+
+from identity.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEY_ID = "0"
+
+
+def init_app(app: Flask) -> None:
+    """Load the signing key at start, generating it when there is none yet.
+
+    :raises ConfigError: when SIGNING_KEY_PATH holds no valid key or cannot be written.
+    """
+    path = app.config["SIGNING_KEY_PATH"]
+    try:
+        app.extensions["identity.signing_key"] = load_or_generate(path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    except OSError as e:
+        raise ConfigError(f"SIGNING_KEY_PATH: cannot read or create {path}: {e.strerror}") from None
 
 
 def current_signing_key() -> SigningKey:

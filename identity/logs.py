@@ -12,6 +12,7 @@ import logging
 import re
 import secrets
 import sys
+from typing import Any
 
 from flask import Flask
 from flask import g
@@ -20,31 +21,73 @@ from flask import request
 from gunicorn.glogging import Logger as GunicornBaseLogger
 from pythonjsonlogger.json import JsonFormatter
 
-_QUERY = re.compile(r"(/[^\s?\"']*)\?[^\s\"']*")
-_LANDING_TOKEN = re.compile(r"(/_matrix/identity/invitation/)[^\s?\"'/]+")
-_EMAIL = re.compile(r"([^\s@\"'<>(),;:/=]+)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
+# A query string runs to the next whitespace: quotes and apostrophes are legal in a
+# URL (`?utm='x&sid=…`) and must not end the cut. In a JSON line the string ends at an
+# unescaped double quote, so that the line stays valid JSON.
+_QUERY_TEXT = re.compile(r"(/[^\s?]*)\?\S*")
+_QUERY_JSON = re.compile(r"(/[^\s?\"]*)\?(?:[^\s\"\\]|\\.)*")
+_LANDING_TOKEN = re.compile(r"(/_matrix/identity/invitation/)[^\s?\"'/\\]+")
+_EMAIL = re.compile(r"([^\s@\"'<>(),;:/=\\]+)(?:@|%40)([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
+# Colours Werkzeug's development server puts around status codes.
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _HANDLER_NAME = "identity"
 
 
-def scrub(text: str) -> str:
-    """The text without query strings, landing tokens or full email addresses."""
-    text = _QUERY.sub(r"\1?…", text)
+def scrub(text: str, *, json_line: bool = False) -> str:
+    """The text without query strings, landing tokens or full email addresses.
+
+    :param json_line: `text` is a JSON document: keep its quoting intact.
+    """
+    text = (_QUERY_JSON if json_line else _QUERY_TEXT).sub(r"\1?…", text)
     text = _LANDING_TOKEN.sub(r"\1…", text)
     return _EMAIL.sub(lambda m: f"{m.group(1)[:1]}…@{m.group(2)}", text)
 
 
-class _Scrubbing:
+def _without_colours(record: logging.LogRecord) -> logging.LogRecord:
+    message = record.getMessage()
+    if "\x1b" not in message:
+        return record
+    return logging.makeLogRecord({**record.__dict__, "msg": _ANSI.sub("", message), "args": None})
+
+
+class ScrubbingJsonFormatter(JsonFormatter):
+    """JSON lines whose every value (message, traceback, extra fields) is scrubbed as
+    plain text before it is encoded, so that quotes and escapes cannot hide a secret
+    from the scrubbing, nor the scrubbing break the JSON."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record))  # type: ignore[misc]
+        return super().format(_without_colours(record))
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        return {key: _scrubbed(value) for key, value in log_data.items()}
 
 
-class ScrubbingJsonFormatter(_Scrubbing, JsonFormatter):
-    pass
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {key: _scrubbed(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(item) for item in value]
+    return value
 
 
-class ScrubbingTextFormatter(_Scrubbing, logging.Formatter):
-    pass
+class ScrubbingTextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
+class ScrubbedFormatter(logging.Formatter):
+    """Scrubs whatever another formatter writes (gunicorn's own formatters)."""
+
+    def __init__(self, inner: logging.Formatter, *, json_line: bool = False) -> None:
+        super().__init__()
+        self.inner = inner
+        self.json_line = json_line
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(self.inner.format(record), json_line=self.json_line)
 
 
 class RequestIdFilter(logging.Filter):
@@ -55,8 +98,14 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def init_logging(level: str, fmt: str = "json") -> None:
-    """Send every log line to stderr, scrubbed, as JSON (or text for development)."""
+def init_logging(level: str, fmt: str = "auto") -> None:
+    """Send every log line to stderr, scrubbed: JSON, or text for a person.
+
+    :param fmt: ``json``, ``text``, or ``auto``: text when stderr is a terminal (someone
+        is reading), JSON otherwise (a log pipeline is).
+    """
+    if fmt == "auto":
+        fmt = "text" if _is_terminal(sys.stderr) else "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.addFilter(RequestIdFilter())
@@ -80,6 +129,13 @@ def init_logging(level: str, fmt: str = "json") -> None:
     root.setLevel(level)
 
 
+def _is_terminal(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
 def init_request_ids(app: Flask) -> None:
     """Tag each request with an id (the proxy's X-Request-ID when sane) for its logs."""
 
@@ -95,7 +151,21 @@ def init_request_ids(app: Flask) -> None:
 
 
 class GunicornLogger(GunicornBaseLogger):
-    """Gunicorn's logger with scrubbed access lines (`logger_class` in gunicorn.conf.py)."""
+    """Gunicorn's logger, every line scrubbed (`logger_class` in gunicorn.conf.py).
+
+    Gunicorn's error log quotes request lines ("Error handling request /…?sid=…",
+    "Invalid request from ip=…: …"), with their query strings: its handlers write
+    through our scrubbing, as the access log does.
+    """
+
+    def setup(self, cfg) -> None:  # noqa: ANN001 (gunicorn's signature)
+        super().setup(cfg)
+        for log, json_line in ((self.error_log, False), (self.access_log, True)):
+            for handler in log.handlers:
+                if handler.formatter is not None and not isinstance(
+                    handler.formatter, ScrubbedFormatter
+                ):
+                    handler.setFormatter(ScrubbedFormatter(handler.formatter, json_line=json_line))
 
     def atoms(self, resp, req, environ, request_time):  # noqa: ANN001 (gunicorn's signature)
         atoms = super().atoms(resp, req, environ, request_time)

@@ -31,7 +31,10 @@ class Gunicorn:
     def __init__(self, env: dict[str, str], options: tuple[str, ...], log: IO | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {**env, "IDENTITY_AUTO_MIGRATE": "false", "IDENTITY_BIND": f"127.0.0.1:{self.port}"}
+        # Migrations run before, as a deployment does (unless the test asks otherwise).
+        env = {"IDENTITY_AUTO_MIGRATE": "false", **env, "IDENTITY_BIND": f"127.0.0.1:{self.port}"}
+        if not env.get("IDENTITY_MAIL_SERVER"):
+            env.setdefault("IDENTITY_MAIL_PRINT_TO_LOG", "true")  # else gunicorn refuses
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each master makes its own
         bind = () if "-c" in options else ("-b", f"127.0.0.1:{self.port}")
         output = log if log is not None else subprocess.DEVNULL

@@ -1,5 +1,10 @@
 """Configuration layers (defaults, TOML file, IDENTITY_* variables) and start-up checks."""
 
+import json
+import os
+import pty
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +12,9 @@ import pytest
 from app import create_app
 from identity.config import DEFAULTS
 from identity.config import ConfigError
+from tests.support import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -82,3 +90,131 @@ def test_every_key_is_documented():
     documented = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     missing = [key for key in DEFAULTS if f"`{key}`" not in documented]
     assert missing == []
+
+
+# -- Through the real entry points: `flask` and `gunicorn` in a subprocess ----------------
+
+
+def _env(tmp_path, **variables: str) -> dict[str, str]:
+    env = {
+        name: value for name, value in os.environ.items() if not name.startswith("IDENTITY_")
+    }
+    return {
+        **env,
+        "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
+        **variables,
+    }
+
+
+def flask(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "flask", "--app", "app", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def gunicorn(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Start gunicorn as production does, expecting it to refuse (it would serve on)."""
+    env = {**env, "IDENTITY_BIND": f"127.0.0.1:{free_port()}", "IDENTITY_WORKERS": "2"}
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _problem_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "MAIL_PORT" in line or "MAIL_SERVER" in line]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("IDENTITY_MAIL_PORT", "smtp", "MAIL_PORT: expected a whole number, got 'smtp'"),
+        ("IDENTITY_LOG_LEVEL", "LOUD", "LOG_LEVEL: expected DEBUG, INFO"),
+        ("IDENTITY_MAIL_TIMEOUT", "soon", "MAIL_TIMEOUT: expected a whole number"),
+        ("IDENTITY_DELIVERY_POLL_SECONDS", "often", "DELIVERY_POLL_SECONDS: expected a number"),
+    ],
+)
+def test_a_bad_value_stops_a_command_with_one_line(tmp_path, variable, value, expected):
+    result = flask(_env(tmp_path, **{variable: value}), "sessions", "purge-expired")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: {expected}")
+
+
+def test_a_bad_value_stops_gunicorn_with_one_line(tmp_path):
+    result = gunicorn(_env(tmp_path, IDENTITY_MAIL_PORT="smtp", IDENTITY_MAIL_SERVER="localhost"))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Traceback" not in output and "Worker failed to boot" not in output
+    assert len(_problem_lines(output)) == 1
+    assert "MAIL_PORT: expected a whole number, got 'smtp'" in output
+
+
+def test_gunicorn_refuses_to_print_mails_unless_asked(tmp_path):
+    result = gunicorn(_env(tmp_path))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    [line] = _problem_lines(output)
+    assert "MAIL_PRINT_TO_LOG" in line
+
+
+def test_unknown_keys_are_warned_about_one_line_each(tmp_path):
+    toml = tmp_path / "identity.toml"
+    toml.write_text('MAIL_SERVR = "smtp.example.fr"\nMAIL_PORT = 2525\n')
+    env = _env(tmp_path, IDENTITY_CONFIG=str(toml), IDENTITY_MAIL_SEVER="smtp.example.fr",
+               IDENTITY_LOG_FORMAT="text")  # fmt: skip
+    result = flask(env, "sessions", "purge-expired")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "Unknown configuration key" in line]
+    assert len(warnings) == 2
+    assert any("MAIL_SEVER" in line for line in warnings)
+    assert any("MAIL_SERVR" in line for line in warnings)
+
+
+def test_a_broken_domains_file_leaves_commands_working(tmp_path):
+    broken = tmp_path / "domains.yaml"
+    broken.write_text("platforms: [unclosed\n")
+    env = _env(tmp_path, IDENTITY_DOMAINS_PATH=str(broken), IDENTITY_LOG_FORMAT="text")
+    purge = flask(env, "sessions", "purge-expired")
+    assert purge.returncode == 0, purge.stderr
+    assert "Traceback" not in purge.stderr
+    check = flask(env, "domains", "check")
+    assert check.returncode == 1
+    assert "Traceback" not in check.stderr
+    assert f"{broken} is invalid" in check.stderr and "YAML" in check.stderr
+
+
+def test_commands_say_nothing_of_alembic_unless_a_migration_runs(tmp_path):
+    env = _env(tmp_path, IDENTITY_LOG_FORMAT="text")
+    first = flask(env, "sessions", "purge-expired")
+    assert first.returncode == 0 and "Running upgrade" in first.stderr
+    again = flask(env, "sessions", "purge-expired")
+    assert again.returncode == 0
+    assert "Context impl" not in again.stderr and "transactional DDL" not in again.stderr
+    assert "alembic" not in again.stderr
+
+
+def test_logs_are_text_in_a_terminal_and_json_otherwise(tmp_path):
+    env = _env(tmp_path, IDENTITY_MAIL_SEVER="x")  # a typo, for a warning to read
+    piped = flask(env, "sessions", "purge-expired")
+    [line] = [line for line in piped.stderr.splitlines() if "MAIL_SEVER" in line]
+    assert json.loads(line)["level"] == "WARNING"
+    # The same command with stderr on a terminal.
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "app", "sessions",
+                                "purge-expired"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=secondary)  # fmt: skip
+    os.close(secondary)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the terminal closes when the command exits
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(primary)
+    assert process.wait(timeout=60) == 0
+    [line] = [line for line in output.decode().splitlines() if "MAIL_SEVER" in line]
+    assert not line.startswith("{") and "WARNING" in line and "\x1b" not in line

@@ -1,12 +1,17 @@
 """Log lines: JSON with a request id, and never an address, token, secret or key."""
 
 import json
+import logging
+import os
+import socket
+import sqlite3
 import threading
 
 import pytest
 import requests
 from werkzeug.serving import make_server
 
+from identity.logs import ScrubbingJsonFormatter
 from identity.logs import scrub
 from tests.helpers import V1
 from tests.helpers import V2
@@ -14,7 +19,11 @@ from tests.helpers import auth
 from tests.helpers import code_from_mail
 from tests.helpers import landing_link_from_mail
 from tests.helpers import register_user
+from tests.servers import Gunicorn
+from tests.servers import migrate
 from tests.support import free_port
+
+SUBMIT = f"{V1}/validate/email/submitToken"
 
 
 def test_scrub():
@@ -33,6 +42,40 @@ def test_scrub():
     assert scrub("@marie:agent.dinum.tchap.gouv.fr") == "@marie:agent.dinum.tchap.gouv.fr"
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        # A quote or an apostrophe is legal in a query string: it must not end the cut.
+        "GET /submitToken?utm='x&sid=S1D&client_secret=s3cret&token=ABCD HTTP/1.1",
+        'GET /submitToken?utm="x&sid=S1D&client_secret=s3cret&token=ABCD HTTP/1.1',
+        "Error handling request /submitToken?utm=%27x'&sid=S1D&client_secret=s3cret&token=ABCD",
+        "Invalid request from ip=127.0.0.1: Invalid HTTP request line:"
+        " 'GET /submitToken?sid=S1D&client_secret=s3cret&token=ABCD HTTP/1.1 x'",
+        "lookup of marie.dupont%40ac-versailles.fr",
+    ],
+)
+def test_scrub_odd_lines(line):
+    cleaned = scrub(line)
+    for secret in ("S1D", "s3cret", "ABCD", "marie.dupont"):
+        assert secret not in cleaned
+
+
+def test_json_lines_stay_json_whatever_they_scrub(capfd):
+    """Values are scrubbed before they are encoded: escapes, quotes, colours and
+    non-ASCII text neither hide a secret nor break the line."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(ScrubbingJsonFormatter("%(levelname)s %(message)s"))
+    record = logging.makeLogRecord({
+        "msg": '%s "%s" \x1b[31m%s\x1b[0m',
+        "args": ("c…@partenaire.example", "GET /x?utm=\"y&sid=S1D", "\x01marie@ex.fr"),
+        "levelname": "INFO",
+    })  # fmt: skip
+    line = handler.format(record)
+    decoded = json.loads(line)["message"]
+    assert "S1D" not in line and "marie" not in line and "\x1b" not in decoded
+    assert "…@partenaire.example" in decoded
+
+
 @pytest.fixture
 def serve():
     """Serve an app on a real HTTP port (werkzeug's server, with its access log)."""
@@ -49,7 +92,20 @@ def serve():
         server.shutdown()
 
 
-def test_a_full_scenario_leaves_no_secret_in_the_logs(make_app, serve, smtp, capfd,
+def raw_get(base: str, target: str) -> bytes:
+    """GET `target` exactly as written (an HTTP library would percent-encode quotes)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_full_scenario_leaves_no_secret_in_the_logs(make_app, serve, smtp, capfd, tmp_path,
                                                        fake_homeserver):  # fmt: skip
     # Built here, not in a fixture, so that its log handler writes to this test's stderr.
     # INFO, as in production (at DEBUG the in-process SMTP sink logs the mails it gets).
@@ -94,10 +150,38 @@ def test_a_full_scenario_leaves_no_secret_in_the_logs(make_app, serve, smtp, cap
     api.get(f"{base}{V2}/account", headers=auth("wrong-" + token))
     # Errors, including a bad address, are logged too.
     api.get(f"{base}{V1}/info", params={"medium": "email", "address": "pas@une@adresse"})
+    # An odd query string: quotes and apostrophes do not stop the scrubbing.
+    for quote in ("'", '"'):
+        raw_get(base, f"{SUBMIT}?utm={quote}x&sid={sid}&client_secret=client-s3cret&token={code}")
+
+    # A failing SMTP server (nothing listens): the request fails, its secrets stay out.
+    broken_mail = serve(make_app(LOG_FORMAT="json", LOG_LEVEL="INFO", TESTING=False,
+                                 MAIL_SERVER="127.0.0.1", MAIL_PORT=free_port()))  # fmt: skip
+    body = {"client_secret": "smtp-s3cret", "email": "Jeanne.Petit@ac-lille.fr", "send_attempt": 1}
+    r = api.post(f"{broken_mail}{V1}/validate/email/requestToken", json=body)
+    assert r.json()["errcode"] == "M_EMAIL_SEND_ERROR"
+    used += ["smtp-s3cret", "Jeanne.Petit@ac-lille.fr", "jeanne.petit@ac-lille.fr"]
+
+    # A database error (a database without the schema): the statement's values, which
+    # are the request's sid, client secret and address, stay out of the traceback.
+    empty = tmp_path / "empty.sqlite3"
+    sqlite3.connect(empty).close()
+    broken_db = serve(make_app(LOG_FORMAT="json", LOG_LEVEL="INFO", TESTING=False,
+                               SQLALCHEMY_DATABASE_URI=f"sqlite:///{empty}",
+                               AUTO_MIGRATE=False))  # fmt: skip
+    query = {"sid": "db-s1d", "client_secret": "db-s3cret", "token": "DB-T0KEN"}
+    r = api.get(f"{broken_db}{SUBMIT}", params=query)
+    assert r.status_code == 500 and r.json()["errcode"] == "M_UNKNOWN"
+    body = {"client_secret": "db-s3cret", "email": "Louise.Moreau@ac-nice.fr", "send_attempt": 1}
+    r = api.post(f"{broken_db}{V1}/validate/email/requestToken", json=body)
+    assert r.status_code == 500
+    used += ["db-s1d", "db-s3cret", "DB-T0KEN", body["email"], body["email"].lower()]
 
     out, err = capfd.readouterr()
     logs = out + err
     assert "submitToken" in logs and "/store-invite" in logs  # the access log was captured
+    assert "EmailSendError" in logs or "Could not send mail" in logs
+    assert "no such table" in logs  # the database error and its traceback were logged
     for secret in used:
         assert secret not in logs, f"{secret!r} reached the logs"
     # Every line of ours is JSON with a request id.
@@ -115,3 +199,51 @@ def test_request_ids(client):
     assert r.headers["X-Request-ID"] == "proxy-abc.123"
     r = client.get("/_matrix/identity/versions", headers={"X-Request-ID": "bad id; x"})
     assert len(r.headers["X-Request-ID"]) == 16
+
+
+def test_gunicorn_errors_leave_no_secret_in_the_logs(tmp_path, smtp):
+    """gunicorn's own lines (a request it cannot parse, an exception the application
+    lets through) quote the request line: they are scrubbed as the access log is."""
+    database = tmp_path / "db.sqlite3"
+    env = {
+        **os.environ,
+        "IDENTITY_WORKERS": "2",
+        "IDENTITY_THREADS": "2",
+        "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{database}",
+        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
+        "IDENTITY_RATELIMIT_ENABLED": "false",
+        "IDENTITY_MAIL_SERVER": smtp.host,
+        "IDENTITY_MAIL_PORT": str(smtp.port),
+        "IDENTITY_LOG_FORMAT": "json",
+        # Flask hands unexpected errors to gunicorn, which logs them with the request.
+        "IDENTITY_PROPAGATE_EXCEPTIONS": "true",
+    }
+    migrate(env)
+    with (tmp_path / "gunicorn.log").open("w+") as log:
+        server = Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log)
+        try:
+            address = "Agathe.Roux@ac-nantes.fr"
+            body = {"client_secret": "gu-s3cret", "email": address, "send_attempt": 1}
+            r = requests.post(f"{server.base}{V1}/validate/email/requestToken", json=body,
+                              timeout=30)  # fmt: skip
+            sid = r.json()["sid"]
+            code = code_from_mail(smtp.last())
+            secrets = [sid, "gu-s3cret", code, address, address.lower()]
+            query = f"sid={sid}&client_secret=gu-s3cret&token={code}"
+            # Quotes in the query string.
+            raw_get(server.base, f"{SUBMIT}?utm='x&{query}")
+            # A request line gunicorn refuses: it quotes the line in its error log.
+            raw_get(server.base, f"{SUBMIT}?{query} HTTP/1.1 junk")
+            # An error in the application while handling a request (its table is gone).
+            with sqlite3.connect(database) as connection:
+                connection.execute("DROP TABLE validation_session")
+            answer = raw_get(server.base, f"{SUBMIT}?{query}")
+            assert b" 500 " in answer.split(b"\r\n", 1)[0]
+        finally:
+            server.stop()
+        log.seek(0)
+        logs = log.read()
+    assert "Error handling request" in logs and "Invalid request from" in logs
+    for secret in secrets:
+        assert secret not in logs, f"{secret!r} reached the logs"

@@ -1,16 +1,29 @@
 """gunicorn.conf.py: several workers, one /metrics, scrubbed JSON access log, graceful reload."""
 
+import base64
+import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 
+from tests.conftest import POSTGRES_URL
+from tests.helpers import V1
+from tests.helpers import V2
+from tests.helpers import auth
+from tests.helpers import register_user
 from tests.servers import Gunicorn
 from tests.servers import migrate
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +38,7 @@ def gunicorn(tmp_path):
         "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
         "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
         "IDENTITY_RATELIMIT_ENABLED": "false",
+        "IDENTITY_MAIL_SEVER": "smtp.example.fr",  # a typo, warned about once
     }
     migrate(env)
     log = (tmp_path / "gunicorn.log").open("w+")
@@ -56,7 +70,8 @@ def test_workers_metrics_logs_and_reload(gunicorn):
     server.signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        assert requests.get(f"{base}/health", timeout=5).status_code == 200
+        # New workers may take seconds to boot on a loaded machine: slow, never lost.
+        assert requests.get(f"{base}/health", timeout=30).status_code == 200
         time.sleep(0.2)
 
     log.flush()
@@ -66,5 +81,217 @@ def test_workers_metrics_logs_and_reload(gunicorn):
     assert len(access) >= 21
     assert all(entry["request_id"] not in ("", "-") for entry in access)
     whole = "\n".join(lines)
+    assert whole.count("Unknown configuration key MAIL_SEVER") == 1
     assert "marie.dupont" not in whole and "WzEsInNlY3JldCJd" not in whole
     assert any(e["request"].startswith("GET /_matrix/identity/api/v1/info?… ") for e in access)
+
+
+def _gunicorn_env(tmp_path, database_url: str, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "IDENTITY_SQLALCHEMY_DATABASE_URI": database_url,
+        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
+        "IDENTITY_RATELIMIT_ENABLED": "false",
+        "IDENTITY_MAIL_PRINT_TO_LOG": "true",
+        **extra,
+    }
+
+
+def _fresh_postgres_database():
+    """A new, empty PostgreSQL database: (its URL, a function that drops it)."""
+    admin_url = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
+    name = f"identity_cold_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+    return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name, drop
+
+
+def _lookup(base: str) -> int:
+    params = {"medium": "email", "address": "a@b.fr"}
+    url = f"{base}/_matrix/identity/api/v1/lookup"
+    return requests.get(url, params=params, timeout=30).status_code
+
+
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_cold_starts_migrate_once_and_every_worker_serves(tmp_path, engine):
+    """Four workers on a new database, three times in a row: the schema is migrated
+    once, before any worker starts, the signing key is created once, and every worker
+    boots and answers."""
+    for attempt in range(3):
+        here = tmp_path / str(attempt)
+        here.mkdir()
+        if engine == "sqlite":
+            url, drop = f"sqlite:///{here / 'db.sqlite3'}", None
+        else:
+            url, drop = _fresh_postgres_database()
+        env = _gunicorn_env(here, url, IDENTITY_WORKERS="4", IDENTITY_THREADS="1",
+                            IDENTITY_AUTO_MIGRATE="true")  # fmt: skip
+        try:
+            with (here / "gunicorn.log").open("w+") as log:
+                server = Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log)
+                try:
+                    assert (here / "signing.key").exists()  # before any request needed it
+                    deadline = time.monotonic() + 30
+                    pids: set[str] = set()
+                    while len(pids) < 4 and time.monotonic() < deadline:
+                        # Concurrent lookups (each reads the tables) reach every worker.
+                        with ThreadPoolExecutor(max_workers=8) as pool:
+                            answers = list(pool.map(_lookup, [server.base] * 16))
+                        assert all(status == 200 for status in answers)
+                        log.flush()
+                        log.seek(0)
+                        pids = {
+                            json.loads(line)["pid"] for line in log.read().splitlines()
+                            if line.startswith('{"time": "[') and "/lookup?" in line
+                        }  # fmt: skip
+                    assert server.process.poll() is None
+                finally:
+                    server.stop()
+                log.seek(0)
+                text = log.read()
+        finally:
+            if drop is not None:
+                drop()
+        booted = text.count("Booting worker with pid")
+        assert booted == 4, text
+        assert "Worker failed to boot" not in text and "already exists" not in text, text
+        assert "Exception in worker process" not in text, text
+        assert text.count("Running upgrade  -> 0001") == 1, text
+        assert text.count("Generated a new signing key") == 1, text
+        assert len(pids) == 4, f"only {len(pids)} of 4 workers answered"
+
+
+# -- Request sizes: the body limit fits the lookups' documented maxima ---------------------
+
+
+def _hashes(count: int) -> list[str]:
+    return [
+        base64.urlsafe_b64encode(hashlib.sha256(str(i).encode()).digest()).rstrip(b"=").decode()
+        for i in range(count)
+    ]
+
+
+def _threepids(count: int) -> list[list[str]]:
+    # Long, realistic addresses: the limit must not depend on them being short.
+    return [
+        ["email", f"prenom-compose.nom-de-famille-{i:05}@direction-regionale.interieur.gouv.fr"]
+        for i in range(count)
+    ]
+
+
+def test_a_v2_lookup_at_its_documented_maximum(app, client, fake_homeserver):
+    maximum = app.config["LOOKUP_MAX_ADDRESSES"]
+    assert maximum == 10_000
+    headers = auth(register_user(client, fake_homeserver))
+    pepper = client.get(f"{V2}/hash_details", headers=headers).json["lookup_pepper"]
+    body = {"algorithm": "sha256", "pepper": pepper, "addresses": _hashes(maximum)}
+    r = client.post(f"{V2}/lookup", json=body, headers=headers)
+    assert r.status_code == 200, r.json
+    assert r.json == {"mappings": {}}
+    body["addresses"] = _hashes(maximum + 1)
+    r = client.post(f"{V2}/lookup", json=body, headers=headers)
+    assert (r.status_code, r.json["errcode"]) == (413, "M_TOO_LARGE")
+
+
+def test_a_bulk_lookup_at_its_documented_maximum(app, client):
+    maximum = app.config["BULK_LOOKUP_MAX_THREEPIDS"]
+    assert maximum == 10_000
+    r = client.post(f"{V1}/bulk_lookup", json={"threepids": _threepids(maximum)})
+    assert r.status_code == 200, r.json
+    assert r.json == {"threepids": []}
+    r = client.post(f"{V1}/bulk_lookup", json={"threepids": _threepids(maximum + 1)})
+    assert (r.status_code, r.json["errcode"]) == (413, "M_TOO_LARGE")
+
+
+def test_bodies_beyond_the_limits_get_a_matrix_error(app, client):
+    # Far beyond what a lookup may carry, and beyond MAX_REQUEST_BYTES elsewhere.
+    huge = {"threepids": [["email", "x" * 1000 + "@example.fr"]] * 5000}
+    r = client.post(f"{V1}/bulk_lookup", json=huge)
+    assert (r.status_code, r.json["errcode"]) == (413, "M_TOO_LARGE")
+    padding = "x" * app.config["MAX_REQUEST_BYTES"]
+    r = client.post(f"{V1}/validate/email/requestToken",
+                    json={"client_secret": "s", "email": "a@b.fr", "send_attempt": 1,
+                          "padding": padding})  # fmt: skip
+    assert (r.status_code, r.json["errcode"]) == (413, "M_TOO_LARGE")
+
+
+def test_the_readme_first_command_prints_mails_and_creates_the_key_at_start(tmp_path):
+    """`flask --app app run` with no mail server: the embedded mode prints mails (only
+    gunicorn refuses to), and the signing key exists before any request needs it."""
+    port = free_port()
+    env = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("IDENTITY_")},
+        "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
+    }
+    with (tmp_path / "flask.log").open("w+") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "app", "run", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    requests.get(f"{base}/_matrix/identity/versions", timeout=5)
+                    break
+                except requests.RequestException:
+                    assert process.poll() is None and time.monotonic() < deadline
+                    time.sleep(0.2)
+            assert (tmp_path / "signing.key").exists()
+            body = {"client_secret": "s3cret", "email": "agent@interieur.gouv.fr",
+                    "send_attempt": 1}  # fmt: skip
+            r = requests.post(f"{base}{V1}/validate/email/requestToken", json=body, timeout=30)
+            assert r.status_code == 200, r.text
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        log.seek(0)
+        output = log.read()
+    assert "MAIL_SERVER is not set" in output and "To: agent@interieur.gouv.fr" in output
+    assert "Generated a new signing key" in output
+
+
+def test_new_workers_start_on_the_last_good_rules_after_a_broken_edit(tmp_path):
+    """A broken domains.yaml refused by the running workers must not stop the next
+    ones (a graceful reload, a worker recycled after max_requests): they start on the
+    last good rules, and /health keeps saying why the file is refused."""
+    domains = tmp_path / "domains.yaml"
+    domains.write_text((ROOT / "domains.yaml").read_text())
+    env = _gunicorn_env(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}",
+                        IDENTITY_DOMAINS_PATH=str(domains), IDENTITY_WORKERS="2",
+                        IDENTITY_THREADS="2")  # fmt: skip
+    migrate(env)
+    info = {"medium": "email", "address": "marie.dupont@ac-versailles.fr"}
+    with (tmp_path / "gunicorn.log").open("w+") as log:
+        server = Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log)
+        try:
+            before = requests.get(f"{server.base}{V1}/info", params=info, timeout=30).json()
+            domains.write_text("platforms: [unclosed\n")
+            server.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while True:
+                log.flush()
+                log.seek(0)
+                if log.read().count("Booting worker with pid") >= 4:
+                    break
+                assert time.monotonic() < deadline and server.process.poll() is None
+                time.sleep(0.2)
+            for _ in range(10):
+                r = requests.get(f"{server.base}{V1}/info", params=info, timeout=30)
+                assert r.json() == before
+            health = requests.get(f"{server.base}/health", timeout=30).json()
+            assert health["domains"]["ok"] is False and health["domains"]["rules"] > 0
+            assert server.process.poll() is None
+        finally:
+            server.stop()
+        log.seek(0)
+        assert "Worker failed to boot" not in log.read()

@@ -5,6 +5,8 @@ fresh in a running process, `answers.py` builds the /info answers, `diff.py` com
 two versions and `sydent_info.py` imports a Tchap Sydent info.yaml.
 """
 
+import logging
+import os
 import signal
 import threading
 import weakref
@@ -21,15 +23,37 @@ from identity.routing.table import RoutingTable
 
 __all__ = ["Match", "Platform", "RoutingError", "RoutingSource", "RoutingTable", "current"]
 
+logger = logging.getLogger(__name__)
 
-def init_app(app: Flask) -> None:
-    """Load DOMAINS_PATH; refuse to start when it is invalid."""
+# In the instance folder: the last valid domains file any process of this instance loaded.
+LAST_GOOD_FILE = "domains.last-good.yaml"
+
+
+def init_app(app: Flask, *, strict: bool = True) -> None:
+    """Load DOMAINS_PATH, keeping a copy of its last valid version in the instance folder.
+
+    :param strict: refuse to start when the file is invalid (a server starting);
+        otherwise (a worker replacing another, an admin's command) say so in one line
+        and start on the last good version, or without rules.
+    :raises ConfigError: when `strict` and the file is invalid.
+    """
     try:
         source = RoutingSource(
-            app.config["DOMAINS_PATH"], check_seconds=app.config["DOMAINS_CHECK_SECONDS"]
+            app.config["DOMAINS_PATH"],
+            check_seconds=app.config["DOMAINS_CHECK_SECONDS"],
+            strict=strict,
+            last_good=os.path.join(app.instance_path, LAST_GOOD_FILE),
         )
     except RoutingError as e:
         raise ConfigError(f"DOMAINS_PATH: {e}") from None
+    if source.error:
+        fallback = "the last good rules" if source.has_rules() else "no routing rules"
+        logger.warning(
+            "DOMAINS_PATH %s is invalid, starting on %s (`flask domains check` explains): %s",
+            source.path,
+            fallback,
+            source.error,
+        )
     app.extensions["identity.routing"] = source
     _reload_on_sighup(source)
 
