@@ -9,13 +9,11 @@ import ssl
 import jinja2
 import pytest
 import trustme
-from aiosmtpd.controller import Controller
 
+from testing.smtp import SmtpSink
 from tests.helpers import V1
 from tests.helpers import relative
 from tests.helpers import request_code
-from tests.support import SmtpSink
-from tests.support import free_port
 
 SYDENT_TEMPLATES = os.path.join(os.path.dirname(__file__), "fixtures", "sydent_templates")
 ADDRESS = "agent@interieur.gouv.fr"
@@ -29,24 +27,12 @@ class TlsSink(SmtpSink):
         super().__init__()
         self.ca, self.implicit = ca, implicit
 
-    def start(self) -> "TlsSink":
+    def controller_options(self) -> dict:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert("127.0.0.1").configure_cert(context)
-        self.port = free_port()
         if self.implicit:
-            self._controller = Controller(
-                self, hostname=self.host, port=self.port, ssl_context=context
-            )
-        else:
-            self._controller = Controller(
-                self,
-                hostname=self.host,
-                port=self.port,
-                tls_context=context,
-                require_starttls=True,
-            )
-        self._controller.start()
-        return self
+            return {"ssl_context": context}
+        return {"tls_context": context, "require_starttls": True}
 
 
 @pytest.fixture(scope="module")
