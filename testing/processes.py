@@ -78,6 +78,15 @@ class ServerProcess:
                 self.process = self._popen(output)
         else:
             self.process = self._popen(subprocess.DEVNULL if self.log is None else self.log)
+        try:
+            self._wait_until_ready(ready, timeout, interval)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_ready(self, ready: Callable[[], Any], timeout: float, interval: float) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while not ready():
             if self.process.poll() is not None:
@@ -87,9 +96,7 @@ class ServerProcess:
             else:
                 time.sleep(interval)
                 continue
-            self.stop()
             raise ServerNotReady(f"{problem}:\n{self.log_tail()}")
-        return self
 
     def _popen(self, output: IO | int) -> subprocess.Popen:
         return subprocess.Popen(

@@ -27,6 +27,7 @@ import signedjson.sign
 from testing.processes import ServerNotReady
 from testing.processes import ServerProcess
 from testing.processes import free_port
+from testing.processes import wait_until
 
 SYDENT_VERSION = "2.6.1"
 CACHE_DIR = Path(os.environ.get("TCHAP_IDENTITY_CACHE", "~/.cache/tchap-identity")).expanduser()
@@ -211,11 +212,8 @@ class Sydent:
 
 
 def _wait_for_mail(smtp, before: int, timeout: float = 10):
-    deadline = time.monotonic() + timeout
-    while len(smtp.messages) <= before:
-        if time.monotonic() > deadline:
-            raise AssertionError("Sydent sent no mail")
-        time.sleep(0.05)
+    wait_until(lambda: len(smtp.messages) > before, timeout=timeout, interval=0.05,
+               what="Sydent's mail")  # fmt: skip
     return smtp.messages[-1]
 
 
