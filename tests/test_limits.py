@@ -8,14 +8,14 @@ import requests
 
 from app import create_app
 from identity.config import ConfigError
+from testing.processes import free_port
+from testing.servers import Gunicorn
+from testing.servers import migrate
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
 from tests.helpers import register_user
 from tests.helpers import request_code
-from tests.servers import Gunicorn
-from tests.servers import migrate
-from tests.support import free_port
 
 
 def info(client, ip="192.0.2.10"):
