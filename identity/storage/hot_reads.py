@@ -7,12 +7,24 @@ parameters converted by their column types, and run on a connection from the poo
 
 These reads see committed data only (they are outside the request's session), and
 return raw column values: use them for strings, numbers and booleans.
+
+On a database server each read is one round trip: the connections come from a pool of
+their own, in autocommit (no transaction to roll back when a connection returns), and
+are not pinged before use (the ORM's pool pings each checkout: `pool_pre_ping`).
+Instead, a read that finds its connection dropped (a restarted server, a terminated
+backend) drops every pooled connection and runs once more on a new one, so the caller
+never sees it. SQLite reads a file: its reads use the ORM's pool, which neither pings
+nor pays a round trip to roll back.
 """
 
 from dataclasses import dataclass
 from typing import Any
 
+from flask import current_app
+from sqlalchemy import Engine
 from sqlalchemy import Select
+from sqlalchemy import create_engine
+from sqlalchemy import event
 from sqlalchemy.engine import Compiled
 from sqlalchemy.engine import Dialect
 
@@ -45,9 +57,31 @@ def _prepare(statement: Select, dialect: Dialect) -> _Prepared:
     return prepared
 
 
+def _engine() -> Engine:
+    """The app's engine for hot reads: its own on a server, the ORM's on SQLite."""
+    engines = current_app.extensions.setdefault("identity.hot_reads", {})
+    main = db.engine
+    engine = engines.get(main)
+    if engine is None:
+        if main.dialect.name == "sqlite":
+            engine = main
+        else:
+            engine = create_engine(
+                main.url,
+                isolation_level="AUTOCOMMIT",
+                pool_pre_ping=False,
+                pool_reset_on_return=None,
+                hide_parameters=True,
+            )
+            # Closed with the ORM's (a test's app torn down, a forked worker's copy).
+            event.listen(main, "engine_disposed", lambda _: engine.dispose())
+        engines[main] = engine
+    return engine
+
+
 def fetch_one(statement: Select, **values: Any) -> tuple | None:
     """The first row of a module-level `statement` with bindparams named as `values`."""
-    engine = db.engine
+    engine = _engine()
     prepared = _prepare(statement, engine.dialect)
     # Our values, and the statement's own (a LIMIT, say).
     values = prepared.compiled.construct_params(values)
@@ -56,10 +90,18 @@ def fetch_one(statement: Select, **values: Any) -> tuple | None:
     params: Any = values
     if prepared.positions is not None:
         params = tuple(values[name] for name in prepared.positions)
-    connection = engine.raw_connection()  # from the pool, rolled back when returned
-    try:
-        cursor = connection.cursor()
-        cursor.execute(prepared.sql, params)
-        return cursor.fetchone()
-    finally:
-        connection.close()
+    for attempt in (1, 2):
+        connection = engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(prepared.sql, params)
+            return cursor.fetchone()
+        except engine.dialect.loaded_dbapi.Error as e:
+            if attempt == 2 or not engine.dialect.is_disconnect(e, connection, None):
+                raise
+            # Dropped: so are, most likely, its pooled siblings (a server restart).
+            connection.invalidate(e)
+            engine.dispose(close=False)
+        finally:
+            connection.close()
+    raise AssertionError("unreachable")
