@@ -124,11 +124,13 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _libraries() -> list[str]:
-    """The modules loaded, but the application's own (those under this directory)."""
+    """The modules loaded, but the application's own (those under this directory, not
+    in a virtualenv's site-packages)."""
     names = []
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None) or ""
-        if name != "__main__" and not path.startswith(_HERE + os.sep):
+        own = path.startswith(_HERE + os.sep) and os.sep + "site-packages" + os.sep not in path
+        if name != "__main__" and not own:
             names.append(name)
     return names
 
