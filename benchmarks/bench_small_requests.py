@@ -122,7 +122,8 @@ def compare(ours: Server, bare: Server, tmp: Path, args: argparse.Namespace) -> 
         ours_p99 = statistics.median(r["p99"] for r in runs["ours"])
         results[name] = {
             "bare": bare_rps, "ours": ours_rps, "bare_p99": bare_p99, "ours_p99": ours_p99,
-            "ratios": [o["rps"] / b["rps"] for o, b in zip(runs["ours"], runs["bare"])],
+            "ratios": [o["rps"] / b["rps"]
+                       for o, b in zip(runs["ours"], runs["bare"], strict=True)],
         }  # fmt: skip
         print(f"{name}: ours {ours_rps:,.0f} / bare {bare_rps:,.0f} = {ours_rps / bare_rps:.2f},"
               f" p99 {ours_p99:.1f} / {bare_p99:.1f} ms", file=sys.stderr, flush=True)  # fmt: skip
@@ -161,8 +162,8 @@ def report(runs: dict[str, dict], args: argparse.Namespace, loads: list[str]) ->
     ]
     for label, run_ in runs.items():
         lines += [f"### {label}", "",
-                  "| endpoint | bare req/s | ours req/s | ratio | bare p99 ms | ours p99 ms | p99 ratio |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+                  "| endpoint | bare req/s | ours req/s | ratio | bare p99 ms | ours p99 ms"
+                  " | p99 ratio |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for name, r in run_["results"].items():
             rounds = ", ".join(f"{x:.2f}" for x in r["ratios"])
             lines.append(
