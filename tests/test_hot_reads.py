@@ -1,10 +1,16 @@
 """Hot reads on PostgreSQL: one round trip each, and dropped connections recovered."""
 
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
+
 import psycopg
 import pytest
 from sqlalchemy import text
 
 from identity.extensions import db
+from identity.storage.models import Association
+from tests.conftest import _empty_postgres
 from tests.helpers import V1
 
 pytestmark = pytest.mark.postgres
@@ -13,11 +19,19 @@ INFO = {"medium": "email", "address": "marie@ac-versailles.fr"}
 
 @pytest.fixture(params=["postgres"])
 def db_url(request, postgres_database):
-    return postgres_database
+    yield postgres_database
+    _empty_postgres(postgres_database)
 
 
-def test_info_is_one_round_trip(client, monkeypatch):
-    assert client.get(f"{V1}/info", query_string=INFO).status_code == 200  # pools filled
+@pytest.mark.parametrize("path", ["/info", "/lookup"])
+def test_a_read_is_one_round_trip(app, client, monkeypatch, path):
+    with app.app_context():
+        when = datetime(2024, 1, 1, tzinfo=UTC)
+        db.session.add(Association(medium="email", address=INFO["address"], mxid="@m:a.fr",
+                                   created_at=when, not_before=when,
+                                   not_after=when + timedelta(days=36500)))  # fmt: skip
+        db.session.commit()
+    assert client.get(V1 + path, query_string=INFO).status_code == 200  # pools filled
     sent = []
     for cls, name in ((psycopg.Cursor, "execute"), (psycopg.Connection, "rollback"),
                       (psycopg.Connection, "commit")):  # fmt: skip
@@ -28,7 +42,10 @@ def test_info_is_one_round_trip(client, monkeypatch):
             return _real(self, *args, **kwargs)
 
         monkeypatch.setattr(cls, name, counting)
-    assert client.get(f"{V1}/info", query_string=INFO).status_code == 200
+    r = client.get(V1 + path, query_string=INFO)
+    assert r.status_code == 200
+    if path == "/lookup":
+        assert r.json["mxid"] == "@m:a.fr"
     assert sent == ["execute"]  # no ping before, no rollback after
 
 

@@ -166,7 +166,7 @@ def lookup_v1():
     require_v1_enabled(settings().v1_lookup_enabled)
     query = parse(LookupQuery, request.args.to_dict())
     address = query.address.strip().casefold()
-    association = associations.find(query.medium, address)
+    association = associations.find_committed(query.medium, address)
     if association is None or association.not_after <= now():
         return {}
     return signer().sign(binding.association_json(association))

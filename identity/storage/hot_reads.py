@@ -5,8 +5,8 @@ small read. Through SQLAlchemy's ORM session such a read costs more than the que
 itself (docs/performance.md); here the statement is compiled once per dialect, its
 parameters converted by their column types, and run on a connection from the pool.
 
-These reads see committed data only (they are outside the request's session), and
-return raw column values: use them for strings, numbers and booleans.
+These reads see committed data only (they are outside the request's session); each
+value is converted by its column's type as the ORM would (aware datetimes on SQLite).
 
 On a database server each read is one round trip: the connections come from a pool of
 their own, in autocommit (no transaction to roll back when a connection returns), and
@@ -37,6 +37,7 @@ class _Prepared:
     sql: str
     positions: tuple[str, ...] | None  # parameter order for positional paramstyles
     processors: dict[str, Any]  # bind name → the column type's conversion
+    results: tuple[Any, ...] | None  # per selected column, its conversion (None: none)
 
 
 _prepared: dict[tuple[int, str], _Prepared] = {}
@@ -53,7 +54,13 @@ def _prepare(statement: Select, dialect: Dialect) -> _Prepared:
             if (processor := bind.type.bind_processor(dialect)) is not None
         }
         positions = tuple(compiled.positiontup) if compiled.positiontup else None
-        prepared = _prepared[key] = _Prepared(compiled, str(compiled), positions, processors)
+        results = tuple(
+            column.type._cached_result_processor(dialect, None)
+            for column in statement.selected_columns
+        )
+        prepared = _prepared[key] = _Prepared(
+            compiled, str(compiled), positions, processors, results if any(results) else None
+        )
     return prepared
 
 
@@ -95,7 +102,13 @@ def fetch_one(statement: Select, **values: Any) -> tuple | None:
         try:
             cursor = connection.cursor()
             cursor.execute(prepared.sql, params)
-            return cursor.fetchone()
+            row = cursor.fetchone()
+            if row is None or prepared.results is None:
+                return row
+            return tuple(
+                value if convert is None else convert(value)
+                for value, convert in zip(row, prepared.results, strict=True)
+            )
         except engine.dialect.loaded_dbapi.Error as e:
             if attempt == 2 or not engine.dialect.is_disconnect(e, connection, None):
                 raise
