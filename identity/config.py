@@ -67,6 +67,8 @@ DEFAULTS: dict[str, Any] = {
     "PURGE_INTERVAL_SECONDS": 3600,
     "TOKEN_MAX_ATTEMPTS": 10,
     "NEXT_LINK_DOMAIN_ALLOWLIST": None,
+    # Refuse addresses at special-use domains (.test, .localhost, …) where mail is sent.
+    "REFUSE_SPECIAL_USE_DOMAINS": False,
     # Lookups.
     "LOOKUP_MAX_ADDRESSES": 10_000,
     "BULK_LOOKUP_MAX_THREEPIDS": 10_000,
@@ -135,6 +137,7 @@ _BOOL_KEYS = (
     "V1_BIND_ENABLED",
     "INVITE_SINGLE_USE",
     "MAIL_PRINT_TO_LOG",
+    "REFUSE_SPECIAL_USE_DOMAINS",
 )
 _POSITIVE_INT_KEYS = (
     "MAIL_PORT",
@@ -383,6 +386,7 @@ class Settings:
     invite_blocked_rooms: tuple[str, ...]
     invite_reveal_local: int
     invite_reveal_domain: int
+    refuse_special_use_domains: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> "Settings":
@@ -428,4 +432,5 @@ class Settings:
             invite_blocked_rooms=tuple(config["INVITE_BLOCKED_ROOMS"]),
             invite_reveal_local=config["INVITE_REVEAL_LOCAL"],
             invite_reveal_domain=config["INVITE_REVEAL_DOMAIN"],
+            refuse_special_use_domains=config["REFUSE_SPECIAL_USE_DOMAINS"],
         )
