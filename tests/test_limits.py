@@ -114,6 +114,17 @@ def test_every_window_of_a_request_in_one_redis_round_trip(make_app, redis_url, 
     assert redis.Redis.from_url(redis_url).llen(hour_key) == 3
 
 
+def test_limits_still_hold_after_redis_forgets_its_scripts(make_app, redis_url):
+    settings = {"RATELIMIT_ENABLED": True, "RATELIMIT_STORAGE_URI": redis_url,
+                "RATELIMIT_PER_IP": "2/minute"}  # fmt: skip
+    client = make_app(**settings).test_client()
+    ip = f"198.51.100.{uuid.uuid4().int % 250}"
+    assert info(client, ip).status_code == 200
+    redis.Redis.from_url(redis_url).script_flush()  # a Redis restarted, say
+    assert info(client, ip).status_code == 200
+    assert_limited(info(client, ip), 60_000)
+
+
 JUNK = {"Authorization": "Bearer junk"}
 
 
