@@ -26,13 +26,15 @@ class Gunicorn(ServerProcess):
     :param port: the port (a free one by default).
     :param ca_file: served over TLS (with --certfile/--keyfile in `options`) for `localhost`,
         with a certificate of this CA.
-    :param ready_status: the status /health must answer to be ready (any by default).
+    :param ready_status: the status `ready_path` must answer to be ready (any by default).
+    :param app: the WSGI application gunicorn serves (another one for a benchmark's baseline).
     """
 
     def __init__(self, env: dict[str, str], options: tuple[str, ...],
                  log: Path | IO | None = None, *, port: int | None = None,
                  ca_file: str | None = None, ready_status: int | None = None,
-                 timeout: float = 60) -> None:  # fmt: skip
+                 timeout: float = 60, app: str = "app:create_app()",
+                 ready_path: str = "/health") -> None:  # fmt: skip
         self.port = port or free_port()
         self.base = f"https://localhost:{self.port}" if ca_file else f"http://127.0.0.1:{self.port}"
         # Migrations run before, as a deployment does (unless the test asks otherwise).
@@ -43,9 +45,9 @@ class Gunicorn(ServerProcess):
         bind = () if "-c" in options else ("-b", f"127.0.0.1:{self.port}")
         # gunicorn's control socket has one path per user: instances would share it.
         command = [sys.executable, "-m", "gunicorn", "--no-control-socket", *options, *bind,
-                   "app:create_app()"]  # fmt: skip
+                   app]  # fmt: skip
         super().__init__(command, cwd=ROOT, env=env, log=log, what="gunicorn")
-        ready = answers(f"{self.base}/health", status=ready_status, verify=ca_file or True,
+        ready = answers(f"{self.base}{ready_path}", status=ready_status, verify=ca_file or True,
                         timeout=5)  # fmt: skip
         self.start(ready, timeout=timeout)
 
