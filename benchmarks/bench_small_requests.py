@@ -25,7 +25,6 @@ from pathlib import Path
 import psycopg
 import redis
 from bench_vs_sydent import PG
-from bench_vs_sydent import ROOT
 from bench_vs_sydent import TOKEN
 from bench_vs_sydent import address
 from bench_vs_sydent import fill_our_sqlite
@@ -34,6 +33,7 @@ from bench_vs_sydent import wrk
 from docs_section import markers
 from docs_section import write_section
 
+from testing.servers import ROOT
 from testing.servers import Gunicorn
 from testing.servers import migrate
 
