@@ -34,6 +34,8 @@ from identity.accounts import server_of
 from identity.storage import invites
 from identity.storage.models import Invitation
 
+# Where the landing page lives (identity/pages.py serves it).
+LANDING_PATH = "/_matrix/identity/invitation"
 # The itsdangerous salt of the links mailed before tokens were encrypted.
 _SALT = "invitation-landing"
 
