@@ -90,6 +90,7 @@ def invitation_context(
     context["web_client_link"] = web_client_link(
         context | {"room_name": details["room_name"], "sender_display_name": inviter_name(details)}
     )
+    landing_page = landing_url(invitation, ephemeral_private_key, policy)
     inviter = one_line(inviter_name(details) or invitation.sender, DISPLAY_LIMIT)
     room = one_line(details["room_name"], DISPLAY_LIMIT)
     context |= {
@@ -101,7 +102,10 @@ def invitation_context(
         "inviter_id_text": invitation.sender if verified else "",
         "room_text": room,
         # Each language's button adds ?lang=, so the page opens in that language.
-        "landing_url": landing_url(invitation, ephemeral_private_key, policy),
+        "landing_url": landing_page,
+        # The buttons' links as Sydent-layout templates get them (docs/guests.md).
+        "landing_link": landing_page + "?lang=fr",
+        "landing_link_en": landing_page + "?lang=en",
         "expires_at": invitation.expires_at,
         "guest": guest,
         "already_invited": already_invited,
