@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Flask
 from flask import current_app
+from flask import has_request_context
 from flask import render_template
 from flask import request
 from flask_babel import force_locale
@@ -51,6 +52,8 @@ def languages() -> list[str]:
 
 def select_locale() -> str:
     """`?lang=` when given, else the browser's preference, else French."""
+    if not has_request_context():
+        return DEFAULT_LOCALE  # a command or a worker: nobody's browser to ask
     offered = languages()
     asked = request.args.get("lang", "")
     if asked in offered:
