@@ -18,6 +18,7 @@ from identity.lookup import hash_association
 from identity.routing import RoutingTable
 from identity.routing.answers import may_bind
 from identity.storage import associations
+from identity.storage.associations import CommittedAssociation
 from identity.storage.models import Association
 from identity.storage.models import ValidationSession
 
@@ -94,7 +95,7 @@ def bind_address(
     return signer.sign(association_json(association))
 
 
-def association_json(association: Association) -> dict[str, Any]:
+def association_json(association: Association | CommittedAssociation) -> dict[str, Any]:
     return {
         "address": association.address,
         "medium": association.medium,

@@ -143,9 +143,7 @@ def _signing_homeserver(content: dict) -> str:
 @bp.get(V2 + "/hash_details")
 def hash_details():
     require_user(allow_query_token=True)  # Synapse sends its token in the query here
-    details = lookup.hash_details(now=now())
-    db.session.commit()  # the pepper is created on first use
-    return details
+    return lookup.hash_details(now=now())  # a first pepper commits itself
 
 
 @bp.post(V2 + "/lookup")
@@ -166,7 +164,7 @@ def lookup_v2():
 def lookup_v1():
     require_v1_enabled(settings().v1_lookup_enabled)
     query = parse(LookupQuery, request.args.to_dict())
-    association = associations.find(query.medium, lookup_form(query.address))
+    association = associations.find_committed(query.medium, lookup_form(query.address))
     if association is None or association.not_after <= now():
         return {}
     return signer().sign(binding.association_json(association))
