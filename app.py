@@ -15,6 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from identity import deliveries
 from identity import federation
+from identity import i18n
 from identity import keys
 from identity import limits
 from identity import metrics
@@ -80,6 +81,7 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     mail.init_app(app)
+    i18n.init_app(app)
     federation.init_app(app)
     terms.init_app(app)
     # A server refuses to start on invalid rules. Its later workers (a reload, a

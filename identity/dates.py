@@ -1,27 +1,24 @@
-"""Dates as people read them in mails and pages, in French and in English.
+"""Dates as people read them in mails and pages, in the current language (Babel's CLDR data).
 
-Locale-independent on purpose: the server's locale settings must not change a mail.
+Never the server's locale settings: the language is the page's or the mail version's.
 """
 
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from flask_babel import format_date
+from flask_babel import gettext
+
 # Dates are shown in metropolitan France's time: that is where nearly every reader is.
 PARIS = ZoneInfo("Europe/Paris")
-MONTHS = {
-    "fr": (
-        "janvier", "février", "mars", "avril", "mai", "juin",
-        "juillet", "août", "septembre", "octobre", "novembre", "décembre",
-    ),
-    "en": (
-        "January", "February", "March", "April", "May", "June",
-        "July", "August", "September", "October", "November", "December",
-    ),
-}  # fmt: skip
 
 
-def long_date(moment: datetime, lang: str) -> str:
-    """``27 décembre 2026`` / ``27 December 2026``."""
-    local = moment.astimezone(PARIS)
-    day = "1er" if lang == "fr" and local.day == 1 else str(local.day)
-    return f"{day} {MONTHS[lang][local.month - 1]} {local.year}"
+def long_date(moment: datetime) -> str:
+    """``27 décembre 2026`` / ``27 December 2026``, in the current language.
+
+    The patterns are CLDR date patterns in the catalogue, so that each language writes
+    its own; French writes the first of the month as an ordinal (``1er janvier``).
+    """
+    local = moment.astimezone(PARIS).date()
+    pattern = gettext("'1er' MMMM y") if local.day == 1 else gettext("d MMMM y")
+    return format_date(local, pattern)

@@ -1,5 +1,6 @@
 """Flask extensions, created unbound and bound to the app in `create_app`."""
 
+from flask_babel import Babel
 from flask_mail import Mail
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -23,3 +24,4 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate(render_as_batch=True)
 mail = Mail()
+babel = Babel()

@@ -8,25 +8,21 @@ homeserver (`identity.deliveries`).
 
 import base64
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
-from email.header import Header
 from typing import Any
-from urllib.parse import quote
-from urllib.parse import urlencode
 from urllib.parse import urlsplit
 
 import signedjson.key
 from nacl.signing import SigningKey
 
 from identity import abuse
-from identity import dates
 from identity import keys
 from identity import landing
 from identity import mailer
 from identity import metrics
+from identity import presentation
 from identity.abuse import Blocklists
 from identity.abuse import Quotas
 from identity.accounts import server_of
@@ -38,6 +34,7 @@ from identity.errors import Forbidden
 from identity.errors import InvalidParam
 from identity.errors import ThreepidInUse
 from identity.errors import Unrecognized
+from identity.presentation import WEB_CLIENT_LOCATION_ARG
 from identity.routing import RoutingTable
 from identity.storage import associations
 from identity.storage import deliveries
@@ -50,31 +47,8 @@ logger = logging.getLogger(__name__)
 
 # The arguments of store-invite that are not kept in Invitation.details.
 REQUIRED_FIELDS = ("medium", "address", "room_id", "sender")
-# Optional arguments the mail and the web client link use; empty when absent.
-OPTIONAL_FIELDS = (
-    "room_alias",
-    "room_avatar_url",
-    "room_join_rules",
-    "room_name",
-    "room_type",
-    "sender_display_name",
-    "sender_avatar_url",
-    # Sydent's invite templates expect these two (guest access is not offered).
-    "guest_user_id",
-    "guest_access_token",
-)
-WEB_CLIENT_LOCATION_ARG = "org.matrix.web_client_location"
-# Text from the inviter shown in the mail is cut, so that a crafted room or display
-# name cannot carry a whole message under our name (Sydent's cuts for its variables).
-SYDENT_ROOM_NAME_LIMIT = 30
-SYDENT_SENDER_LIMIT = 20
-DISPLAY_LIMIT = 40
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
-_LINKABLE = re.compile(r"[.:/@]")
 # The longest Matrix identifier (appendices, "Common Identifier Format").
 MAX_ROOM_ID_BYTES = 255
-# Where the landing page lives (identity/pages.py serves it).
-LANDING_PATH = "/_matrix/identity/invitation"
 
 
 @dataclass(frozen=True)
@@ -180,10 +154,11 @@ def store_invite(
     ephemeral_public = encode_key(ephemeral.verify_key.encode())
     ephemeral_keys.add(ephemeral_public, invitation.id, now)
     # The private key exists only in the mail: we can never sign with it ourselves.
-    context = mail_context(
+    context = presentation.invitation_context(
         invitation,
         encode_key(ephemeral.encode()),
         policy,
+        web_client_location=web_client_location_of(invitation, policy),
         guest=routing.resolve(address).platform.requires_invite,
         already_invited=already_invited,
     )
@@ -216,98 +191,9 @@ def store_invite_response(
     }
 
 
-def mail_context(
-    invitation: Invitation,
-    ephemeral_private_key: str,
-    policy: Policy,
-    *,
-    guest: bool = False,
-    already_invited: bool = False,
-) -> dict[str, Any]:
-    """The variables of the invitation mail and of its landing page.
-
-    Sydent's names (`room_name`, `sender_display_name`, `bracketed_room_name`, …, cut as
-    Sydent cuts them) keep Sydent-layout templates working; our own templates use the
-    display forms (`inviter`, `room`), cut, on one line, and defanged so that mail
-    clients do not turn a crafted name into a link.
-
-    :param guest: the address's platform takes invited guests (an account will be
-        created); otherwise the address belongs to an administration's platform.
-    :param already_invited: other invitations for the address are pending.
-    """
-    details = {field: "" for field in OPTIONAL_FIELDS} | dict(invitation.details)
-    requested_client = details.pop(WEB_CLIENT_LOCATION_ARG, "")
-    verified = invitation.sender_verified
-    context = {
-        **details,
-        "medium": invitation.medium,
-        "address": invitation.address,
-        "room_id": invitation.room_id,
-        "sender": invitation.sender,
-        "token": invitation.token,
-        "ephemeral_private_key": ephemeral_private_key,
-        "web_client_location": web_client_location(requested_client, policy),
-        "room_name": _shorten(details["room_name"], SYDENT_ROOM_NAME_LIMIT),
-        "sender_display_name": _shorten(details["sender_display_name"], SYDENT_SENDER_LIMIT),
-        "sender_verified": "yes" if verified else "",
-        # v1 store-invite is unauthenticated: the mail and page say so.
-        "sender_unverified": not verified,
-    }
-    context["bracketed_room_name"] = f"({context['room_name']}) " if details["room_name"] else ""
-    context["bracketed_verified_sender"] = f"({invitation.sender}) " if verified else ""
-    context["sign_url"] = f"{policy.base_url}/_matrix/identity/api/v1/sign-ed25519?" + urlencode(
-        {"token": invitation.token, "private_key": ephemeral_private_key}
-    )
-    context["web_client_link"] = web_client_link(
-        context | {"room_name": details["room_name"], "sender_display_name": inviter_name(details)}
-    )
-    landing = landing_url(invitation, ephemeral_private_key, policy)
-    inviter = one_line(inviter_name(details) or invitation.sender, DISPLAY_LIMIT)
-    room = one_line(details["room_name"], DISPLAY_LIMIT)
-    subject = (
-        f"{inviter} vous invite à rejoindre le salon « {room} » sur Tchap"
-        if room
-        else f"{inviter} vous invite à rejoindre Tchap"
-    )
-    context |= {
-        "inviter": defang(inviter),
-        "inviter_id": defang(invitation.sender) if verified else "",
-        "room": defang(room),
-        # Undefanged, for the landing page (browsers link nothing by themselves).
-        "inviter_text": inviter,
-        "inviter_id_text": invitation.sender if verified else "",
-        "room_text": room,
-        # Each language's button opens the page in that language, whatever the browser's.
-        "landing_link": landing + "?lang=fr",
-        "landing_link_en": landing + "?lang=en",
-        "expires_fr": dates.long_date(invitation.expires_at, "fr"),
-        "expires_en": dates.long_date(invitation.expires_at, "en"),
-        "guest": guest,
-        "already_invited": already_invited,
-        "subject": subject,
-        "subject_header_value": Header(subject, "utf-8").encode(),
-    }
-    return context
-
-
-def inviter_name(details: dict[str, str]) -> str:
-    return details.get("sender_display_name", "")
-
-
-def landing_url(invitation: Invitation, ephemeral_private_key: str, policy: Policy) -> str:
-    token = landing.landing_token(invitation, ephemeral_private_key, policy.landing_secret)
-    return f"{policy.base_url}{LANDING_PATH}/{token}"
-
-
-def one_line(text: str, limit: int) -> str:
-    """Text from the request as one line of at most `limit` characters."""
-    return _shorten(" ".join(_CONTROL.sub(" ", text).split()), limit)
-
-
-def defang(text: str) -> str:
-    """Keep mail clients from linking a URL or domain inside a name: a zero-width space
-    after each `.`, `:`, `/` and `@` breaks their detection and shows nothing."""
-    return _LINKABLE.sub(lambda m: m.group() + "\u200b", text)
+def web_client_location_of(invitation: Invitation, policy: Policy) -> str:
+    """The web client the invitation's links open (see `web_client_location`)."""
+    return web_client_location(invitation.details.get(WEB_CLIENT_LOCATION_ARG, ""), policy)
 
 
 def web_client_location(requested: str, policy: Policy) -> str:
@@ -331,26 +217,6 @@ def web_client_location(requested: str, policy: Policy) -> str:
     ):
         return requested.strip().rstrip("/")
     return policy.web_client_location
-
-
-def web_client_link(context: dict[str, str]) -> str:
-    """The web client's room link with the parameters it reads for a 3PID invitation.
-
-    Element stores `email`, `signurl`, `room_name`, `room_avatar_url`, `inviter_name`
-    and `room_type` from this link, and later POSTs to `signurl` (adding `mxid` to its
-    query) to get the `third_party_signed` object it joins with.
-    """
-    query = urlencode(
-        {
-            "email": context["address"],
-            "signurl": context["sign_url"],
-            "room_name": context["room_name"],
-            "room_avatar_url": context["room_avatar_url"],
-            "inviter_name": context["sender_display_name"],
-            "room_type": context["room_type"],
-        }
-    )
-    return f"{context['web_client_location']}/#/room/{quote(context['room_id'])}?{query}"
 
 
 def hand_over_pending(medium: str, address: str, mxid: str, *, now: datetime) -> list[Invitation]:
@@ -457,17 +323,6 @@ def redact_for_display(address: str, reveal_local: int, reveal_domain: int) -> s
 def _redact(text: str, reveal: int) -> str:
     shown = reveal if len(text) > reveal else len(text) // 2
     return text[:shown] + "…"
-
-
-def _shorten(text: str, limit: int) -> str:
-    """Cut to at most `limit` characters, ellipsis included, after the last whole word
-    that fits; only a first word longer than that is cut inside."""
-    if len(text) <= limit:
-        return text
-    # A space at position limit - 1 means the word before it ends right at the cut.
-    space = max(text.rfind(" ", 0, limit), text.rfind("\u00a0", 0, limit))
-    cut = text[:space].rstrip(" ,;:\u00a0") if space > 0 else ""
-    return (cut or text[: limit - 1]) + "…"
 
 
 def encode_key(data: bytes) -> str:

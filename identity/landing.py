@@ -34,6 +34,8 @@ from identity.accounts import server_of
 from identity.storage import invites
 from identity.storage.models import Invitation
 
+# Where the landing page lives (identity/pages.py serves it).
+LANDING_PATH = "/_matrix/identity/invitation"
 # The itsdangerous salt of the links mailed before tokens were encrypted.
 _SALT = "invitation-landing"
 
@@ -120,13 +122,16 @@ def _open_legacy(token: str, secret: str, max_age_seconds: int) -> tuple[Any, st
     return invitation_id, str(private_key), None
 
 
-def page_context(landing: Landing, mail_context: dict[str, Any] | None) -> dict[str, Any]:
+def page_context(landing: Landing, details: dict[str, Any] | None) -> dict[str, Any]:
     """The template variables: the state, and for a known invitation who invites where
     and, once accepted, the server of the account it admitted (not the account: the
-    link may have been forwarded, the page names nobody)."""
+    link may have been forwarded, the page names nobody).
+
+    :param details: the invitation's variables (identity.presentation), if it is known.
+    """
     admitted = landing.invitation.admitted_mxid if landing.invitation is not None else None
     return {
         "state": landing.state.word,
-        **(mail_context or {}),
+        **(details or {}),
         "admitted_server": server_of(admitted or "") or "",
     }

@@ -16,14 +16,16 @@ import smtplib
 import ssl
 import sys
 import time
+from collections.abc import Mapping
 from functools import cache
+from typing import Any
 
 import jinja2
 from flask import current_app
-from flask import render_template
 from flask_mail import Connection
 from flask_mail import Message
 
+from identity import i18n
 from identity import limits
 from identity import metrics
 from identity.addresses import redact
@@ -43,7 +45,9 @@ _BRAND = re.compile(r"^[a-z0-9_-]{1,64}$")
 _LINE_BREAKS = re.compile(r"[\r\n]+")
 
 
-def send_template(name: str, to: str, context: dict[str, str], *, brand: str | None = None) -> None:
+def send_template(
+    name: str, to: str, context: Mapping[str, Any], *, brand: str | None = None
+) -> None:
     """Render the `name` mail for `to` and send it.
 
     :param name: ``verification`` or ``invite``.
@@ -63,13 +67,34 @@ def send_template(name: str, to: str, context: dict[str, str], *, brand: str | N
         raw = render_sydent_mail(sydent_template, to, context)
         _deliver(to, raw=raw.encode("utf-8"))
         return
-    message = Message(
-        subject=single_line(render_template(f"mail/{name}_subject.txt", **context)),
-        recipients=[to],
-        body=render_template(f"mail/{name}.txt", **context),
-        html=render_template(f"mail/{name}.html", **context),
-    )
+    subject, body, html = render_mail(name, context)
+    message = Message(subject=subject, recipients=[to], body=body, html=html)
     _deliver(to, message=message)
+
+
+def render_mail(name: str, context: Mapping[str, Any]) -> tuple[str, str, str]:
+    """The subject, text and HTML of our `name` mail: every language in turn, French first.
+
+    Each language's version of ``mail/<name>.txt|.html`` is rendered in that language
+    and laid out by ``mail/base.txt|.html``; the subject joins the versions of
+    ``mail/<name>_subject.txt`` (and the HTML title those of ``<name>_title.txt``).
+    """
+    footers = i18n.render_each_language("mail/footer.txt", **context)
+    subject = i18n.join_lines(i18n.render_each_language(f"mail/{name}_subject.txt", **context))
+    body = i18n.render_in_default_language(
+        "mail/base.txt",
+        versions=i18n.render_each_language(f"mail/{name}.txt", **context),
+        footer=i18n.join_lines(footers),
+        **context,
+    )
+    html = i18n.render_in_default_language(
+        "mail/base.html",
+        versions=i18n.render_each_language(f"mail/{name}.html", **context),
+        footers=footers,
+        title=i18n.join_lines(i18n.render_each_language(f"mail/{name}_title.txt", **context)),
+        **context,
+    )
+    return single_line(subject), body, html
 
 
 def sydent_template_path(name: str, brand: str | None) -> str | None:
@@ -85,7 +110,7 @@ def sydent_template_path(name: str, brand: str | None) -> str | None:
     return None
 
 
-def render_sydent_mail(path: str, to: str, context: dict[str, str]) -> str:
+def render_sydent_mail(path: str, to: str, context: Mapping[str, Any]) -> str:
     """Render a Sydent-layout ``.eml.j2`` with the variables Sydent gives its templates."""
     root = current_app.config["TEMPLATES_PATH"]
     sender = current_app.config["MAIL_DEFAULT_SENDER"]

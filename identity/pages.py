@@ -1,30 +1,24 @@
-"""HTML pages reached from links in emails: server-rendered, French first, no JavaScript."""
+"""HTML pages reached from links in emails: server-rendered, French first, no JavaScript.
+
+The page's language is chosen per request (identity.i18n: ?lang=, then the browser's).
+"""
 
 from flask import Blueprint
 from flask import render_template
-from flask import request
 
+from identity import i18n
 from identity import invitations
 from identity import landing
+from identity import presentation
 from identity import routing
+from identity.api.http import invite_policy
 from identity.api.http import now
 from identity.api.http import settings
-from identity.api.invitations import invite_policy
 
 bp = Blueprint("pages", __name__, template_folder="../templates")
 
-LANGUAGES = ("fr", "en")
 
-
-def page_language() -> str:
-    """`?lang=` when given, else the browser's preference, else French."""
-    asked = request.args.get("lang", "")
-    if asked in LANGUAGES:
-        return asked
-    return request.accept_languages.best_match(LANGUAGES, default="fr") or "fr"
-
-
-@bp.get(invitations.LANDING_PATH + "/<token>")
+@bp.get(landing.LANDING_PATH + "/<token>")
 def invitation(token: str):
     """The invitation's landing page: who invites, where, and how to get on board."""
     config = settings()
@@ -38,16 +32,17 @@ def invitation(token: str):
     details = None
     if found.invitation is not None:
         platform = routing.current().resolve(found.invitation.address).platform
-        details = invitations.mail_context(
+        details = presentation.invitation_context(
             found.invitation,
             found.ephemeral_private_key or "",
             policy,
+            web_client_location=invitations.web_client_location_of(found.invitation, policy),
             guest=platform.requires_invite,
         )
     context = landing.page_context(found, details)
     page = render_template(
         "pages/invitation.html",
-        lang=page_language(),
+        other_languages=i18n.other_languages(),
         ios_app_url=config.ios_app_url,
         android_app_url=config.android_app_url,
         **context,

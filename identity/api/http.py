@@ -15,11 +15,13 @@ from flask import Blueprint
 from flask import current_app
 from flask import request
 
+from identity import invitations
 from identity.config import Settings
 from identity.errors import BadJson
 from identity.errors import InvalidParam
 from identity.errors import MissingParams
 from identity.errors import NotJson
+from identity.keys import current_signing_key
 
 V1 = "/api/v1"
 V2 = "/v2"
@@ -158,3 +160,8 @@ def now() -> datetime:
 
 def settings() -> Settings:
     return current_app.extensions["identity.settings"]
+
+
+def invite_policy() -> invitations.Policy:
+    """The deployment's invitation policy (store-invite and the landing page)."""
+    return invitations.Policy.from_settings(settings(), current_signing_key())

@@ -8,6 +8,7 @@ from identity import invitations
 from identity import routing
 from identity.api.auth import require_user
 from identity.api.auth import require_v1_enabled
+from identity.api.http import invite_policy
 from identity.api.http import json_body
 from identity.api.http import now
 from identity.api.http import parse
@@ -16,7 +17,6 @@ from identity.api.http import settings
 from identity.api.validation import requested_brand
 from identity.errors import CallerNotAllowed
 from identity.extensions import db
-from identity.keys import current_signing_key
 
 bp = Blueprint("invitations", __name__, url_prefix="/_matrix/identity")
 
@@ -58,8 +58,3 @@ def store_invite(v2: bool):
     )
     db.session.commit()
     return response
-
-
-def invite_policy() -> invitations.Policy:
-    """The deployment's invitation policy (store-invite and the landing page)."""
-    return invitations.Policy.from_settings(settings(), current_signing_key())

@@ -7,9 +7,9 @@ from functools import partial
 
 from flask import Blueprint
 from flask import redirect
-from flask import render_template
 from flask import request
 
+from identity import i18n
 from identity import mailer
 from identity import validation
 from identity.api.auth import require_user
@@ -148,4 +148,11 @@ def _result_page(*, success: bool, errcode: str | None) -> str:
     sydent_template = mailer.sydent_template_path("verify_response", requested_brand())
     if sydent_template is not None:
         return mailer.render_sydent_page(sydent_template, success=success)
-    return render_template("pages/validation_result.html", success=success, errcode=errcode)
+    outcome = {"success": success, "errcode": errcode}
+    return i18n.render_in_default_language(
+        "pages/validation_result.html",
+        versions=i18n.render_each_language("pages/validation_result_version.html", **outcome),
+        title=i18n.join_lines(
+            i18n.render_each_language("pages/validation_result_title.txt", **outcome)
+        ),
+    )

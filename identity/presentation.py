@@ -1,0 +1,168 @@
+"""How an invitation is shown: the variables of its mail and of its landing page.
+
+The invitation policy (identity.invitations) decides who is invited and mailed; this
+module only turns an invitation into what templates show. Text comes from the
+templates and their catalogues, never from here.
+"""
+
+import re
+from email.header import Header
+from typing import TYPE_CHECKING
+from typing import Any
+from urllib.parse import quote
+from urllib.parse import urlencode
+
+from identity import i18n
+from identity import landing
+from identity.storage.models import Invitation
+
+if TYPE_CHECKING:
+    from identity.invitations import Policy
+
+# Optional arguments of store-invite the mail and the web client link use; empty when absent.
+OPTIONAL_FIELDS = (
+    "room_alias",
+    "room_avatar_url",
+    "room_join_rules",
+    "room_name",
+    "room_type",
+    "sender_display_name",
+    "sender_avatar_url",
+    # Sydent's invite templates expect these two (guest access is not offered).
+    "guest_user_id",
+    "guest_access_token",
+)
+# Text from the inviter shown in the mail is cut, so that a crafted room or display
+# name cannot carry a whole message under our name (Sydent's cuts for its variables).
+SYDENT_ROOM_NAME_LIMIT = 30
+SYDENT_SENDER_LIMIT = 20
+DISPLAY_LIMIT = 40
+# The store-invite argument naming the web client (the policy decides whether to use it).
+WEB_CLIENT_LOCATION_ARG = "org.matrix.web_client_location"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+_LINKABLE = re.compile(r"[.:/@]")
+
+
+def invitation_context(
+    invitation: Invitation,
+    ephemeral_private_key: str,
+    policy: "Policy",
+    *,
+    web_client_location: str,
+    guest: bool = False,
+    already_invited: bool = False,
+) -> dict[str, Any]:
+    """The variables of the invitation mail and of its landing page.
+
+    Sydent's names (`room_name`, `sender_display_name`, `bracketed_room_name`, …, cut as
+    Sydent cuts them) keep Sydent-layout templates working; our own templates use the
+    display forms (`inviter`, `room`), cut, on one line, and defanged so that mail
+    clients do not turn a crafted name into a link.
+
+    :param web_client_location: the web client the link opens (the policy's choice).
+    :param guest: the address's platform takes invited guests (an account will be
+        created); otherwise the address belongs to an administration's platform.
+    :param already_invited: other invitations for the address are pending.
+    """
+    details = {field: "" for field in OPTIONAL_FIELDS} | dict(invitation.details)
+    details.pop(WEB_CLIENT_LOCATION_ARG, None)
+    verified = invitation.sender_verified
+    context = {
+        **details,
+        "medium": invitation.medium,
+        "address": invitation.address,
+        "room_id": invitation.room_id,
+        "sender": invitation.sender,
+        "token": invitation.token,
+        "ephemeral_private_key": ephemeral_private_key,
+        "web_client_location": web_client_location,
+        "room_name": _shorten(details["room_name"], SYDENT_ROOM_NAME_LIMIT),
+        "sender_display_name": _shorten(details["sender_display_name"], SYDENT_SENDER_LIMIT),
+        "sender_verified": "yes" if verified else "",
+        # v1 store-invite is unauthenticated: the mail and page say so.
+        "sender_unverified": not verified,
+    }
+    context["bracketed_room_name"] = f"({context['room_name']}) " if details["room_name"] else ""
+    context["bracketed_verified_sender"] = f"({invitation.sender}) " if verified else ""
+    context["sign_url"] = f"{policy.base_url}/_matrix/identity/api/v1/sign-ed25519?" + urlencode(
+        {"token": invitation.token, "private_key": ephemeral_private_key}
+    )
+    context["web_client_link"] = web_client_link(
+        context | {"room_name": details["room_name"], "sender_display_name": inviter_name(details)}
+    )
+    landing_page = landing_url(invitation, ephemeral_private_key, policy)
+    inviter = one_line(inviter_name(details) or invitation.sender, DISPLAY_LIMIT)
+    room = one_line(details["room_name"], DISPLAY_LIMIT)
+    context |= {
+        "inviter": defang(inviter),
+        "inviter_id": defang(invitation.sender) if verified else "",
+        "room": defang(room),
+        # Undefanged, for the landing page and the subject.
+        "inviter_text": inviter,
+        "inviter_id_text": invitation.sender if verified else "",
+        "room_text": room,
+        # Each language's button adds ?lang=, so the page opens in that language.
+        "landing_url": landing_page,
+        # The buttons' links as Sydent-layout templates get them (docs/guests.md).
+        "landing_link": landing_page + "?lang=fr",
+        "landing_link_en": landing_page + "?lang=en",
+        "expires_at": invitation.expires_at,
+        "guest": guest,
+        "already_invited": already_invited,
+    }
+    # Sydent-layout templates take the subject ready-made (Sydent's `subject_header_value`).
+    subject = i18n.join_lines(i18n.render_each_language("mail/invite_subject.txt", **context))
+    context["subject"] = subject
+    context["subject_header_value"] = Header(subject, "utf-8").encode()
+    return context
+
+
+def inviter_name(details: dict[str, str]) -> str:
+    return details.get("sender_display_name", "")
+
+
+def landing_url(invitation: Invitation, ephemeral_private_key: str, policy: "Policy") -> str:
+    token = landing.landing_token(invitation, ephemeral_private_key, policy.landing_secret)
+    return f"{policy.base_url}{landing.LANDING_PATH}/{token}"
+
+
+def one_line(text: str, limit: int) -> str:
+    """Text from the request as one line of at most `limit` characters."""
+    return _shorten(" ".join(_CONTROL.sub(" ", text).split()), limit)
+
+
+def defang(text: str) -> str:
+    """Keep mail clients from linking a URL or domain inside a name: a zero-width space
+    after each `.`, `:`, `/` and `@` breaks their detection and shows nothing."""
+    return _LINKABLE.sub(lambda m: m.group() + "\u200b", text)
+
+
+def web_client_link(context: dict[str, Any]) -> str:
+    """The web client's room link with the parameters it reads for a 3PID invitation.
+
+    Element stores `email`, `signurl`, `room_name`, `room_avatar_url`, `inviter_name`
+    and `room_type` from this link, and later POSTs to `signurl` (adding `mxid` to its
+    query) to get the `third_party_signed` object it joins with.
+    """
+    query = urlencode(
+        {
+            "email": context["address"],
+            "signurl": context["sign_url"],
+            "room_name": context["room_name"],
+            "room_avatar_url": context["room_avatar_url"],
+            "inviter_name": context["sender_display_name"],
+            "room_type": context["room_type"],
+        }
+    )
+    return f"{context['web_client_location']}/#/room/{quote(context['room_id'])}?{query}"
+
+
+def _shorten(text: str, limit: int) -> str:
+    """Cut to at most `limit` characters, ellipsis included, after the last whole word
+    that fits; only a first word longer than that is cut inside."""
+    if len(text) <= limit:
+        return text
+    # A space at position limit - 1 means the word before it ends right at the cut.
+    space = max(text.rfind(" ", 0, limit), text.rfind("\u00a0", 0, limit))
+    cut = text[:space].rstrip(" ,;:\u00a0") if space > 0 else ""
+    return (cut or text[: limit - 1]) + "…"
