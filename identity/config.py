@@ -383,6 +383,8 @@ class Settings:
     invite_blocked_rooms: tuple[str, ...]
     invite_reveal_local: int
     invite_reveal_domain: int
+    signing_key_path: str
+    domains_path: str
 
     @classmethod
     def from_config(cls, config: Any) -> "Settings":
@@ -428,4 +430,6 @@ class Settings:
             invite_blocked_rooms=tuple(config["INVITE_BLOCKED_ROOMS"]),
             invite_reveal_local=config["INVITE_REVEAL_LOCAL"],
             invite_reveal_domain=config["INVITE_REVEAL_DOMAIN"],
+            signing_key_path=config["SIGNING_KEY_PATH"],
+            domains_path=config["DOMAINS_PATH"],
         )

@@ -14,6 +14,7 @@ from datetime import datetime
 from datetime import timedelta
 from email.header import Header
 from typing import Any
+from typing import Protocol
 from urllib.parse import quote
 from urllib.parse import urlencode
 from urllib.parse import urlsplit
@@ -25,7 +26,6 @@ from identity import abuse
 from identity import dates
 from identity import keys
 from identity import landing
-from identity import mailer
 from identity import metrics
 from identity.abuse import Blocklists
 from identity.abuse import Quotas
@@ -77,6 +77,11 @@ MAX_ROOM_ID_BYTES = 255
 LANDING_PATH = "/_matrix/identity/invitation"
 
 
+# Mails an invitation: (address, template context, brand=…) → None; raises on failure.
+class InviteSender(Protocol):
+    def __call__(self, to: str, context: dict[str, str], *, brand: str | None) -> None: ...
+
+
 @dataclass(frozen=True)
 class Policy:
     """What the deployment decides about invitations (from Settings)."""
@@ -93,6 +98,8 @@ class Policy:
     blocklists: Blocklists = Blocklists()
     # Hosts whose web client a request's org.matrix.web_client_location may name.
     web_client_hosts: tuple[str, ...] = ()
+    # The service's long-term public key, which store-invite returns.
+    long_term_public_key: str = ""
 
     @classmethod
     def from_settings(cls, config: Settings, signing_key: SigningKey) -> "Policy":
@@ -102,6 +109,7 @@ class Policy:
             web_client_location=config.web_client_location,
             web_client_hosts=config.web_client_location_allowlist,
             landing_secret=landing.secret_from(config.secret_key, signing_key),
+            long_term_public_key=keys.public_key_base64(signing_key),
             reveal_local=config.invite_reveal_local,
             reveal_domain=config.invite_reveal_domain,
             quotas=Quotas(
@@ -128,6 +136,7 @@ def store_invite(
     policy: Policy,
     routing: RoutingTable,
     brand: str | None = None,
+    send: InviteSender,
 ) -> dict[str, Any]:
     """Store an invitation, mail it, and return what the homeserver puts in the room.
 
@@ -136,6 +145,7 @@ def store_invite(
 
     :param details: every other string argument of the request (room_name, …).
     :param sender_verified: whether `sender` is the authenticated user (v2).
+    :param send: mails the invitation (`mailer.send_template` for ``invite``).
     :param routing: tells the mail whether the guest will get an account on an
         invitation-only platform or signs in as an agent of a known administration.
     :raises MatrixError: M_UNRECOGNIZED for a medium other than email, M_INVALID_EMAIL,
@@ -183,7 +193,7 @@ def store_invite(
         guest=routing.resolve(address).platform.requires_invite,
         already_invited=already_invited,
     )
-    mailer.send_template("invite", address, context, brand=brand)
+    send(address, context, brand=brand)
     metrics.INVITATIONS_STORED.inc()
     return store_invite_response(invitation, ephemeral_public, policy)
 
@@ -191,7 +201,7 @@ def store_invite(
 def store_invite_response(
     invitation: Invitation, ephemeral_public: str, policy: Policy
 ) -> dict[str, Any]:
-    long_term = keys.public_key_base64(keys.current_signing_key())
+    long_term = policy.long_term_public_key
     # The v1 paths, as Sydent gives them: rooms keep these URLs for as long as they live.
     validity_base = f"{policy.base_url}/_matrix/identity/api/v1"
     return {

@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 
 from flask import Flask
-from flask import current_app
 from limits import RateLimitItem
 from limits import parse_many
 from limits.storage import storage_from_string
@@ -20,6 +19,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from identity.config import ConfigError
 from identity.errors import LimitExceeded
+from identity.services import services
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Limits:
                 raise LimitExceeded("Too many requests", retry_after_ms=retry_after_ms)
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask) -> "Limits":
     config = app.config
     limiter = None
     if config["RATELIMIT_ENABLED"]:
@@ -52,7 +52,7 @@ def init_app(app: Flask) -> None:
         except Exception as e:  # the limits library raises several types for a bad URI
             raise ConfigError(f"RATELIMIT_STORAGE_URI: {e}") from None
         limiter = MovingWindowRateLimiter(storage)
-    app.extensions["identity.limits"] = Limits(
+    return Limits(
         per_ip=_items("RATELIMIT_PER_IP", config),
         per_user=_items("RATELIMIT_PER_USER", config),
         mails_per_address=_items("MAIL_LIMIT_PER_ADDRESS", config),
@@ -68,7 +68,7 @@ def _items(key: str, config) -> tuple[RateLimitItem, ...]:
 
 
 def current() -> Limits:
-    return current_app.extensions["identity.limits"]
+    return services().limits
 
 
 def private_key(value: str) -> str:

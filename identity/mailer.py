@@ -14,7 +14,9 @@ import re
 import smtplib
 import ssl
 import sys
+from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import jinja2
 from flask import current_app
@@ -25,10 +27,33 @@ from flask_mail import Message
 from identity import limits
 from identity import metrics
 from identity.addresses import redact
+from identity.brands import is_brand
 from identity.clock import new_token
 from identity.errors import EmailSendError
+from identity.services import services
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """What sending mail needs from the configuration, taken once by create_app."""
+
+    templates_path: str | None
+    default_brand: str | None
+    default_sender: str
+    timeout: float
+    ca_file: str | None
+
+    @classmethod
+    def from_config(cls, config: Any) -> "MailSettings":
+        return cls(
+            templates_path=config["TEMPLATES_PATH"] or None,
+            default_brand=config["DEFAULT_BRAND"] or None,
+            default_sender=config["MAIL_DEFAULT_SENDER"],
+            timeout=config["MAIL_TIMEOUT"],
+            ca_file=config["MAIL_CA_FILE"] or None,
+        )
 
 # Our template names → the file a Sydent-layout brand folder holds for them.
 SYDENT_FILES = {
@@ -36,7 +61,6 @@ SYDENT_FILES = {
     "invite": "invite_template.eml.j2",
     "verify_response": "verify_response_template.html",
 }
-_BRAND = re.compile(r"^[a-z0-9_-]{1,64}$")
 _LINE_BREAKS = re.compile(r"[\r\n]+")
 
 
@@ -51,9 +75,10 @@ def send_template(name: str, to: str, context: dict[str, str], *, brand: str | N
     """
     # However many clients ask, nobody's mailbox is flooded in our name.
     limits.current().check("mails_per_address", limits.private_key(to))
-    sydent_template = sydent_template_path(name, brand)
+    settings = services().mail
+    sydent_template = sydent_template_path(name, brand, settings)
     if sydent_template is not None:
-        raw = render_sydent_mail(sydent_template, to, context)
+        raw = render_sydent_mail(sydent_template, to, context, settings)
         _deliver(to, raw=raw.encode("utf-8"))
         return
     message = Message(
@@ -65,23 +90,23 @@ def send_template(name: str, to: str, context: dict[str, str], *, brand: str | N
     _deliver(to, message=message)
 
 
-def sydent_template_path(name: str, brand: str | None) -> str | None:
+def sydent_template_path(name: str, brand: str | None, settings: MailSettings) -> str | None:
     """The Sydent-layout file for `name` in the chosen brand folder, if TEMPLATES_PATH has one."""
-    root = current_app.config["TEMPLATES_PATH"]
+    root = settings.templates_path
     if not root:
         return None
-    for candidate in (brand, current_app.config["DEFAULT_BRAND"]):
-        if candidate and _BRAND.match(candidate):
+    for candidate in (brand, settings.default_brand):
+        if candidate and is_brand(candidate):
             path = os.path.join(root, candidate, SYDENT_FILES[name])
             if os.path.isfile(path):
                 return path
     return None
 
 
-def render_sydent_mail(path: str, to: str, context: dict[str, str]) -> str:
+def render_sydent_mail(path: str, to: str, context: dict[str, str], settings: MailSettings) -> str:
     """Render a Sydent-layout ``.eml.j2`` with the variables Sydent gives its templates."""
-    root = current_app.config["TEMPLATES_PATH"]
-    sender = current_app.config["MAIL_DEFAULT_SENDER"]
+    root = settings.templates_path or ""
+    sender = settings.default_sender
     _, sender_address = email.utils.parseaddr(sender)
     variables = {
         **context,
@@ -122,18 +147,18 @@ class VerifiedConnection(Connection):
     """
 
     def configure_host(self) -> smtplib.SMTP:
-        config = current_app.config
-        timeout = config["MAIL_TIMEOUT"]
+        settings = services().mail
+        timeout = settings.timeout
         host: smtplib.SMTP
         if self.mail.use_ssl:
-            context = tls_context(config["MAIL_CA_FILE"])
+            context = tls_context(settings.ca_file)
             host = smtplib.SMTP_SSL(
                 self.mail.server, self.mail.port, timeout=timeout, context=context
             )
         else:
             host = smtplib.SMTP(self.mail.server, self.mail.port, timeout=timeout)
             if self.mail.use_tls:
-                host.starttls(context=tls_context(config["MAIL_CA_FILE"]))
+                host.starttls(context=tls_context(settings.ca_file))
         if self.mail.username and self.mail.password:
             host.login(self.mail.username, self.mail.password)
         return host

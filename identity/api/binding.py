@@ -14,6 +14,7 @@ from identity.api.auth import require_user
 from identity.api.auth import require_v1_enabled
 from identity.api.http import V1
 from identity.api.http import V2
+from identity.api.http import current_user
 from identity.api.http import json_body
 from identity.api.http import now
 from identity.api.http import parse
@@ -68,11 +69,11 @@ def signer() -> binding.Signer:
     return binding.Signer(settings().server_name, current_signing_key())
 
 
-@route(bp, "/3pid/bind", methods=["POST"])
+@route(bp, "/3pid/bind", methods=["POST"], auth=require_user)
 def bind(v2: bool):
     if not v2:
         require_v1_enabled(settings().v1_bind_enabled)
-    user_id = require_user() if v2 else None
+    user_id = current_user()
     body = parse(BindBody, json_body(allow_form=not v2))
     if user_id is not None and user_id != body.mxid:
         raise CallerNotAllowed("You may only bind addresses to your own Matrix ID")

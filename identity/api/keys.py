@@ -56,10 +56,8 @@ def is_valid_ephemeral(v2: bool):
     return {"valid": valid}
 
 
-@route(bp, "/sign-ed25519", methods=["POST"])
+@route(bp, "/sign-ed25519", methods=["POST"], auth=require_user)
 def sign_ed25519(v2: bool):
-    if v2:
-        require_user()
     body = parse(SignBody, json_body() if v2 else _legacy_arguments())
     config = settings()
     signed = invitations.sign_with_ephemeral_key(
