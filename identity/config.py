@@ -67,6 +67,8 @@ DEFAULTS: dict[str, Any] = {
     "PURGE_INTERVAL_SECONDS": 3600,
     "TOKEN_MAX_ATTEMPTS": 10,
     "NEXT_LINK_DOMAIN_ALLOWLIST": None,
+    # Refuse addresses at special-use domains (.test, .localhost, …) where mail is sent.
+    "REFUSE_SPECIAL_USE_DOMAINS": False,
     # Lookups.
     "LOOKUP_MAX_ADDRESSES": 10_000,
     "BULK_LOOKUP_MAX_THREEPIDS": 10_000,
@@ -135,6 +137,7 @@ _BOOL_KEYS = (
     "V1_BIND_ENABLED",
     "INVITE_SINGLE_USE",
     "MAIL_PRINT_TO_LOG",
+    "REFUSE_SPECIAL_USE_DOMAINS",
 )
 _POSITIVE_INT_KEYS = (
     "MAIL_PORT",
@@ -383,8 +386,9 @@ class Settings:
     invite_blocked_rooms: tuple[str, ...]
     invite_reveal_local: int
     invite_reveal_domain: int
-    signing_key_path: str
-    domains_path: str
+    signing_key_path: str = ""
+    domains_path: str = ""
+    refuse_special_use_domains: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> "Settings":
@@ -432,4 +436,5 @@ class Settings:
             invite_reveal_domain=config["INVITE_REVEAL_DOMAIN"],
             signing_key_path=config["SIGNING_KEY_PATH"],
             domains_path=config["DOMAINS_PATH"],
+            refuse_special_use_domains=config["REFUSE_SPECIAL_USE_DOMAINS"],
         )

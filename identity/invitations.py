@@ -30,7 +30,7 @@ from identity import metrics
 from identity.abuse import Blocklists
 from identity.abuse import Quotas
 from identity.accounts import server_of
-from identity.addresses import normalise_email
+from identity.addresses import parse_email
 from identity.addresses import redact
 from identity.clock import new_token
 from identity.config import Settings
@@ -100,6 +100,7 @@ class Policy:
     web_client_hosts: tuple[str, ...] = ()
     # The service's long-term public key, which store-invite returns.
     long_term_public_key: str = ""
+    refuse_special_use_domains: bool = False
 
     @classmethod
     def from_settings(cls, config: Settings, signing_key: SigningKey) -> "Policy":
@@ -121,6 +122,7 @@ class Policy:
                 homeservers=config.invite_blocked_homeservers,
                 rooms=config.invite_blocked_rooms,
             ),
+            refuse_special_use_domains=config.refuse_special_use_domains,
         )
 
 
@@ -155,7 +157,8 @@ def store_invite(
     """
     if medium != "email":
         raise Unrecognized(f"Didn't understand medium {medium!r}", status=400)
-    address = normalise_email(address)
+    written = parse_email(address, refuse_special_use=policy.refuse_special_use_domains)
+    address = written.key
     # Opaque to us, as to Sydent: room ID formats change with room versions.
     if len(room_id.encode()) > MAX_ROOM_ID_BYTES:
         raise InvalidParam(f"room_id is longer than {MAX_ROOM_ID_BYTES} bytes")
@@ -174,6 +177,7 @@ def store_invite(
             token=new_token(32),
             medium=medium,
             address=address,
+            mailbox=written.mailbox,
             room_id=room_id,
             sender=sender,
             sender_verified=sender_verified,
@@ -193,7 +197,8 @@ def store_invite(
         guest=routing.resolve(address).platform.requires_invite,
         already_invited=already_invited,
     )
-    send(address, context, brand=brand)
+    # To the mailbox as written: case-folding may change it (Straße → strasse).
+    send(written.mailbox, context, brand=brand)
     metrics.INVITATIONS_STORED.inc()
     return store_invite_response(invitation, ephemeral_public, policy)
 

@@ -2,7 +2,9 @@
 
 For `sha256`, clients send base64url(sha256("<address> <medium> <pepper>")); we
 store that hash with each association and look it up by index, never hashing rows
-per request.
+per request. An address at an internationalised domain has two spellings a client may
+hash (``jean@exämple.fr`` as typed, ``jean@xn--exmple-cua.fr``): its association keeps
+the hash of each.
 """
 
 import base64
@@ -12,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from identity.addresses import lookup_form
+from identity.addresses import unicode_spelling
 from identity.errors import InvalidParam
 from identity.errors import InvalidPepper
 from identity.errors import TooLarge
@@ -50,20 +53,31 @@ def lookup(
         raise InvalidParam("addresses must be strings")
     if algorithm == "sha256":
         return associations.mxids_by_hash(addresses, slot=slot, now=now)
-    queries = {}
+    # Several spellings of one address have the same hash: each gets its answer.
+    queries: dict[str, list[str]] = {}
     for query in addresses:
         address, _, medium = query.rpartition(" ")
-        queries[lookup_hash(medium, lookup_form(address), current)] = query
+        queries.setdefault(lookup_hash(medium, lookup_form(address), current), []).append(query)
     found = associations.mxids_by_hash(queries, slot=slot, now=now)
-    return {queries[h]: mxid for h, mxid in found.items()}
+    return {query: mxid for h, mxid in found.items() for query in queries[h]}
 
 
 def hash_association(association: Association, *, now: datetime) -> None:
     """Set the association's hashes for the current pepper, and for the pepper being
     rotated in if any (so that the rotation need not come back to it)."""
     for pepper in filter(None, (peppers.current(now), peppers.pending())):
-        value = lookup_hash(association.medium, association.address, pepper.value)
-        setattr(association, associations.hash_column(pepper.slot).key, value)
+        hashes = spelling_hashes(association.medium, association.address, pepper.value)
+        for column, value in zip(associations.hash_columns(pepper.slot), hashes, strict=True):
+            setattr(association, column.key, value)
+
+
+def spelling_hashes(medium: str, address: str, pepper: str) -> tuple[str, str | None]:
+    """The lookup hashes of an address's key, and of its Unicode spelling if it has one."""
+    unicode = unicode_spelling(address) if medium == "email" else None
+    return (
+        lookup_hash(medium, address, pepper),
+        lookup_hash(medium, unicode, pepper) if unicode else None,
+    )
 
 
 def rotate_pepper(
@@ -91,7 +105,7 @@ def rotate_pepper(
         associations.set_hashes(
             pending.slot,
             {
-                row_id: lookup_hash(medium, address, pending.value)
+                row_id: spelling_hashes(medium, address, pending.value)
                 for row_id, medium, address in rows
             },
         )

@@ -7,6 +7,7 @@ laid out as Sydent lays them out; those templates are complete messages, and the
 we send are exactly what they render to.
 """
 
+import email.policy
 import email.utils
 import logging
 import os
@@ -14,6 +15,7 @@ import re
 import smtplib
 import ssl
 import sys
+import time
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -30,6 +32,7 @@ from identity.addresses import redact
 from identity.brands import is_brand
 from identity.clock import new_token
 from identity.errors import EmailSendError
+from identity.errors import InvalidEmail
 from identity.services import services
 
 logger = logging.getLogger(__name__)
@@ -68,13 +71,17 @@ def send_template(name: str, to: str, context: dict[str, str], *, brand: str | N
     """Render the `name` mail for `to` and send it.
 
     :param name: ``verification`` or ``invite``.
+    :param to: the mailbox (identity.addresses): a non-ASCII local part goes out with
+        SMTPUTF8 (RFC 6531), which the mail server must offer.
     :param context: the template variables (Sydent's names, e.g. ``token``, ``link``).
     :param brand: a brand folder of TEMPLATES_PATH; unknown brands fall back to DEFAULT_BRAND.
     :raises MatrixError: M_LIMIT_EXCEEDED when the address got too many mails lately,
-        M_EMAIL_SEND_ERROR when the mail cannot be handed to the server.
+        M_EMAIL_SEND_ERROR when the mail cannot be handed to the server, M_INVALID_EMAIL
+        when the mailbox needs SMTPUTF8 and the server does not offer it.
     """
-    # However many clients ask, nobody's mailbox is flooded in our name.
-    limits.current().check("mails_per_address", limits.private_key(to))
+    # However many clients ask, nobody's mailbox is flooded in our name (in any case:
+    # the address's key is its mailbox case-folded).
+    limits.current().check("mails_per_address", limits.private_key(to.casefold()))
     settings = services().mail
     sydent_template = sydent_template_path(name, brand, settings)
     if sydent_template is not None:
@@ -166,6 +173,9 @@ class VerifiedConnection(Connection):
 
 def _deliver(to: str, *, message: Message | None = None, raw: bytes | None = None) -> None:
     state = current_app.extensions["mail"]
+    smtputf8 = not to.isascii()
+    if message is not None and smtputf8:
+        raw, message = _smtputf8_bytes(message, to), None
     if not state.server:
         _print_for_development(message.as_bytes() if message else raw or b"")
         return
@@ -175,13 +185,37 @@ def _deliver(to: str, *, message: Message | None = None, raw: bytes | None = Non
                 connection.send(message)
             elif connection.host is not None:
                 _, sender = email.utils.parseaddr(state.default_sender)
-                connection.host.sendmail(sender, [to], raw)
+                # smtplib asks for SMTPUTF8 in MAIL FROM, and refuses (before sending
+                # anything) when the server does not offer it.
+                options = ["SMTPUTF8"] if smtputf8 else []
+                connection.host.sendmail(sender, [to], raw, mail_options=options)
+    except smtplib.SMTPNotSupportedError:
+        logger.warning("Could not send mail to %s: no SMTPUTF8 on the server", redact(to))
+        metrics.MAILS.labels("failed").inc()
+        raise InvalidEmail(
+            "This server cannot send mail to an address with non-ASCII characters before the @"
+        ) from None
     except (OSError, smtplib.SMTPException) as e:
         logger.warning("Could not send mail to %s: %s", redact(to), type(e).__name__)
         metrics.MAILS.labels("failed").inc()
         raise EmailSendError("Failed to send email") from None
     metrics.MAILS.labels("sent").inc()
     logger.info("Mail sent to %s", redact(to))
+
+
+def _smtputf8_bytes(message: Message, to: str) -> bytes:
+    """The message for a mailbox with a non-ASCII local part, as RFC 6532 writes it.
+
+    Flask-Mail writes addresses for 7-bit transport only, and fails on such a mailbox:
+    the message is built without recipients, then its To header names the mailbox in
+    UTF-8, which a server offering SMTPUTF8 accepts.
+    """
+    message.recipients = []
+    message.date = message.date or time.time()
+    parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.SMTPUTF8)
+    del parsed["To"]
+    parsed["To"] = to
+    return parsed.as_bytes()
 
 
 def _print_for_development(data: bytes) -> None:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from werkzeug.urls import iri_to_uri
 
 from identity import mailer
-from identity.addresses import normalise_email
+from identity.addresses import parse_email
 from identity.clock import new_code
 from identity.clock import new_token
 from identity.errors import InvalidParam
@@ -46,6 +46,7 @@ class Policy:
     lifetime: timedelta
     max_attempts: int
     next_link_hosts: tuple[str, ...] | None
+    refuse_special_use_domains: bool = False
 
 
 def request_code(
@@ -69,7 +70,8 @@ def request_code(
         M_EMAIL_SEND_ERROR.
     """
     check_client_secret(client_secret)
-    address = normalise_email(email)
+    written = parse_email(email, refuse_special_use=policy.refuse_special_use_domains)
+    address = written.key
     if next_link is not None:
         check_next_link(next_link, policy.next_link_hosts)
     session = sessions.find(MEDIUM, address, client_secret)
@@ -83,6 +85,7 @@ def request_code(
                 sid=new_token(18),
                 medium=MEDIUM,
                 address=address,
+                mailbox=written.mailbox,
                 client_secret=client_secret,
                 send_attempt=send_attempt,
                 token=new_code(),
@@ -100,7 +103,7 @@ def request_code(
         return session
     # Of several requests carrying this new attempt, only the one that claims it mails.
     if sessions.claim_send_attempt(
-        session, send_attempt, next_link=next_link, brand=brand, now=now
+        session, send_attempt, next_link=next_link, mailbox=written.mailbox, brand=brand, now=now
     ):
         send(session, format_code(session.token))
     return session
@@ -225,4 +228,6 @@ def send_code_mail(session: ValidationSession, code: str, *, base_url: str) -> N
         {"sid": session.sid, "client_secret": session.client_secret, "token": session.token}
     )
     context = {"token": session.token, "code": code, "link": link}
-    mailer.send_template("verification", session.address, context, brand=session.brand)
+    # To the mailbox as written: case-folding may change it (Straße → strasse).
+    to = session.mailbox or session.address
+    mailer.send_template("verification", to, context, brand=session.brand)

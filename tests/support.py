@@ -61,6 +61,8 @@ class SmtpSink:
     port: int = 0
     messages: list[ReceivedMail] = field(default_factory=list)
     refuse: bool = False
+    # Whether the server offers SMTPUTF8 (RFC 6531): mailboxes with non-ASCII local parts.
+    smtputf8: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
@@ -74,7 +76,9 @@ class SmtpSink:
 
     def start(self) -> "SmtpSink":
         self.port = free_port()
-        self._controller = Controller(self, hostname=self.host, port=self.port)
+        self._controller = Controller(
+            self, hostname=self.host, port=self.port, enable_SMTPUTF8=self.smtputf8
+        )
         self._controller.start()
         return self
 

@@ -2,17 +2,28 @@
 
 import base64
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 import signedjson.key
 import signedjson.sign
+from sqlalchemy import create_engine
+from sqlalchemy import insert
+from sqlalchemy import text
 
 from identity import keys
+from identity.accounts import token_hash
+from identity.storage.models import AccessToken
+from identity.storage.models import Account
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
 from tests.helpers import register_user
 from tests.helpers import validate_address
+from tests.servers import Gunicorn
+from tests.servers import migrate
 
 ADDRESS = "marie.dupont@ac-versailles.fr"
 MXID = "@marie.dupont-ac-versailles.fr:agent.education.tchap.gouv.fr"
@@ -258,3 +269,70 @@ def test_unbind_without_proof_is_forbidden(client):
     assert (r.status_code, r.json["errcode"]) == (403, "M_FORBIDDEN")
     r = client.post(f"{V1}/3pid/unbind", json={"mxid": MXID})
     assert (r.status_code, r.json["errcode"]) == (400, "M_MISSING_PARAMS")
+
+
+# -- one pepper, from the first request ------------------------------------------------
+
+STALE = {"addresses": [], "algorithm": "sha256", "pepper": "stale"}
+
+
+def advertised_peppers(client, headers, times=3):
+    """The pepper each of several lookups (stale pepper) and hash_details calls tells."""
+    seen = [client.post(f"{V2}/lookup", json=STALE, headers=headers).json["lookup_pepper"]
+            for _ in range(times)]  # fmt: skip
+    seen.append(client.get(f"{V2}/hash_details", headers=headers).json["lookup_pepper"])
+    return seen
+
+
+def test_lookups_before_any_hash_details_agree_on_one_pepper(client, make_app, fake_homeserver):
+    headers = auth(register_user(client, fake_homeserver))
+    seen = advertised_peppers(client, headers)
+    seen += advertised_peppers(make_app().test_client(), headers)
+    assert len(set(seen)) == 1 and seen[0]
+
+
+def test_a_lost_pepper_is_recreated_once_whatever_the_concurrency(
+    db_url, tmp_path, clock, monkeypatch
+):
+    """gunicorn with several workers and threads, on a database whose pepper is gone
+    (emptied by hand): concurrent first requests all get the same, single new pepper."""
+    env = {
+        **os.environ,
+        "IDENTITY_WORKERS": "4",
+        "IDENTITY_THREADS": "4",
+        "IDENTITY_SQLALCHEMY_DATABASE_URI": db_url,
+        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
+        "IDENTITY_RATELIMIT_ENABLED": "false",
+    }
+    migrate(env)
+    engine = create_engine(db_url)
+    token = "a-test-token"
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM pepper"))
+        now = clock.now()
+        conn.execute(insert(Account).values(user_id="@alice:a.fr", created_at=now))
+        conn.execute(
+            insert(AccessToken).values(
+                token_hash=token_hash(token), user_id="@alice:a.fr", created_at=now
+            )
+        )
+    server = Gunicorn(env, ("-c", "gunicorn.conf.py"))
+    try:
+        headers = auth(token)
+
+        def ask(i):
+            if i % 2:
+                return requests.get(f"{server.base}{V2}/hash_details", headers=headers, timeout=30)
+            return requests.post(f"{server.base}{V2}/lookup", json=STALE, headers=headers,
+                                 timeout=30)  # fmt: skip
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(ask, range(64)))
+    finally:
+        server.stop()
+    assert {a.json()["lookup_pepper"] for a in answers} != {None}
+    assert len({a.json()["lookup_pepper"] for a in answers}) == 1
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM pepper")).scalar() == 1
+    engine.dispose()

@@ -619,7 +619,7 @@ def test_races_end_with_exactly_one_admitted_account(served, smtp):
 def test_invitations_accepted_before_the_upgrade_keep_their_account(app):
     """Migration 0004: an invitation a bind accepted admits the account its delivery names."""
     with app.app_context():
-        downgrade(directory=MIGRATIONS_DIR, revision="0002")
+        downgrade(directory=MIGRATIONS_DIR, revision="0003")
         rows = [  # id, token, accepted_at
             (1, "delivered", "2026-11-20 10:00:00"),
             (2, "pending", None),

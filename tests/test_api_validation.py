@@ -38,7 +38,7 @@ def test_code_arrives_by_mail_and_validates_the_address(client, smtp, clock):
     assert r.status_code == 200
     sid = r.json["sid"]
     mail = smtp.last()
-    assert mail.recipients == ["marie.dupont@ac-versailles.fr"]
+    assert mail.recipients == ["Marie.Dupont@ac-versailles.fr"]  # as written, domain normalised
     parts = {part.get_content_type() for part in mail.message.walk()}
     assert {"multipart/alternative", "text/plain", "text/html"} <= parts
     text = mail.text()

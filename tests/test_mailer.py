@@ -10,8 +10,18 @@ import jinja2
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
+from sqlalchemy import func
+from sqlalchemy import select
 
+from identity.extensions import db
+from identity.storage.models import EphemeralKey
+from identity.storage.models import Invitation
+from identity.storage.models import ValidationSession
 from tests.helpers import V1
+from tests.helpers import V2
+from tests.helpers import auth
+from tests.helpers import code_from_mail
+from tests.helpers import register_user
 from tests.helpers import relative
 from tests.helpers import request_code
 from tests.support import SmtpSink
@@ -177,3 +187,86 @@ def test_without_mail_server_the_mail_is_printed(make_app, capsys):
     assert request_code(client, ADDRESS).status_code == 200
     printed = capsys.readouterr().err
     assert "MAIL_SERVER is not set" in printed and "To: agent@interieur.gouv.fr" in printed
+
+
+# -- mailboxes with a non-ASCII local part (SMTPUTF8, RFC 6531) -------------------
+
+NON_ASCII = "Ñandú@Example.FR"
+INVITE = {"medium": "email", "room_id": "!projet:a.fr", "room_name": "Projet X"}
+
+
+@pytest.fixture(scope="module")
+def smtputf8_sink():
+    sink = SmtpSink(smtputf8=True).start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def utf8_client(make_app, smtputf8_sink):
+    """A client of the service whose mail server offers SMTPUTF8."""
+    smtputf8_sink.clear()
+    return make_app(MAIL_PORT=smtputf8_sink.port).test_client()
+
+
+def store_invite(client, address, *, sender, prefix=V1, headers=None):
+    body = {**INVITE, "address": address, "sender": sender}
+    return client.post(f"{prefix}/store-invite", json=body, headers=headers)
+
+
+def test_code_to_a_non_ascii_mailbox_goes_out_with_smtputf8(utf8_client, smtputf8_sink):
+    r = request_code(utf8_client, NON_ASCII)
+    assert r.status_code == 200, r.json
+    mail = smtputf8_sink.last()
+    # The mailbox as written, its domain normalised.
+    assert mail.recipients == ["Ñandú@example.fr"]
+    assert mail.message["To"] == "Ñandú@example.fr"
+    body = {"sid": r.json["sid"], "client_secret": "s3cret", "token": code_from_mail(mail)}
+    r = utf8_client.post(f"{V1}/validate/email/submitToken", json=body)
+    assert r.status_code == 200, r.json
+    r = utf8_client.get(f"{V1}/3pid/getValidated3pid", query_string=body)
+    assert r.json["address"] == "ñandú@example.fr"
+
+
+@pytest.mark.parametrize("prefix", [V1, V2])
+def test_invitation_to_a_non_ascii_mailbox_goes_out_with_smtputf8(
+    utf8_client, smtputf8_sink, fake_homeserver, prefix
+):
+    headers, sender = None, "@marie:a.fr"
+    if prefix == V2:
+        headers = auth(register_user(utf8_client, fake_homeserver, "marie"))
+        sender = fake_homeserver.user_id("marie")
+    r = store_invite(utf8_client, "José@example.fr", sender=sender, prefix=prefix, headers=headers)
+    assert r.status_code == 200, r.json
+    assert smtputf8_sink.last().recipients == ["José@example.fr"]
+
+
+@pytest.mark.parametrize("prefix", [V1, V2])
+def test_without_smtputf8_a_non_ascii_mailbox_is_refused_and_nothing_is_stored(
+    app, client, smtp, fake_homeserver, prefix
+):
+    headers, sender = None, "@marie:a.fr"
+    if prefix == V2:
+        headers = auth(register_user(client, fake_homeserver, "marie"))
+        sender = fake_homeserver.user_id("marie")
+    r = request_code(client, NON_ASCII, prefix=prefix, headers=headers)
+    assert (r.status_code, r.json["errcode"]) == (400, "M_INVALID_EMAIL")
+    r = store_invite(client, "josé@example.fr", sender=sender, prefix=prefix, headers=headers)
+    assert (r.status_code, r.json["errcode"]) == (400, "M_INVALID_EMAIL")
+    assert smtp.messages == []
+    with app.app_context():
+        for model in (ValidationSession, Invitation, EphemeralKey):
+            assert db.session.scalar(select(func.count()).select_from(model)) == 0
+    # An ASCII mailbox still goes out through the same server.
+    r = request_code(client, "jose@example.fr", prefix=prefix, headers=headers)
+    assert r.status_code == 200
+    assert smtp.last().recipients == ["jose@example.fr"]
+
+
+def test_sydent_template_to_a_non_ascii_mailbox(sydent_templates, make_app, smtputf8_sink):
+    smtputf8_sink.clear()
+    client = make_app(MAIL_PORT=smtputf8_sink.port).test_client()
+    assert request_code(client, NON_ASCII).status_code == 200
+    mail = smtputf8_sink.last()
+    assert mail.recipients == ["Ñandú@example.fr"]
+    assert "Ñandú@example.fr" in mail.message["To"]

@@ -9,6 +9,7 @@ from identity import binding
 from identity import lookup
 from identity import routing
 from identity import validation
+from identity.addresses import lookup_form
 from identity.addresses import normalise_email
 from identity.api.auth import require_user
 from identity.api.auth import require_v1_enabled
@@ -166,8 +167,7 @@ def lookup_v2():
 def lookup_v1():
     require_v1_enabled(settings().v1_lookup_enabled)
     query = parse(LookupQuery, request.args.to_dict())
-    address = query.address.strip().casefold()
-    association = associations.find(query.medium, address)
+    association = associations.find(query.medium, lookup_form(query.address))
     if association is None or association.not_after <= now():
         return {}
     return signer().sign(binding.association_json(association))

@@ -55,6 +55,7 @@ def policy() -> validation.Policy:
         lifetime=timedelta(seconds=config.session_lifetime_seconds),
         max_attempts=config.token_max_attempts,
         next_link_hosts=config.next_link_domain_allowlist,
+        refuse_special_use_domains=config.refuse_special_use_domains,
     )
 
 

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from sqlalchemy import delete
+from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.orm import InstrumentedAttribute
@@ -36,16 +37,46 @@ def hash_column(slot: int) -> InstrumentedAttribute:
     return Association.lookup_hash_alt if slot else Association.lookup_hash
 
 
+def hash_columns(slot: int) -> tuple[InstrumentedAttribute, InstrumentedAttribute]:
+    """The columns holding the lookup hashes of the pepper in `slot`: of the address's
+    key, and of its Unicode spelling (identity.addresses.unicode_spelling)."""
+    if slot:
+        return Association.lookup_hash_alt, Association.lookup_hash_unicode_alt
+    return Association.lookup_hash, Association.lookup_hash_unicode
+
+
 def mxids_by_hash(hashes: Iterable[str], *, slot: int, now: datetime) -> dict[str, str]:
-    """{lookup_hash: mxid} for the live associations among `hashes` (in `slot`)."""
-    found: dict[str, str] = {}
+    """{lookup_hash: mxid} for the live associations among `hashes` (in `slot`), by the
+    hash of either spelling."""
     hashes = list(dict.fromkeys(hashes))
-    column = hash_column(slot)
+    key_column, unicode_column = hash_columns(slot)
+    found = _probe(key_column, hashes, now)
+    # Few addresses have a Unicode spelling, often none, and their index is partial
+    # (small). One batch is probed at once; for more, when those rows are fewer than
+    # the hashes asked for, reading them all costs less than probing for each hash.
+    spelt = len(hashes) + 1
+    if len(hashes) > _BATCH:
+        some = select(unicode_column).where(unicode_column.is_not(None)).limit(spelt)
+        spelt = db.session.scalar(select(func.count()).select_from(some.subquery())) or 0
+    if 0 < spelt <= len(hashes):
+        wanted = set(hashes)
+        rows = db.session.execute(
+            select(unicode_column, Association.mxid).where(
+                unicode_column.is_not(None), Association.not_after > now
+            )
+        )
+        found.update({h: mxid for h, mxid in rows if h in wanted})
+    elif spelt > len(hashes):
+        found.update(_probe(unicode_column, hashes, now))
+    return found
+
+
+def _probe(column: InstrumentedAttribute, hashes: list[str], now: datetime) -> dict[str, str]:
+    found: dict[str, str] = {}
     for start in range(0, len(hashes), _BATCH):
         rows = db.session.execute(
             select(column, Association.mxid).where(
-                column.in_(hashes[start : start + _BATCH]),
-                Association.not_after > now,
+                column.in_(hashes[start : start + _BATCH]), Association.not_after > now
             )
         )
         found.update({h: mxid for h, mxid in rows})
@@ -87,7 +118,9 @@ def addresses(medium: str) -> Iterator[str]:
 
 def clear_slot(slot: int) -> None:
     """Empty a hash slot, so that a rotation can tell which rows it has done."""
-    db.session.execute(update(Association).values({hash_column(slot).key: None}))
+    db.session.execute(
+        update(Association).values({column.key: None for column in hash_columns(slot)})
+    )
 
 
 def missing_in_slot(slot: int, limit: int) -> list[tuple[int, str, str]]:
@@ -101,12 +134,15 @@ def missing_in_slot(slot: int, limit: int) -> list[tuple[int, str, str]]:
     return [tuple(row) for row in db.session.execute(query)]
 
 
-def set_hashes(slot: int, hashes: dict[int, str]) -> None:
-    """Store {association id: hash} in `slot`."""
-    column = hash_column(slot).key
+def set_hashes(slot: int, hashes: dict[int, tuple[str, str | None]]) -> None:
+    """Store {association id: (hash of the key, hash of the Unicode spelling)} in `slot`."""
+    key, unicode = (column.key for column in hash_columns(slot))
     db.session.execute(
         update(Association),
-        [{"id": association_id, column: value} for association_id, value in hashes.items()],
+        [
+            {"id": association_id, key: value, unicode: unicode_value}
+            for association_id, (value, unicode_value) in hashes.items()
+        ],
     )
 
 

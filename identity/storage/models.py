@@ -14,6 +14,7 @@ from sqlalchemy import String
 from sqlalchemy import Text
 from sqlalchemy import TypeDecorator
 from sqlalchemy import UniqueConstraint
+from sqlalchemy import text
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
@@ -49,7 +50,10 @@ class ValidationSession(db.Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sid: Mapped[str] = mapped_column(String(64), unique=True)
     medium: Mapped[str] = mapped_column(String(16))
+    # The address's key (identity.addresses): what the session is found and bound by.
     address: Mapped[str] = mapped_column(String(320))
+    # Where the code goes: the address as last written (domain in ASCII); None before 0003.
+    mailbox: Mapped[str | None] = mapped_column(String(320))
     client_secret: Mapped[str] = mapped_column(String(255))
     send_attempt: Mapped[int] = mapped_column(BigInteger)
     token: Mapped[str] = mapped_column(String(64))
@@ -66,7 +70,20 @@ class Association(db.Model):
     """A validated address bound to a Matrix ID."""
 
     __tablename__ = "association"
-    __table_args__ = (UniqueConstraint("medium", "address"),)
+    __table_args__ = (
+        UniqueConstraint("medium", "address"),
+        # Partial: few rows have a Unicode spelling, and lookups probe these indexes
+        # for every hash they are sent, so they had better be small.
+        *(
+            Index(
+                f"ix_association_{name}",
+                name,
+                sqlite_where=text(f"{name} IS NOT NULL"),
+                postgresql_where=text(f"{name} IS NOT NULL"),
+            )
+            for name in ("lookup_hash_unicode", "lookup_hash_unicode_alt")
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     medium: Mapped[str] = mapped_column(String(16))
@@ -76,6 +93,10 @@ class Association(db.Model):
     # the current pepper's (identity.lookup.rotate_pepper); Pepper.slot says which.
     lookup_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     lookup_hash_alt: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The same for the address's Unicode spelling, when its domain is internationalised
+    # (clients hash what the user typed): NULL for every other address.
+    lookup_hash_unicode: Mapped[str | None] = mapped_column(String(64))
+    lookup_hash_unicode_alt: Mapped[str | None] = mapped_column(String(64))
     mxid: Mapped[str] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     not_before: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -104,7 +125,10 @@ class Invitation(db.Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token: Mapped[str] = mapped_column(String(128), unique=True)
     medium: Mapped[str] = mapped_column(String(16))
+    # The address's key (identity.addresses), which binds hand the invitation over by.
     address: Mapped[str] = mapped_column(String(320))
+    # Where the mail went: the address as written (domain in ASCII); None before 0003.
+    mailbox: Mapped[str | None] = mapped_column(String(320))
     room_id: Mapped[str] = mapped_column(String(255), index=True)
     sender: Mapped[str] = mapped_column(String(255), index=True)
     # True when the sender came from an authenticated (v2) request.

@@ -1,14 +1,28 @@
 """The lookup peppers: the newest activated one is current, a newer pending one is
-being rotated in."""
+being rotated in.
+
+Migration 0003 creates the first pepper, so that every worker and request advertises the
+same one from the first start. Should the table ever be emptied by hand, the first
+request to need a pepper creates one in a transaction of its own, and only one: the
+others wait for it and read it.
+"""
 
 import secrets
 from datetime import datetime
 
+from sqlalchemy import exists
+from sqlalchemy import insert
+from sqlalchemy import literal
 from sqlalchemy import select
+from sqlalchemy import text
 
 from identity.extensions import db
 from identity.storage.hot_reads import fetch_one
 from identity.storage.models import Pepper
+from identity.storage.models import UTCDateTime
+
+# PostgreSQL advisory lock serialising the creation of a missing first pepper.
+_FIRST_PEPPER_LOCK = 0x70657070  # "pepp"
 
 
 def new_value() -> str:
@@ -17,15 +31,37 @@ def new_value() -> str:
 
 
 def current(now: datetime) -> Pepper:
-    """The current pepper, created on first use."""
-    pepper = db.session.scalar(
+    """The current pepper (created, committed, if the table was emptied)."""
+    query = (
         select(Pepper).where(Pepper.activated_at.is_not(None)).order_by(Pepper.id.desc()).limit(1)
     )
+    pepper = db.session.scalar(query)
     if pepper is None:
-        pepper = Pepper(value=new_value(), created_at=now, slot=0, activated_at=now)
-        db.session.add(pepper)
-        db.session.flush()
+        create_first(now)
+        pepper = db.session.scalars(query).one()
     return pepper
+
+
+def create_first(now: datetime) -> None:
+    """Create a current pepper unless there is one, and commit it at once.
+
+    Runs in a transaction of its own, so that the pepper outlives the request that
+    made it (a lookup commits nothing). Concurrent callers create one pepper in all:
+    SQLite runs the conditional INSERT under its write lock, PostgreSQL callers take
+    an advisory lock around it.
+    """
+    candidate = select(
+        literal(new_value()),
+        literal(now, UTCDateTime),
+        literal(0),
+        literal(now, UTCDateTime),
+    ).where(~exists(select(Pepper.id).where(Pepper.activated_at.is_not(None))))
+    columns = ["value", "created_at", "slot", "activated_at"]
+    with db.engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            lock = text("SELECT pg_advisory_xact_lock(:key)")
+            connection.execute(lock, {"key": _FIRST_PEPPER_LOCK})
+        connection.execute(insert(Pepper).from_select(columns, candidate))
 
 
 _peppers = Pepper.__table__.c
@@ -40,9 +76,10 @@ _CURRENT = (
 def current_value_and_slot(now: datetime) -> tuple[str, int]:
     """The current pepper and its slot, fast (read on committed data: for lookups)."""
     row = fetch_one(_CURRENT)
-    if row is None:  # the very first use creates it
-        pepper = current(now)
-        return pepper.value, pepper.slot
+    if row is None:
+        create_first(now)
+        row = fetch_one(_CURRENT)
+        assert row is not None
     return row[0], row[1]
 
 

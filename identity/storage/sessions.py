@@ -80,6 +80,7 @@ def claim_send_attempt(
     send_attempt: int,
     *,
     next_link: str | None,
+    mailbox: str,
     brand: str | None,
     now: datetime,
 ) -> bool:
@@ -88,7 +89,12 @@ def claim_send_attempt(
     Of several requests carrying the same new attempt, only the one that moves it
     sends the mail.
     """
-    values = {"send_attempt": send_attempt, "brand": brand, "updated_at": now}
+    values = {
+        "send_attempt": send_attempt,
+        "mailbox": mailbox,
+        "brand": brand,
+        "updated_at": now,
+    }
     if next_link is not None:
         values["next_link"] = next_link
     result = db.session.execute(
