@@ -107,7 +107,7 @@ def attempt(
 ) -> int:
     """Deliver one claimed job, reschedule it, or drop it when its invitation is dead."""
     invitation = job.invitation
-    if invitation.expires_at <= now or invitation.revoked_at is not None:
+    if not invitation.is_open(now):
         logger.info("Dropping delivery %s: its invitation expired or was revoked", job.id)
         deliveries.remove(job)
         return 0

@@ -480,3 +480,20 @@ def _shorten(text: str, limit: int) -> str:
 def encode_key(data: bytes) -> str:
     """URL-safe unpadded base64, as Sydent encodes ephemeral keys (it survives links)."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def check_ephemeral_key(public_key: str, *, now: datetime) -> bool:
+    """Whether we issued the ephemeral key and its invitation is still open.
+
+    Each check is counted: homeservers ask when a guest joins with the key. A key
+    whose invitation was revoked or has expired is no longer valid; a key linked to
+    no invitation (imported from Sydent, which keeps no link) stays valid.
+    """
+    found = ephemeral_keys.find_with_invitation(public_key)
+    if found is None:
+        return False
+    key, invitation = found
+    key.verify_count += 1
+    if invitation is None:
+        return key.invitation_id is None
+    return invitation.is_open(now)

@@ -22,9 +22,7 @@ _STATE = select(
     exists().where(
         _invitations.medium == _MEDIUM,
         _invitations.address == _ADDRESS,
-        _invitations.expires_at > _NOW,
-        _invitations.revoked_at.is_(None),
-        _invitations.accepted_at.is_(None),
+        Invitation.pending_at(_NOW),
     ),
 )
 

@@ -43,11 +43,7 @@ def by_token_prefix(prefix: str, *, limit: int = 2) -> list[Invitation]:
 
 
 def _live(now: datetime) -> list[ColumnElement[bool]]:
-    return [
-        Invitation.expires_at > now,
-        Invitation.revoked_at.is_(None),
-        Invitation.accepted_at.is_(None),
-    ]
+    return [Invitation.pending_at(now)]
 
 
 def deliverable_to(medium: str, address: str, mxid: str, *, now: datetime) -> list[Invitation]:
@@ -60,8 +56,7 @@ def deliverable_to(medium: str, address: str, mxid: str, *, now: datetime) -> li
         select(Invitation)
         .filter_by(medium=medium, address=address)
         .where(
-            Invitation.expires_at > now,
-            Invitation.revoked_at.is_(None),
+            Invitation.open_at(now),
             Invitation.handed_over_at.is_(None),
             _admits_none_or(mxid),
         )
@@ -78,8 +73,7 @@ def admitting_others(medium: str, address: str, mxid: str, *, now: datetime) -> 
         .select_from(Invitation)
         .filter_by(medium=medium, address=address)
         .where(
-            Invitation.expires_at > now,
-            Invitation.revoked_at.is_(None),
+            Invitation.open_at(now),
             Invitation.handed_over_at.is_(None),
             Invitation.admitted_mxid != mxid,
         )
@@ -151,6 +145,7 @@ def _in_state(state: str, now: datetime) -> list[ColumnElement[bool]]:
     if state == "accepted":
         return [not_revoked, Invitation.accepted_at.is_not(None)]
     if state == "expired":
+        # Neither revoked nor accepted, and no longer open.
         return [not_revoked, Invitation.accepted_at.is_(None), Invitation.expires_at <= now]
     if state == "pending":
         return _live(now)

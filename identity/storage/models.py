@@ -2,6 +2,7 @@
 
 from datetime import UTC
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import JSON
 from sqlalchemy import BigInteger
@@ -14,10 +15,12 @@ from sqlalchemy import String
 from sqlalchemy import Text
 from sqlalchemy import TypeDecorator
 from sqlalchemy import UniqueConstraint
+from sqlalchemy import and_
 from sqlalchemy import text
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
+from sqlalchemy.sql.elements import ColumnElement
 
 from identity.extensions import db
 
@@ -149,6 +152,25 @@ class Invitation(db.Model):
     # room's third-party invite names that peer's key, so the delivery is signed
     # with it. None: stored here.
     stored_by: Mapped[str | None] = mapped_column(String(255))
+
+    # The one definition of an invitation's life, in Python and in SQL: *open* while
+    # neither expired nor revoked (its keys sign, its delivery goes out); *pending*
+    # while open and not yet accepted by an account.
+    def is_open(self, now: datetime) -> bool:
+        return self.revoked_at is None and self.expires_at > now
+
+    def is_pending(self, now: datetime) -> bool:
+        return self.is_open(now) and self.accepted_at is None
+
+    @classmethod
+    def open_at(cls, now: Any) -> ColumnElement[bool]:
+        """SQL for `is_open`; `now` is a datetime or a bound parameter."""
+        return and_(cls.expires_at > now, cls.revoked_at.is_(None))
+
+    @classmethod
+    def pending_at(cls, now: Any) -> ColumnElement[bool]:
+        """SQL for `is_pending`; `now` is a datetime or a bound parameter."""
+        return and_(cls.open_at(now), cls.accepted_at.is_(None))
 
 
 class EphemeralKey(db.Model):
