@@ -109,7 +109,10 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     register_cli(app)
     if app.config["TRUSTED_PROXY_COUNT"]:
         # Client IPs (rate limits, trusted networks) come from the proxies' X-Forwarded-For.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXY_COUNT"])
+        # Flask's documented way to wrap the WSGI app, which mypy sees as a method.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=app.config["TRUSTED_PROXY_COUNT"]
+        )
     if app.config["AUTO_MIGRATE"]:
         upgrade_schema(app, MIGRATIONS_DIR)
     if serving:

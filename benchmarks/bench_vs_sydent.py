@@ -144,7 +144,7 @@ OUR_METADATA = (
 )
 
 
-def _our_metadata(cur, mark: str, created: str) -> None:  # noqa: ANN001 (DB-API cursor)
+def _our_metadata(cur, mark: str, created: str) -> None:
     """Pepper, account and access token (stored as its SHA-256) of our schema."""
     values = ((PEPPER, created, created), (USER, created), (token_hash(TOKEN), USER, created))
     for statement, row in zip(OUR_METADATA, values, strict=True):
@@ -229,7 +229,7 @@ class Sink:
         self.port = free_port()
         self._controller = _Controller(self, hostname="127.0.0.1", port=self.port)
 
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001, N802
+    async def handle_DATA(self, server, session, envelope) -> str:
         with self._lock:
             self.count += 1
         return "250 OK"
@@ -534,7 +534,7 @@ class Bench:
         for server in self.servers:
             try:
                 server.stop()
-            except Exception as e:  # noqa: BLE001 - go on cleaning up
+            except Exception as e:  # go on cleaning up
                 log(f"stopping a server: {e}")
         self.sink.stop()
         with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:

@@ -5,7 +5,7 @@ from datetime import datetime
 from datetime import timedelta
 from typing import Any
 
-from nacl.signing import SigningKey
+from signedjson.types import SigningKey
 
 from identity import invitations
 from identity import keys

@@ -9,6 +9,7 @@ homeserver (`identity.deliveries`).
 import base64
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
@@ -19,8 +20,10 @@ from urllib.parse import quote
 from urllib.parse import urlencode
 from urllib.parse import urlsplit
 
+import nacl.signing
 import signedjson.key
-from nacl.signing import SigningKey
+from nacl.exceptions import CryptoError
+from signedjson.types import SigningKey
 
 from identity import abuse
 from identity import dates
@@ -186,7 +189,7 @@ def store_invite(
             expires_at=now + policy.validity,
         )
     )
-    ephemeral = SigningKey.generate()
+    ephemeral = nacl.signing.SigningKey.generate()
     ephemeral_public = encode_key(ephemeral.verify_key.encode())
     ephemeral_keys.add(ephemeral_public, invitation.id, now)
     # The private key exists only in the mail: we can never sign with it ourselves.
@@ -340,7 +343,7 @@ def web_client_location(requested: str, policy: Policy) -> str:
     return policy.web_client_location
 
 
-def web_client_link(context: dict[str, str]) -> str:
+def web_client_link(context: Mapping[str, Any]) -> str:
     """The web client's room link with the parameters it reads for a 3PID invitation.
 
     Element stores `email`, `signurl`, `room_name`, `room_avatar_url`, `inviter_name`
@@ -431,7 +434,7 @@ def sign_with_ephemeral_key(
         raise InvalidParam("mxid is not a Matrix user ID")
     try:
         key = signedjson.key.decode_signing_key_base64("ed25519", "0", private_key)
-    except Exception:
+    except (ValueError, CryptoError):  # bad base64 (binascii.Error), a wrong-size seed
         raise InvalidParam("private_key is not a valid ed25519 key") from None
     issued = ephemeral_keys.public_keys_of(invitation.id)
     if issued and encode_key(key.verify_key.encode()) not in issued:

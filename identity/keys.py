@@ -8,7 +8,8 @@ from typing import Any
 import signedjson.key
 import signedjson.sign
 from flask import Flask
-from nacl.signing import SigningKey
+from nacl.exceptions import CryptoError
+from signedjson.types import SigningKey
 
 from identity.config import ConfigError
 from identity.services import services
@@ -71,7 +72,7 @@ def parse(text: str) -> SigningKey:
         raise ValueError("SIGNING_KEY_PATH: expected 'ed25519 <version> <base64 seed>'")
     try:
         return signedjson.key.decode_signing_key_base64(parts[0], parts[1], parts[2])
-    except Exception as e:
+    except (ValueError, CryptoError) as e:  # bad base64 (binascii.Error), a wrong-size seed
         raise ValueError(f"SIGNING_KEY_PATH: not a valid ed25519 key ({e})") from None
 
 
@@ -130,7 +131,7 @@ def key_id(key: SigningKey) -> str:
 
 
 def public_key_base64(key: SigningKey) -> str:
-    return signedjson.key.encode_verify_key_base64(key.verify_key)
+    return signedjson.key.encode_verify_key_base64(signedjson.key.get_verify_key(key))
 
 
 def sign(payload: dict[str, Any], server_name: str, key: SigningKey) -> dict[str, Any]:

@@ -183,7 +183,7 @@ def _deliver(to: str, *, message: Message | None = None, raw: bytes | None = Non
         with VerifiedConnection(state) as connection:
             if message is not None:
                 connection.send(message)
-            elif connection.host is not None:
+            elif connection.host is not None and raw is not None:
                 _, sender = email.utils.parseaddr(state.default_sender)
                 # smtplib asks for SMTPUTF8 in MAIL FROM, and refuses (before sending
                 # anything) when the server does not offer it.

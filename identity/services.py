@@ -13,7 +13,7 @@ from flask import Flask
 from flask import current_app
 
 if TYPE_CHECKING:
-    from nacl.signing import SigningKey
+    from signedjson.types import SigningKey
 
     from identity.clock import Clock
     from identity.config import Settings
@@ -51,4 +51,4 @@ def init_app(app: Flask, built: Services) -> None:
 
 def services(app: Flask | None = None) -> Services:
     """The services of `app`, or of the current app."""
-    return (app if app is not None else current_app).extensions[EXTENSION]  # type: ignore[no-any-return]
+    return (app if app is not None else current_app).extensions[EXTENSION]

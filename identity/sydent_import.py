@@ -41,7 +41,7 @@ from datetime import datetime
 from datetime import timedelta
 from pathlib import Path
 
-from nacl.signing import SigningKey
+from signedjson.types import SigningKey
 
 from identity import keys
 from identity import peers

@@ -105,7 +105,7 @@ def parse(model: type[M], data: dict[str, Any]) -> M:
     :raises MatrixError: M_MISSING_PARAMS listing every missing field,
         M_INVALID_PARAM naming the first field of the wrong type.
     """
-    hints, fields = _shape(model)
+    hints, fields = _shape(typing.cast(type, model))
     missing = [
         f.name
         for f in fields

@@ -107,7 +107,7 @@ def get_validated_3pid(v2: bool):
     return {
         "medium": session.medium,
         "address": session.address,
-        "validated_at": to_ms(session.validated_at),
+        "validated_at": to_ms(validation.validated_at(session)),
     }
 
 

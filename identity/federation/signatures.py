@@ -15,8 +15,8 @@ from typing import Any
 
 import signedjson.key
 import signedjson.sign
-from nacl.signing import VerifyKey
 from signedjson.sign import SignatureVerifyException
+from signedjson.types import VerifyKey
 
 from identity.errors import Forbidden
 from identity.federation import FederationError
@@ -67,7 +67,7 @@ def authenticate_request(
         # The server-server form signs `destination`; homeservers calling identity
         # servers (Synapse's unbind) sign `destination_is`, as Sydent checks.
         for destination_field in ("destination", "destination_is"):
-            signed = {"method": method, "uri": uri, "origin": origin}
+            signed: dict[str, Any] = {"method": method, "uri": uri, "origin": origin}
             signed[destination_field] = destination
             if content is not None:
                 signed["content"] = content

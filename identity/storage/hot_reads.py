@@ -11,6 +11,7 @@ return raw column values: use them for strings, numbers and booleans.
 
 from dataclasses import dataclass
 from typing import Any
+from typing import cast
 
 from sqlalchemy import Select
 from sqlalchemy.engine import Compiled
@@ -50,7 +51,7 @@ def fetch_one(statement: Select, **values: Any) -> tuple | None:
     engine = db.engine
     prepared = _prepare(statement, engine.dialect)
     # Our values, and the statement's own (a LIMIT, say).
-    values = prepared.compiled.construct_params(values)
+    values = cast(dict[str, Any], prepared.compiled.construct_params(values))
     for name, convert in prepared.processors.items():
         values[name] = convert(values[name])
     params: Any = values

@@ -16,6 +16,7 @@ from identity.storage.models import Delivery
 from identity.storage.models import EphemeralKey
 from identity.storage.models import Invitation
 from identity.storage.models import UTCDateTime
+from identity.storage.results import rowcount
 
 
 def add(invitation: Invitation) -> Invitation:
@@ -125,7 +126,7 @@ def hand_over(invitation_id: int, mxid: str, *, now: datetime) -> bool:
         )
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def has_live(medium: str, address: str, *, now: datetime) -> bool:
@@ -205,7 +206,7 @@ def revoke(
         query = query.where(Invitation.address == address)
     if room_id is not None:
         query = query.where(Invitation.room_id == room_id)
-    return db.session.execute(query).rowcount or 0
+    return rowcount(db.session.execute(query)) or 0
 
 
 def delete_expired(*, now: datetime, older_than: timedelta = timedelta(0)) -> int:
@@ -219,7 +220,7 @@ def delete_expired(*, now: datetime, older_than: timedelta = timedelta(0)) -> in
     db.session.execute(delete(EphemeralKey).where(EphemeralKey.invitation_id.in_(expired)))
     db.session.execute(delete(Delivery).where(Delivery.invitation_id.in_(expired)))
     result = db.session.execute(delete(Invitation).where(Invitation.expires_at <= cutoff))
-    return result.rowcount or 0
+    return rowcount(result) or 0
 
 
 def created_since(
@@ -252,4 +253,4 @@ def delete_for_address(medium: str, address: str) -> int:
     db.session.execute(delete(EphemeralKey).where(EphemeralKey.invitation_id.in_(ids)))
     db.session.execute(delete(Delivery).where(Delivery.invitation_id.in_(ids)))
     result = db.session.execute(delete(Invitation).filter_by(medium=medium, address=address))
-    return result.rowcount or 0
+    return rowcount(result) or 0
