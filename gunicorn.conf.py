@@ -27,6 +27,10 @@ keepalive = 5
 # Recycle workers now and then, so that no slow leak can build up.
 max_requests = 10_000
 max_requests_jitter = 1_000
+# gunicorn >= 25.1 opens a control socket at one path per user ($HOME/.gunicorn/gunicorn.ctl):
+# several instances on one host would take it from each other. We manage instances
+# with signals (docs/operations.md), so none is opened.
+control_socket_disable = True
 
 # Access log: JSON, the route without its query string (addresses, codes, secrets)
 # and landing-page tokens scrubbed by identity.logs.GunicornLogger, which scrubs the

@@ -22,6 +22,7 @@ from identity.errors import TooLarge
 from identity.storage import associations
 from identity.storage import peppers
 from identity.storage.models import Association
+from identity.storage.models import Pepper
 
 ALGORITHMS = ["none", "sha256"]
 
@@ -63,10 +64,22 @@ def lookup(
     return {query: mxid for h, mxid in found.items() for query in queries[h]}
 
 
-def hash_association(association: Association, *, now: datetime) -> None:
-    """Set the association's hashes for the current pepper, and for the pepper being
-    rotated in if any (so that the rotation need not come back to it)."""
-    for pepper in filter(None, (peppers.current(now), peppers.pending())):
+def hashing_peppers(now: datetime) -> list[Pepper]:
+    """The peppers associations are hashed with: the current one, and the one being
+    rotated in if any (so that the rotation need not come back to them)."""
+    return [p for p in (peppers.current(now), peppers.pending()) if p is not None]
+
+
+def hash_association(
+    association: Association, *, now: datetime, with_peppers: list[Pepper] | None = None
+) -> None:
+    """Set the association's hashes for the `hashing_peppers`.
+
+    :param with_peppers: those peppers, when the caller hashes many associations.
+    """
+    if with_peppers is None:
+        with_peppers = hashing_peppers(now)
+    for pepper in with_peppers:
         hashes = spelling_hashes(association.medium, association.address, pepper.value)
         for column, value in zip(associations.hash_columns(pepper.slot), hashes, strict=True):
             setattr(association, column.key, value)

@@ -50,8 +50,9 @@ from identity.accounts import server_of
 from identity.accounts import token_hash
 from identity.addresses import normalise_email
 from identity.errors import MatrixError
-from identity.extensions import db
 from identity.lookup import hash_association
+from identity.lookup import hashing_peppers
+from identity.lookup import spelling_hashes
 from identity.storage import accounts
 from identity.storage import associations
 from identity.storage import ephemeral_keys
@@ -60,6 +61,7 @@ from identity.storage import peer_keys
 from identity.storage import peppers
 from identity.storage.models import Association
 from identity.storage.models import Invitation
+from identity.storage.models import Pepper
 
 # The kinds of rows, in the order they are imported and reported.
 KINDS = (
@@ -149,64 +151,58 @@ def import_sydent(
         another key is recorded for that peer; nothing has been written.
     """
     report = ImportReport(kinds={name: KindReport() for name in KINDS})
-    sydent = None
-    key_to_write: tuple[str, SigningKey] | None = None
-    if config_path is None:
-        if as_peer:
-            raise SydentImportError("a peer is imported with its config (--config)")
-        del report.kinds["signing key"]
-        report.notes.append("No Sydent config given: the signing key was not imported.")
-    else:
-        sydent = read_sydent_config(config_path)
-        if sydent.server_name is None:
-            report.notes.append(
-                f"{config_path}: no [general] server.name: the invitations of this"
-                " database are signed with our key on delivery."
-            )
-        if as_peer:
-            key_to_write = _plan_peer_key(
-                sydent, signing_key_path, report.kind("signing key"), now=now
-            )
-        else:
-            key = _plan_signing_key(
-                sydent.key, signing_key_path, replace_key, report.kind("signing key")
-            )
-            key_to_write = (signing_key_path, key) if key is not None else None
-    with _open_readonly(db_path) as conn:
-        tables = _tables(conn)
-        for kind, table in _TABLES.items():
-            if table not in tables:
-                report.notes.append(f"{kind}: Sydent's database has no {table} table.")
-        _import_peer_keys(conn, tables, sydent, report.kind("peer keys"), now=now)
-        if as_peer:
-            del report.kinds["pepper"]
-            report.notes.append(
-                "pepper: ours is kept (a peer's import); clients that cached this"
-                " peer's pepper are answered M_INVALID_PEPPER and fetch hash_details."
-            )
-        else:
-            _import_pepper(conn, tables, report, now=now)
-        _import_associations(conn, tables, report.kind("associations"), now=now)
-        _import_invitations(
-            conn,
-            tables,
-            report.kind("invitations"),
-            now=now,
-            validity=invite_validity,
-            own_name=sydent.server_name if sydent is not None else None,
+    sydent, key_to_write = _plan_key(
+        config_path,
+        report,
+        signing_key_path=signing_key_path,
+        replace_key=replace_key,
+        as_peer=as_peer,
+        now=now,
+    )
+    with _open_readonly(db_path) as sydent_db:
+        _import_rows(
+            sydent_db, sydent, report, now=now, invite_validity=invite_validity, as_peer=as_peer
         )
-        _import_ephemeral_keys(conn, tables, report.kind("ephemeral keys"), now=now)
-        _import_accounts(conn, tables, report, now=now)
     if key_to_write is not None:
-        path, key = key_to_write
-        keys.write(path, key)
-        if path == signing_key_path:
-            report.written_key = key
-        else:
-            report.notes.append(
-                f"signing key: kept in {path}, to sign the invitations this peer stored."
-            )
+        _write_key(*key_to_write, signing_key_path=signing_key_path, report=report)
     return report
+
+
+def _import_rows(
+    sydent_db: "_SydentDatabase",
+    sydent: "SydentConfig | None",
+    report: ImportReport,
+    *,
+    now: datetime,
+    invite_validity: timedelta,
+    as_peer: bool,
+) -> None:
+    """Import every kind of row but the signing key, in the order of KINDS."""
+    for kind, table in _TABLES.items():
+        if not sydent_db.has(table):
+            report.notes.append(f"{kind}: Sydent's database has no {table} table.")
+    _import_peer_keys(sydent_db, sydent, report.kind("peer keys"), now=now)
+    if as_peer:
+        del report.kinds["pepper"]
+        report.notes.append(
+            "pepper: ours is kept (a peer's import); clients that cached this"
+            " peer's pepper are answered M_INVALID_PEPPER and fetch hash_details."
+        )
+    else:
+        _import_pepper(sydent_db, report, now=now)
+    _import_associations(sydent_db, report.kind("associations"), now=now)
+    _import_invitations(
+        sydent_db,
+        report.kind("invitations"),
+        now=now,
+        validity=invite_validity,
+        own_name=sydent.server_name if sydent is not None else None,
+    )
+    _import_ephemeral_keys(sydent_db, report.kind("ephemeral keys"), now=now)
+    # Accounts first: tokens and accepted terms are imported only for known accounts.
+    _import_accounts(sydent_db, report.kind("accounts"), now=now)
+    _import_access_tokens(sydent_db, report.kind("access tokens"), now=now)
+    _import_accepted_terms(sydent_db, report.kind("accepted terms"), now=now)
 
 
 # Where each kind is read from; the pepper and the key are reported apart.
@@ -225,18 +221,35 @@ _TABLES = {
 # -- reading Sydent's database ----------------------------------------------------
 
 
-class _ReadOnly:
+class _SydentDatabase:
+    """Sydent's database, opened read-only, and the tables it has."""
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self.conn.row_factory = sqlite3.Row
+        query = "SELECT name FROM sqlite_master WHERE type='table'"
+        self.tables = {name for (name,) in conn.execute(query)}
 
-    def __enter__(self) -> sqlite3.Connection:
-        return self.conn
+    def __enter__(self) -> "_SydentDatabase":
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.conn.close()
 
+    def has(self, table: str) -> bool:
+        return table in self.tables
 
-def _open_readonly(db_path: str) -> _ReadOnly:
+    def rows(self, table: str, query: str) -> Iterator[sqlite3.Row]:
+        """The rows `query` reads from `table`; none when Sydent's database lacks it
+        (older versions, or a table Tchap's branch added)."""
+        if table in self.tables:
+            yield from self.conn.execute(query)
+
+    def columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _open_readonly(db_path: str) -> _SydentDatabase:
     path = Path(db_path)
     if not path.is_file():
         raise SydentImportError(f"{db_path}: no such file")
@@ -246,23 +259,11 @@ def _open_readonly(db_path: str) -> _ReadOnly:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as e:
         raise SydentImportError(f"{db_path}: not a readable SQLite database ({e})") from None
-    if "local_threepid_associations" not in _tables(conn):
+    sydent_db = _SydentDatabase(conn)
+    if not sydent_db.has("local_threepid_associations"):
         conn.close()
         raise SydentImportError(f"{db_path}: not a Sydent database (no threepid tables)")
-    return _ReadOnly(conn)
-
-
-def _tables(conn: sqlite3.Connection) -> set[str]:
-    return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-
-
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-
-
-def _rows(conn: sqlite3.Connection, query: str) -> Iterator[sqlite3.Row]:
-    conn.row_factory = sqlite3.Row
-    yield from conn.execute(query)
+    return sydent_db
 
 
 def _moment(ms: object) -> datetime | None:
@@ -301,50 +302,54 @@ def _is_user_id(user_id: object) -> bool:
 # -- the pepper --------------------------------------------------------------------
 
 
-def _import_pepper(
-    conn: sqlite3.Connection, tables: set[str], report: ImportReport, *, now: datetime
-) -> str | None:
-    """Make Sydent's pepper our current one; return it (None when it was not imported)."""
-    kind = report.kind("pepper")
-    if "hashing_metadata" not in tables:
-        return None
-    found = list(_rows(conn, "SELECT id, lookup_pepper FROM hashing_metadata ORDER BY id DESC"))
-    if not found:
+def _import_pepper(sydent_db: _SydentDatabase, report: ImportReport, *, now: datetime) -> None:
+    """Make Sydent's newest pepper our current one, and hash our associations with it."""
+    if not sydent_db.has("hashing_metadata"):
+        return
+    query = "SELECT id, lookup_pepper FROM hashing_metadata ORDER BY id DESC"
+    row = next(sydent_db.rows("hashing_metadata", query), None)
+    if row is None:
         report.notes.append("pepper: Sydent's hashing_metadata is empty; ours is kept.")
-        return None
-    row = found[0]
-    ref = f"hashing_metadata#{row['id']}"
-    pepper = row["lookup_pepper"]
-    if not isinstance(pepper, str) or not pepper or len(pepper) > _MAX_PEPPER:
-        kind.skip("empty or too long a pepper", ref)
-        return None
-    if any(c.isspace() for c in pepper):
-        kind.skip("the pepper contains white space", ref)
-        return None
+        return
+    kind = report.kind("pepper")
+    ref, pepper = f"hashing_metadata#{row['id']}", row["lookup_pepper"]
+    problem = _pepper_problem(pepper)
+    if problem is not None:
+        kind.skip(problem, ref)
+        return
     known = peppers.all_peppers()
     if known and known[0] == pepper:
         kind.present += 1
-        return pepper
-    if pepper in known:
+    elif pepper in known:
         kind.skip("it is one of our former peppers and cannot become the current one", ref)
-        return None
-    peppers.add(pepper, now)
-    kind.imported += 1
-    rehashed = _rehash_associations(now)
-    if rehashed:
-        report.notes.append(f"pepper: {rehashed} existing association(s) hashed with it.")
-    return pepper
+    else:
+        peppers.add(pepper, now)
+        kind.imported += 1
+        rehashed = _rehash_associations(now)
+        if rehashed:
+            report.notes.append(f"pepper: {rehashed} existing association(s) hashed with it.")
+
+
+def _pepper_problem(pepper: object) -> str | None:
+    """Why `pepper` cannot be ours (clients put it in the string they hash), if it cannot."""
+    if not isinstance(pepper, str) or not pepper or len(pepper) > _MAX_PEPPER:
+        return "empty or too long a pepper"
+    if any(c.isspace() for c in pepper):
+        return "the pepper contains white space"
+    return None
 
 
 def _rehash_associations(now: datetime) -> int:
     """Hash the associations we already hold with the (new) current pepper."""
+    with_peppers = hashing_peppers(now)
     count = 0
-    for address in list(associations.addresses("email")):
-        association = associations.find("email", address)
-        if association is not None:
-            hash_association(association, now=now)
-            count += 1
-    db.session.flush()
+    for batch in associations.id_address_batches("email"):
+        for pepper in with_peppers:
+            hashes = {
+                row_id: spelling_hashes("email", address, pepper.value) for row_id, address in batch
+            }
+            associations.set_hashes(pepper.slot, hashes)
+        count += len(batch)
     return count
 
 
@@ -358,6 +363,8 @@ _ASSOCIATION_QUERIES = {
     "local_threepid_associations": "SELECT id, medium, address, mxid, ts, notBefore, notAfter"
     " FROM local_threepid_associations",
 }
+# Addresses looked up and associations written at a time.
+_ASSOCIATION_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -370,53 +377,79 @@ class _Binding:
     not_after: datetime
 
 
-def _import_associations(
-    conn: sqlite3.Connection,
-    tables: set[str],
-    kind: KindReport,
-    *,
-    now: datetime,
-) -> None:
+def _import_associations(sydent_db: _SydentDatabase, kind: KindReport, *, now: datetime) -> None:
     """Import the live bindings; the newest wins among rows of one normalised address."""
+    bindings = _live_bindings(sydent_db, kind, now=now)
+    addresses = list(bindings)
+    for start in range(0, len(addresses), _ASSOCIATION_BATCH):
+        batch = addresses[start : start + _ASSOCIATION_BATCH]
+        with_peppers = hashing_peppers(now)
+        # One indexed look-up per address: an IN list over a table filled in this
+        # same transaction gets a plan that scans it all on PostgreSQL (no statistics).
+        new = [
+            _import_binding(
+                bindings[address],
+                associations.find("email", address),
+                kind,
+                now=now,
+                with_peppers=with_peppers,
+            )
+            for address in batch
+        ]
+        associations.insert_all(a for a in new if a is not None)
+
+
+def _live_bindings(
+    sydent_db: _SydentDatabase, kind: KindReport, *, now: datetime
+) -> dict[str, list[_Binding]]:
+    """{normalised address: its live bindings in both tables}."""
     bindings: dict[str, list[_Binding]] = {}
     for table, query in _ASSOCIATION_QUERIES.items():
-        if table not in tables:
-            continue
-        for row in _rows(conn, query):
+        for row in sydent_db.rows(table, query):
             binding = _binding(row, f"{table}#{row['id']}", kind, now=now)
             if binding is not None:
                 bindings.setdefault(binding.address, []).append(binding)
-    for address, candidates in bindings.items():
-        candidates.sort(key=lambda b: (b.ts, b.ref.startswith("global")), reverse=True)
-        newest = candidates[0]
-        for older in candidates[1:]:
-            if older.mxid != newest.mxid:
-                kind.skip("superseded by a newer binding to another Matrix ID", older.ref)
-        existing = associations.find("email", address)
-        if existing is not None and _superseded_here(existing, newest, candidates[1:]):
-            # Imported from another peer before that peer heard of this newer binding.
-            existing.mxid, existing.created_at = newest.mxid, newest.ts
-            existing.not_before, existing.not_after = newest.not_before, newest.not_after
-            hash_association(existing, now=now)
-            kind.imported += 1
-            continue
-        if existing is not None:
-            if existing.mxid == newest.mxid:
-                kind.present += 1
-            else:
-                kind.skip("the address is bound here to another Matrix ID", newest.ref)
-            continue
-        association = Association(
-            medium="email",
-            address=address,
-            mxid=newest.mxid,
-            created_at=newest.ts,
-            not_before=newest.not_before,
-            not_after=newest.not_after,
-        )
-        hash_association(association, now=now)
-        associations.save(association)
+    return bindings
+
+
+def _import_binding(
+    candidates: list[_Binding],
+    existing: Association | None,
+    kind: KindReport,
+    *,
+    now: datetime,
+    with_peppers: list[Pepper],
+) -> Association | None:
+    """Import the newest of one address's bindings; return the association to add."""
+    candidates.sort(key=lambda b: (b.ts, b.ref.startswith("global")), reverse=True)
+    newest, older = candidates[0], candidates[1:]
+    for binding in older:
+        if binding.mxid != newest.mxid:
+            kind.skip("superseded by a newer binding to another Matrix ID", binding.ref)
+    if existing is None:
         kind.imported += 1
+        return _set_binding(
+            Association(medium="email", address=newest.address), newest, now, with_peppers
+        )
+    if _superseded_here(existing, newest, older):
+        # Imported from another peer before that peer heard of this newer binding.
+        _set_binding(existing, newest, now, with_peppers)
+        kind.imported += 1
+    elif existing.mxid == newest.mxid:
+        kind.present += 1
+    else:
+        kind.skip("the address is bound here to another Matrix ID", newest.ref)
+    return None
+
+
+def _set_binding(
+    association: Association, binding: _Binding, now: datetime, with_peppers: list[Pepper]
+) -> Association:
+    """Give `association` the Matrix ID and times of `binding`, and hash it."""
+    association.mxid, association.created_at = binding.mxid, binding.ts
+    association.not_before, association.not_after = binding.not_before, binding.not_after
+    hash_association(association, now=now, with_peppers=with_peppers)
+    return association
 
 
 def _superseded_here(existing: Association, newest: _Binding, older: list[_Binding]) -> bool:
@@ -472,8 +505,7 @@ _INVITATIONS_REPLICATED = (
 
 
 def _import_invitations(
-    conn: sqlite3.Connection,
-    tables: set[str],
+    sydent_db: _SydentDatabase,
     kind: KindReport,
     *,
     now: datetime,
@@ -486,81 +518,87 @@ def _import_invitations(
     the peer that stored the original (`origin_server`), and its token, which is
     what makes both the same invitation here.
     """
-    if "invite_tokens" not in tables:
-        return
     # Only Tchap's branch has the origin column; mainline Sydent does not replicate.
-    replicated = "origin_server" in _columns(conn, "invite_tokens")
+    replicated = "origin_server" in sydent_db.columns("invite_tokens")
     query = _INVITATIONS_REPLICATED if replicated else _INVITATIONS
-    for row in _rows(conn, query):
-        ref = f"invite_tokens#{row['id']}"
-        token = row["token"]
-        if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN:
-            kind.skip("missing or too long a token", ref)
-            continue
-        stored_by = row["origin_server"] or own_name
-        if stored_by is not None and not is_server_name(stored_by):
-            kind.skip("the origin server is not a server name", ref)
-            continue
-        existing = invites.by_token(token)
-        if existing is not None:
-            if existing.stored_by is None and stored_by is not None:
-                # Imported first without knowing its origin (no config given).
-                existing.stored_by = stored_by
-            kind.present += 1
-            continue
-        if row["sent_ts"] is not None:
-            kind.skip("already delivered to the invitee's homeserver", ref)
-            continue
-        if row["medium"] != "email":
-            kind.skip(f"medium {row['medium']!r} is not supported", ref)
-            continue
-        address = _email(row["address"])
-        if address is None:
-            kind.skip("not a valid email address", ref)
-            continue
-        room_id = row["room_id"]
-        if not isinstance(room_id, str) or not room_id.startswith("!") or len(room_id) > 255:
-            kind.skip("not a valid room ID", ref)
-            continue
-        if not _is_user_id(row["sender"]):
-            kind.skip("the sender is not a valid Matrix user ID", ref)
-            continue
-        received = _moment_s(row["received_ts"])
-        if received is None:
-            kind.skip("no reception time", ref)
-            continue
-        if received + validity <= now:
-            kind.skip(f"expired: received more than {_days(validity)} ago", ref)
-            continue
-        invites.add(
-            Invitation(
-                token=token,
-                medium="email",
-                address=address,
-                room_id=room_id,
-                sender=row["sender"],
-                # Sydent does not say whether the sender was authenticated.
-                sender_verified=False,
-                details={},
-                created_at=received,
-                expires_at=received + validity,
-                stored_by=stored_by,
-            )
+    for row in sydent_db.rows("invite_tokens", query):
+        _import_invitation(row, kind, now=now, validity=validity, own_name=own_name)
+
+
+def _import_invitation(
+    row: sqlite3.Row,
+    kind: KindReport,
+    *,
+    now: datetime,
+    validity: timedelta,
+    own_name: str | None,
+) -> None:
+    ref = f"invite_tokens#{row['id']}"
+    token, stored_by = row["token"], row["origin_server"] or own_name
+    if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN:
+        kind.skip("missing or too long a token", ref)
+        return
+    if stored_by is not None and not is_server_name(stored_by):
+        kind.skip("the origin server is not a server name", ref)
+        return
+    existing = invites.by_token(token)
+    if existing is not None:
+        if existing.stored_by is None and stored_by is not None:
+            # Imported first without knowing its origin (no config given).
+            existing.stored_by = stored_by
+        kind.present += 1
+        return
+    problem = _not_pending(row, now=now, validity=validity)
+    if problem is not None:
+        kind.skip(problem, ref)
+        return
+    received = _moment_s(row["received_ts"])
+    invites.add(
+        Invitation(
+            token=token,
+            medium="email",
+            address=_email(row["address"]),
+            room_id=row["room_id"],
+            sender=row["sender"],
+            # Sydent does not say whether the sender was authenticated.
+            sender_verified=False,
+            details={},
+            created_at=received,
+            expires_at=received + validity,
+            stored_by=stored_by,
         )
-        kind.imported += 1
+    )
+    kind.imported += 1
+
+
+def _not_pending(row: sqlite3.Row, *, now: datetime, validity: timedelta) -> str | None:
+    """Why an invitation is not one to deliver from here, if it is not."""
+    if row["sent_ts"] is not None:
+        return "already delivered to the invitee's homeserver"
+    if row["medium"] != "email":
+        return f"medium {row['medium']!r} is not supported"
+    if _email(row["address"]) is None:
+        return "not a valid email address"
+    room_id = row["room_id"]
+    if not isinstance(room_id, str) or not room_id.startswith("!") or len(room_id) > 255:
+        return "not a valid room ID"
+    if not _is_user_id(row["sender"]):
+        return "the sender is not a valid Matrix user ID"
+    received = _moment_s(row["received_ts"])
+    if received is None:
+        return "no reception time"
+    if received + validity <= now:
+        return f"expired: received more than {_days(validity)} ago"
+    return None
 
 
 def _days(validity: timedelta) -> str:
     return f"{validity.days} day(s)" if validity.days else f"{int(validity.total_seconds())} s"
 
 
-def _import_ephemeral_keys(
-    conn: sqlite3.Connection, tables: set[str], kind: KindReport, *, now: datetime
-) -> None:
-    if "ephemeral_public_keys" not in tables:
-        return
+def _import_ephemeral_keys(sydent_db: _SydentDatabase, kind: KindReport, *, now: datetime) -> None:
     query = "SELECT id, public_key, verify_count, persistence_ts FROM ephemeral_public_keys"
-    for row in _rows(conn, query):
+    for row in sydent_db.rows("ephemeral_public_keys", query):
         ref = f"ephemeral_public_keys#{row['id']}"
         public_key = row["public_key"]
         if not _is_public_key(public_key):
@@ -594,65 +632,105 @@ def _is_public_key(value: object) -> bool:
 # -- accounts, tokens, terms -------------------------------------------------------
 
 
-def _import_accounts(
-    conn: sqlite3.Connection, tables: set[str], report: ImportReport, *, now: datetime
-) -> None:
-    kind = report.kind("accounts")
-    if "accounts" in tables:
-        for row in _rows(conn, "SELECT rowid, user_id, created_ts FROM accounts"):
-            ref = f"accounts#{row['rowid']}"
-            user_id = row["user_id"]
-            if not _is_user_id(user_id):
-                kind.skip("not a valid Matrix user ID", ref)
-                continue
-            if accounts.exists(user_id):
-                kind.present += 1
-                continue
+def _import_accounts(sydent_db: _SydentDatabase, kind: KindReport, *, now: datetime) -> None:
+    for row in sydent_db.rows("accounts", "SELECT rowid, user_id, created_ts FROM accounts"):
+        ref, user_id = f"accounts#{row['rowid']}", row["user_id"]
+        if not _is_user_id(user_id):
+            kind.skip("not a valid Matrix user ID", ref)
+        elif accounts.exists(user_id):
+            kind.present += 1
+        else:
             accounts.ensure_account(user_id, _moment(row["created_ts"]) or now)
             kind.imported += 1
-    kind = report.kind("access tokens")
-    if "tokens" in tables:
-        for row in _rows(conn, "SELECT rowid, token, user_id FROM tokens"):
-            ref = f"tokens#{row['rowid']}"
-            token, user_id = row["token"], row["user_id"]
-            if not isinstance(token, str) or not token:
-                kind.skip("empty token", ref)
-                continue
-            owner = accounts.user_for_token(token_hash(token))
-            if owner is not None:
-                if owner == user_id:
-                    kind.present += 1
-                else:
-                    kind.skip("the token belongs here to another user", ref)
-                continue
-            if not isinstance(user_id, str) or not accounts.exists(user_id):
-                kind.skip("no imported account for its user", ref)
-                continue
+
+
+def _import_access_tokens(sydent_db: _SydentDatabase, kind: KindReport, *, now: datetime) -> None:
+    """Import the access tokens of imported accounts, hashed as we store ours."""
+    for row in sydent_db.rows("tokens", "SELECT rowid, token, user_id FROM tokens"):
+        ref, token, user_id = f"tokens#{row['rowid']}", row["token"], row["user_id"]
+        if not isinstance(token, str) or not token:
+            kind.skip("empty token", ref)
+            continue
+        owner = accounts.user_for_token(token_hash(token))
+        if owner is not None and owner == user_id:
+            kind.present += 1
+        elif owner is not None:
+            kind.skip("the token belongs here to another user", ref)
+        elif not isinstance(user_id, str) or not accounts.exists(user_id):
+            kind.skip("no imported account for its user", ref)
+        else:
             accounts.add_token(token_hash(token), user_id, now)
             kind.imported += 1
-    kind = report.kind("accepted terms")
-    if "accepted_terms_urls" in tables:
-        accepted: dict[str, set[str]] = {}
-        for row in _rows(conn, "SELECT rowid, user_id, url FROM accepted_terms_urls"):
-            ref = f"accepted_terms_urls#{row['rowid']}"
-            user_id, url = row["user_id"], row["url"]
-            if not isinstance(url, str) or not url or len(url) > _MAX_URL:
-                kind.skip("empty or too long a URL", ref)
-                continue
-            if not isinstance(user_id, str) or not accounts.exists(user_id):
-                kind.skip("no imported account for its user", ref)
-                continue
-            if user_id not in accepted:
-                accepted[user_id] = accounts.accepted_urls(user_id)
-            if url in accepted[user_id]:
-                kind.present += 1
-                continue
+
+
+def _import_accepted_terms(sydent_db: _SydentDatabase, kind: KindReport, *, now: datetime) -> None:
+    """Import the terms URLs imported accounts accepted."""
+    # {user ID: the URLs it has accepted here}, read once per account.
+    accepted: dict[str, set[str]] = {}
+    query = "SELECT rowid, user_id, url FROM accepted_terms_urls"
+    for row in sydent_db.rows("accepted_terms_urls", query):
+        ref, user_id, url = f"accepted_terms_urls#{row['rowid']}", row["user_id"], row["url"]
+        if not isinstance(url, str) or not url or len(url) > _MAX_URL:
+            kind.skip("empty or too long a URL", ref)
+            continue
+        if not isinstance(user_id, str) or not accounts.exists(user_id):
+            kind.skip("no imported account for its user", ref)
+            continue
+        if user_id not in accepted:
+            accepted[user_id] = accounts.accepted_urls(user_id)
+        if url in accepted[user_id]:
+            kind.present += 1
+        else:
             accounts.accept_urls(user_id, {url}, now)
             accepted[user_id].add(url)
             kind.imported += 1
 
 
 # -- the signing key ---------------------------------------------------------------
+
+
+def _plan_key(
+    config_path: str | None,
+    report: ImportReport,
+    *,
+    signing_key_path: str,
+    replace_key: bool,
+    as_peer: bool,
+    now: datetime,
+) -> tuple["SydentConfig | None", tuple[str, SigningKey] | None]:
+    """Sydent's config, and the (file, key) to write once the rows are imported.
+
+    Nothing is written yet, so that a refused key leaves nothing behind.
+
+    :raises SydentImportError: see `import_sydent`.
+    """
+    if config_path is None:
+        if as_peer:
+            raise SydentImportError("a peer is imported with its config (--config)")
+        del report.kinds["signing key"]
+        report.notes.append("No Sydent config given: the signing key was not imported.")
+        return None, None
+    sydent = read_sydent_config(config_path)
+    if sydent.server_name is None:
+        report.notes.append(
+            f"{config_path}: no [general] server.name: the invitations of this"
+            " database are signed with our key on delivery."
+        )
+    kind = report.kind("signing key")
+    if as_peer:
+        return sydent, _plan_peer_key(sydent, signing_key_path, kind, now=now)
+    key = _plan_signing_key(sydent.key, signing_key_path, replace_key, kind)
+    return sydent, (signing_key_path, key) if key is not None else None
+
+
+def _write_key(path: str, key: SigningKey, *, signing_key_path: str, report: ImportReport) -> None:
+    keys.write(path, key)
+    if path == signing_key_path:
+        report.written_key = key
+    else:
+        report.notes.append(
+            f"signing key: kept in {path}, to sign the invitations this peer stored."
+        )
 
 
 def _plan_signing_key(
@@ -754,8 +832,7 @@ def read_sydent_config(config_path: str) -> SydentConfig:
 
 
 def _import_peer_keys(
-    conn: sqlite3.Connection,
-    tables: set[str],
+    sydent_db: _SydentDatabase,
     sydent: SydentConfig | None,
     kind: KindReport,
     *,
@@ -770,18 +847,7 @@ def _import_peer_keys(
     found: list[tuple[str, str, str]] = []
     if sydent is not None and sydent.server_name is not None:
         found.append(("config", sydent.server_name, keys.public_key_base64(sydent.key)))
-    if "peer_pubkeys" in tables:
-        query = "SELECT id, peername, alg, key FROM peer_pubkeys ORDER BY id"
-        for row in _rows(conn, query):
-            ref = f"peer_pubkeys#{row['id']}"
-            if row["alg"] != "ed25519":
-                kind.skip(f"algorithm {row['alg']!r} is not supported", ref)
-            elif not isinstance(row["peername"], str) or not is_server_name(row["peername"]):
-                kind.skip("not a server name", ref)
-            elif not _is_public_key(row["key"]):
-                kind.skip("not an ed25519 public key in unpadded base64", ref)
-            else:
-                found.append((ref, row["peername"], row["key"]))
+    found += _replication_peer_keys(sydent_db, kind)
     for ref, server_name, public_key in found:
         try:
             recorded = peers.record_public_key(server_name, public_key, now=now)
@@ -792,6 +858,25 @@ def _import_peer_keys(
             kind.imported += 1
         else:
             kind.present += 1
+
+
+def _replication_peer_keys(
+    sydent_db: _SydentDatabase, kind: KindReport
+) -> list[tuple[str, str, str]]:
+    """(row reference, server name, public key) of each valid row of `peer_pubkeys`."""
+    found = []
+    query = "SELECT id, peername, alg, key FROM peer_pubkeys ORDER BY id"
+    for row in sydent_db.rows("peer_pubkeys", query):
+        ref = f"peer_pubkeys#{row['id']}"
+        if row["alg"] != "ed25519":
+            kind.skip(f"algorithm {row['alg']!r} is not supported", ref)
+        elif not isinstance(row["peername"], str) or not is_server_name(row["peername"]):
+            kind.skip("not a server name", ref)
+        elif not _is_public_key(row["key"]):
+            kind.skip("not an ed25519 public key in unpadded base64", ref)
+        else:
+            found.append((ref, row["peername"], row["key"]))
+    return found
 
 
 def _same_key(a: SigningKey, b: SigningKey) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import signedjson.key
 import signedjson.sign
+from sqlalchemy import event
 from sqlalchemy import select
 
 from identity import deliveries
@@ -431,6 +432,60 @@ def test_our_bindings_are_rehashed_and_conflicts_kept(sydent_deployment, app, cl
     assert rows[BRUNO[0]].mxid == ours[BRUNO[0]]
     for address, association in rows.items():
         assert association.lookup_hash == sha256_hash(address, pepper)
+
+
+def _with_bindings(deployment: Deployment, path: Path, prefix: str, count: int, pepper: str):
+    """A copy of the deployment's database with `count` more bindings, under `pepper`."""
+    path.write_bytes(Path(deployment.db_path).read_bytes())
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO global_threepid_associations (medium, address, mxid, ts, notBefore,"
+            " notAfter, originServer, originId, sgAssoc) VALUES ('email', ?, ?, ?, ?, ?,"
+            " 'old.sydent', ?, '{}')",
+            [
+                (f"{prefix}{i}@example.org", f"@{prefix}{i}:example.org", NOW_MS, NOW_MS,
+                 NOW_MS + YEAR_MS, 5000 + i)
+                for i in range(count)
+            ],
+        )  # fmt: skip
+        conn.execute("UPDATE hashing_metadata SET lookup_pepper = ?", (pepper,))
+    return Deployment(**{**deployment.__dict__, "db_path": str(path), "pepper": pepper})
+
+
+def test_associations_are_read_and_written_in_batches(
+    sydent_deployment, terms_config, app, client, runner, tmp_path
+):
+    count = 200
+    held = _with_bindings(sydent_deployment, tmp_path / "held.db", "held", count, "heldPepper")
+    assert run_import(runner, held, with_config=False).exit_code == 0
+    statements = []
+
+    def on_execute(conn, cursor, statement, *args):
+        if re.search(r"\b(association|pepper)\b", statement):
+            statements.append(statement)
+
+    more = _with_bindings(sydent_deployment, tmp_path / "more.db", "more", count, "newPepper")
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        result = run_import(runner, more, with_config=False)
+    finally:
+        event.remove(engine, "before_cursor_execute", on_execute)
+    assert result.exit_code == 0, result.output
+    assert kind_line(result.output, "associations") == (count, 4, 6)
+    assert f"note: pepper: {count + 4} existing association(s) hashed with it." in result.output
+    # The peppers are read once per batch, the bindings we held are hashed again a
+    # page at a time and the new ones inserted together: what is left per binding is
+    # the look-up of its address.
+    assert sum(" pepper" in s for s in statements) < 20
+    assert len(statements) < count + 40, len(statements)
+    for address in ("held7@example.org", "more7@example.org"):
+        body = {"addresses": [sha256_hash(address, "newPepper")], "algorithm": "sha256",
+                "pepper": "newPepper"}  # fmt: skip
+        r = client.post(f"{V2}/lookup", json=body, headers=auth(DORA_TOKEN))
+        assert r.status_code == 200, r.json
+        assert r.json["mappings"] == {body["addresses"][0]: f"@{address.split('@')[0]}:example.org"}
 
 
 def test_a_missing_or_foreign_database_is_refused(runner, tmp_path):

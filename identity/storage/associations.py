@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import delete
 from sqlalchemy import func
+from sqlalchemy import insert
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.orm import InstrumentedAttribute
@@ -16,6 +17,7 @@ from identity.storage.results import rowcount
 
 # Keep IN lists well below every engine's limit on bound parameters.
 _BATCH = 500
+_INSERTED = [column for column in Association.__table__.columns if column.key != "id"]
 
 
 def find(medium: str, address: str) -> Association | None:
@@ -26,6 +28,19 @@ def save(association: Association) -> Association:
     db.session.add(association)
     db.session.flush()
     return association
+
+
+def insert_all(new: Iterable[Association]) -> None:
+    """Insert new associations, one statement for all (their ids are not read back).
+
+    The ORM's unit of work inserts rows one by one where it must read ids back (SQLite).
+    """
+    values = [
+        {column.key: getattr(association, column.key) for column in _INSERTED}
+        for association in new
+    ]
+    if values:
+        db.session.execute(insert(Association), values)
 
 
 def remove(association: Association) -> None:
@@ -115,6 +130,24 @@ def addresses(medium: str) -> Iterator[str]:
     """Every bound address of a medium, streamed (there may be millions)."""
     query = select(Association.address).filter_by(medium=medium)
     yield from db.session.scalars(query.execution_options(yield_per=10_000))
+
+
+def id_address_batches(medium: str, size: int = 5_000) -> Iterator[list[tuple[int, str]]]:
+    """(id, address) of every association of a medium, about `size` at a time, by id.
+
+    Pages by id instead of holding a cursor open, so that the caller may update each
+    batch before it asks for the next; on the primary key alone, so that every page is
+    an index range whatever the planner knows of the table.
+    """
+    after = 0
+    query = select(Association.id, Association.medium, Association.address)
+    while rows := db.session.execute(
+        query.where(Association.id > after).order_by(Association.id).limit(size)
+    ).all():
+        batch = [(row_id, address) for row_id, row_medium, address in rows if row_medium == medium]
+        if batch:
+            yield batch
+        after = rows[-1][0]
 
 
 def clear_slot(slot: int) -> None:
