@@ -553,6 +553,7 @@ def _import_invitation(
         kind.skip(problem, ref)
         return
     received = _moment_s(row["received_ts"])
+    assert received is not None  # _not_pending refused the rows without one
     invites.add(
         Invitation(
             token=token,
