@@ -4,12 +4,14 @@ import logging
 import os
 import tempfile
 from typing import Any
+from typing import cast
 
 import signedjson.key
 import signedjson.sign
 from flask import Flask
 from nacl.exceptions import CryptoError
 from signedjson.types import SigningKey
+from signedjson.types import VerifyKey
 
 from identity.config import ConfigError
 from identity.services import services
@@ -131,7 +133,8 @@ def key_id(key: SigningKey) -> str:
 
 
 def public_key_base64(key: SigningKey) -> str:
-    return signedjson.key.encode_verify_key_base64(signedjson.key.get_verify_key(key))
+    # Only the key's bytes are encoded: nacl's VerifyKey, without signedjson's alg/version.
+    return signedjson.key.encode_verify_key_base64(cast(VerifyKey, key.verify_key))
 
 
 def sign(payload: dict[str, Any], server_name: str, key: SigningKey) -> dict[str, Any]:

@@ -4,8 +4,8 @@ that holds nothing but the database (no configuration, no services of ours)."""
 from datetime import timedelta
 
 import pytest
+import signedjson.key
 from flask import Flask
-from nacl.signing import SigningKey
 
 from identity import invitations
 from identity import keys
@@ -29,7 +29,7 @@ def bare(app, db_url):
 
 def test_store_invite_needs_no_app_configuration(app, bare, clock):
     settings, table = services(app).settings, services(app).routing.table()
-    signing_key = SigningKey.generate()
+    signing_key = signedjson.key.generate_signing_key("0")
     policy = invitations.Policy.from_settings(settings, signing_key)
     sent = []
 
