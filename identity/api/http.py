@@ -59,8 +59,8 @@ def route(
 
             @functools.wraps(view)
             def authenticated(*args: Any, **kwargs: Any) -> Any:
-                if kwargs.get("v2"):
-                    g.identity_user = check()
+                # Set on every request: an app context (and its `g`) may outlive one.
+                g.identity_user = check() if kwargs.get("v2") else None
                 return view(*args, **kwargs)
 
             endpoint = typing.cast(F, authenticated)
