@@ -331,7 +331,10 @@ def web_client_location(requested: str, policy: Policy) -> str:
     address and the invitation's private key: anyone may call v1 store-invite, so a
     host of the caller's choosing is never trusted.
     """
-    parts = urlsplit(requested.strip())
+    try:
+        parts = urlsplit(requested.strip())
+    except ValueError:  # "https://[::1": not a URL at all
+        return policy.web_client_location
     if (
         parts.scheme == "https"
         and parts.hostname in policy.web_client_hosts

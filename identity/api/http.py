@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import json
 import re
 import types
 import typing
@@ -92,11 +93,28 @@ def json_body(*, allow_form: bool = False) -> dict[str, Any]:
     ):
         return request.form.to_dict()
     body = request.get_json(force=True, silent=True)
-    if body is None:
+    if body is None or _has_lone_surrogate(body):
         raise NotJson("Content not JSON")
     if not isinstance(body, dict):
         raise BadJson("The body must be a JSON object")
     return body
+
+
+# A \uD800-\uDFFF escape: the JSON decoder turns a lone one into a str that no codec
+# can encode (UTF-8 for the database, a mail or a URL), so such a body is refused here.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(body: Any) -> bool:
+    """Whether the decoded body holds a lone UTF-16 surrogate (not valid Unicode, RFC 8259
+    section 8.2); paired escapes decode to one code point and are fine."""
+    if not _SURROGATE_ESCAPE.search(request.get_data()):
+        return False
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def parse(model: type[M], data: dict[str, Any]) -> M:

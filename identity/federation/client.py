@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -17,16 +18,17 @@ from urllib.parse import urlencode
 import urllib3
 
 from identity.errors import Unauthorized
+from identity.federation import guard
+from identity.federation.guard import IPAddress
+from identity.federation.guard import Network
 from identity.federation.resolver import Resolver
+from identity.federation.resolver import SrvLookup
 from identity.federation.resolver import Target
+from identity.federation.resolver import srv_lookup
 
 logger = logging.getLogger(__name__)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# Shared address space (RFC 6598) is not flagged by `ipaddress` as private.
-_ALWAYS_REFUSED = [ipaddress.ip_network("100.64.0.0/10")]
 _MAX_AGE = re.compile(r"max-age=(\d+)")
 
 
@@ -44,21 +46,31 @@ class Policy:
     max_response_bytes: int
 
     def allows(self, address: IPAddress) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        if any(address in net for net in self.blocklist):
-            return False
-        if any(address in net for net in self.allowlist):
-            return True
-        if address.is_multicast or any(address in net for net in _ALWAYS_REFUSED):
-            return False
-        return address.is_global
+        """Whether we may connect to `address` (see `identity.federation.guard`)."""
+        return guard.allows(address, allowlist=self.allowlist, blocklist=self.blocklist)
+
+
+def lookup_addresses(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to (IP literals included), as the system resolves them."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+# Resolves a host name to addresses: (host, port) → addresses; raises OSError.
+AddressLookup = Callable[[str, int], list[str]]
 
 
 class FederationClient:
-    def __init__(self, policy: Policy) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        lookup_srv: SrvLookup = srv_lookup,
+        lookup_addresses: AddressLookup = lookup_addresses,
+    ) -> None:
         self.policy = policy
-        self.resolver = Resolver(self._fetch_well_known)
+        self.resolver = Resolver(self._fetch_well_known, lookup_srv)
+        self._lookup_addresses = lookup_addresses
 
     def get_json(self, server_name: str, path: str, params: dict[str, str] | None = None) -> Any:
         return self.request("GET", server_name, path, params=params)
@@ -176,10 +188,10 @@ class FederationClient:
         :raises FederationError: when every address is refused or none resolves.
         """
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as e:
+            found = self._lookup_addresses(host, port)
+            addresses = list(dict.fromkeys(ipaddress.ip_address(a) for a in found))
+        except (OSError, UnicodeError, ValueError) as e:
             raise FederationError(f"cannot resolve {host}: {e}") from None
-        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
         allowed = [a for a in addresses if self.policy.allows(a)]
         if not allowed:
             raise FederationError(f"{host} resolves only to refused addresses")
