@@ -5,6 +5,8 @@ are stateless: rate limits (Redis), the delivery queue and everything else share
 in PostgreSQL and Redis, so any number of workers and hosts answer alike.
 """
 
+import gc
+import importlib
 import multiprocessing
 import os
 import shutil
@@ -24,9 +26,13 @@ threads = int(os.environ.get("IDENTITY_THREADS", 4))
 graceful_timeout = 30
 timeout = 60
 keepalive = 5
-# Recycle workers now and then, so that no slow leak can build up.
-max_requests = 10_000
-max_requests_jitter = 1_000
+# Recycle workers now and then, so that no slow leak can build up: rarely, since a
+# worker's start costs CPU that a busy server takes from requests (10,000 recycled each
+# worker every few seconds at full load, 10-20% of all CPU: docs/performance.md). The
+# master holds the libraries already (`_share_libraries`), so a new worker forks with
+# them and only builds the app.
+max_requests = 1_000_000
+max_requests_jitter = 100_000
 # gunicorn >= 25.1 opens a control socket at one path per user ($HOME/.gunicorn/gunicorn.ctl):
 # several instances on one host would take it from each other. We manage instances
 # with signals (docs/operations.md), so none is opened.
@@ -80,10 +86,12 @@ def _prepare(server) -> None:
     """
     sys.stdout.flush()
     sys.stderr.flush()
+    read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
         status = 1
         try:
+            os.close(read_end)
             from gunicorn.util import import_app
 
             from identity.config import ConfigError
@@ -91,6 +99,8 @@ def _prepare(server) -> None:
             try:
                 import_app(server.app.app_uri)
                 status = 0
+                with os.fdopen(write_end, "w") as modules:
+                    modules.write("\n".join(_libraries()))
             except ConfigError as e:
                 server.log.error("Cannot start: %s", e)
         except BaseException:
@@ -99,6 +109,9 @@ def _prepare(server) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end) as modules:
+        libraries = modules.read().split()
     _, wait_status = os.waitpid(pid, 0)
     child_exit(server, pid)
     if os.waitstatus_to_exitcode(wait_status) != 0:
@@ -108,6 +121,42 @@ def _prepare(server) -> None:
         sys.exit(1)
     # The workers need not warn again about what the child warned about.
     os.environ[CHECKED_AT_START] = "1"
+    _share_libraries(libraries)
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _libraries() -> list[str]:
+    """The modules loaded, but the application's own (those under this directory, not
+    in a virtualenv's site-packages)."""
+    names = []
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None) or ""
+        own = path.startswith(_HERE + os.sep) and os.sep + "site-packages" + os.sep not in path
+        if name != "__main__" and not own:
+            names.append(name)
+    return names
+
+
+def _share_libraries(names: list[str]) -> None:
+    """Import in the master the libraries the app loaded (Flask, SQLAlchemy, drivers…),
+    never the application's code, so that every worker forks with them in pages it
+    shares with the master and the other workers, and starts (a reload, a recycled
+    worker) without importing them. Workers still load the application afresh: a
+    graceful reload (SIGHUP) serves new code and configuration; a new version of a
+    library needs a restart.
+    """
+    for name in names:
+        if name not in sys.modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: S112 (a module only loadable its own way: skipped)
+                continue
+    # What the master holds now stays put: the workers' garbage collections do not
+    # touch (and so copy) these pages.
+    gc.collect()
+    gc.freeze()
 
 
 def child_exit(server, worker) -> None:

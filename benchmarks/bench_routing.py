@@ -12,21 +12,19 @@ import platform
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.request import urlopen
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from docs_section import markers
+from docs_section import write_section
 
-from docs_section import markers  # noqa: E402
-from docs_section import write_section  # noqa: E402
-
-from identity.routing.schema import load_text  # noqa: E402
+from identity.routing.schema import load_text
+from testing.processes import free_port
+from testing.servers import Gunicorn
+from testing.servers import migrate
 
 START, END, _ = markers("routing")
 SIZES = (10, 10_000, 100_000)
@@ -81,8 +79,7 @@ def resolution() -> dict[int, float]:
     return results
 
 
-def serve(tmp: Path, workers: int) -> tuple[subprocess.Popen, str]:
-    port = 18_000 + random.randrange(1000)
+def serve(tmp: Path, workers: int) -> Gunicorn:
     env = {
         **os.environ,
         "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp / 'bench.sqlite3'}",
@@ -94,25 +91,12 @@ def serve(tmp: Path, workers: int) -> tuple[subprocess.Popen, str]:
         # No mail is sent here; gunicorn refuses to start without a mail server otherwise.
         "IDENTITY_MAIL_PRINT_TO_LOG": "true",
     }
-    flask = [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"]
-    subprocess.run(flask, cwd=ROOT, env=env, check=True, capture_output=True)
-    command = [
-        # The settings below only, not gunicorn.conf.py (gunicorn reads it by default).
-        sys.executable, "-m", "gunicorn", "-c", os.devnull, "-w", str(workers),
-        "-b", f"127.0.0.1:{port}",
-        "--log-level", "warning", "app:create_app()",
-    ]  # fmt: skip
-    env["IDENTITY_AUTO_MIGRATE"] = "false"
-    server = subprocess.Popen(command, cwd=ROOT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urlopen(f"{base}/health", timeout=1).read()
-            return server, base
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    raise RuntimeError("gunicorn did not start")
+    migrate(env)
+    # The settings below only, not gunicorn.conf.py (gunicorn reads it by default).
+    port = free_port()
+    options = ("-c", os.devnull, "-w", str(workers), "-b", f"127.0.0.1:{port}",
+               "--log-level", "warning")  # fmt: skip
+    return Gunicorn(env, options, log=tmp / "gunicorn.log", port=port)
 
 
 def wrk(url: str, seconds: int, connections: int, domain: str | None = None) -> dict[str, float]:
@@ -134,7 +118,8 @@ def wrk(url: str, seconds: int, connections: int, domain: str | None = None) -> 
 
 def http(seconds: int, workers: int, connections: int) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
-        server, base = serve(Path(tmp), workers)
+        server = serve(Path(tmp), workers)
+        base = server.base
         try:
             info = f"{base}/_matrix/identity/api/v1/info?medium=email&address="
             trivial = f"{base}/_matrix/identity/versions"
@@ -153,8 +138,7 @@ def http(seconds: int, workers: int, connections: int) -> dict[str, dict[str, fl
                 ),
             }
         finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
+            server.stop()
 
 
 def machine() -> str:

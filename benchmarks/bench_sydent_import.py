@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_sydent_import.py --count 100000
 
 Sydent creates its own database (its cached virtualenv, as the interop tests use:
-tests/sydent_peer.py); the rows are then written with bulk SQL in that schema: every
+testing/sydent.py); the rows are then written with bulk SQL in that schema: every
 binding in the global table and half of them in the local one too, as Sydent keeps its
 own binds; one account (with an access token and an accepted terms URL), one pending
 invitation and one ephemeral key per ten bindings. Three runs, each on a fresh database
@@ -32,17 +32,24 @@ from pathlib import Path
 
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from app import create_app  # noqa: E402
-from identity.extensions import db  # noqa: E402
-from tests.support import FakeClock  # noqa: E402
-from tests.support import free_port  # noqa: E402
-from tests.sydent_peer import Sydent  # noqa: E402
-from tests.sydent_peer import ensure_venv  # noqa: E402
+from app import create_app
+from identity.extensions import db
+from testing.processes import free_port
+from testing.sydent import Sydent
+from testing.sydent import ensure_venv
 
 PG = "postgresql://postgres@127.0.0.1:5432"
+
+
+class _FixedClock:
+    """The service's clock, stopped at the moment the generated data is set in."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
 NOW_MS = 1_790_000_000_000  # 2026-09-21, the clock of our side
 CREATED_MS = NOW_MS - 365 * 86_400_000
 NOT_AFTER_MS = CREATED_MS + 100 * 365 * 86_400_000  # Sydent's 100 years
@@ -158,7 +165,7 @@ def our_app(uri: str, tmp: Path, n: int):
             "RATELIMIT_ENABLED": False,
             "DELIVERY_WORKER_ENABLED": False,
         },
-        clock=FakeClock(datetime.fromtimestamp(NOW_MS / 1000, UTC)),
+        clock=_FixedClock(datetime.fromtimestamp(NOW_MS / 1000, UTC)),
     )
 
 

@@ -5,7 +5,7 @@
 
 Needs wrk (apt-get install wrk), the PostgreSQL server at 127.0.0.1:5432 (user postgres,
 trust auth) and network access to PyPI the first time (Sydent is installed into its own
-cached virtualenv, as the interop tests do: tests/sydent_peer.py).
+cached virtualenv, as the interop tests do: testing/sydent.py).
 
 For each data size the same bindings (addresses, Matrix IDs, pepper) are written with
 bulk SQL into three stores: our schema on PostgreSQL, our schema on SQLite, Sydent's
@@ -27,12 +27,10 @@ import platform
 import random
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -41,23 +39,19 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP
+from docs_section import markers
+from docs_section import write_section
 
-ROOT = Path(__file__).resolve().parent.parent
+from identity.accounts import token_hash
+from identity.lookup import lookup_hash
+from testing.servers import Gunicorn
+from testing.servers import migrate
+from testing.smtp import SmtpSink
+from testing.sydent import SYDENT_VERSION
+from testing.sydent import Sydent
+from testing.sydent import ensure_venv
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-
-from docs_section import markers  # noqa: E402
-from docs_section import write_section  # noqa: E402
-
-from identity.accounts import token_hash  # noqa: E402
-from identity.lookup import lookup_hash  # noqa: E402
-from tests.support import free_port  # noqa: E402
-from tests.sydent_peer import SYDENT_VERSION  # noqa: E402
-from tests.sydent_peer import Sydent  # noqa: E402
-from tests.sydent_peer import ensure_venv  # noqa: E402
-
 START, END, _ = markers("sydent")
 PG = "postgresql://postgres@127.0.0.1:5432"
 CORES = os.cpu_count() or 2
@@ -209,40 +203,7 @@ def write_requests(tmp: Path, count: int) -> dict[str, Path]:
 # -- servers ---------------------------------------------------------------------------
 
 
-class _LongLines(SMTP):
-    # Sydent's mails now and then have a line longer than RFC 5321's 1,000 characters,
-    # which aiosmtpd refuses (and Sydent answers 500); a real relay takes them.
-    line_length_limit = 1 << 20
-
-
-class _Controller(Controller):
-    def factory(self) -> SMTP:
-        return _LongLines(self.handler, **self.SMTP_kwargs)
-
-
-class Sink:
-    """An SMTP server that counts what it receives and keeps nothing."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._lock = threading.Lock()
-        self.port = free_port()
-        self._controller = _Controller(self, hostname="127.0.0.1", port=self.port)
-
-    async def handle_DATA(self, server, session, envelope) -> str:
-        with self._lock:
-            self.count += 1
-        return "250 OK"
-
-    def start(self) -> "Sink":
-        self._controller.start()
-        return self
-
-    def stop(self) -> None:
-        self._controller.stop()
-
-
-def our_env(tmp: Path, database_uri: str, sink: Sink) -> dict[str, str]:
+def our_env(tmp: Path, database_uri: str, sink: SmtpSink) -> dict[str, str]:
     return {
         **os.environ,
         "IDENTITY_SQLALCHEMY_DATABASE_URI": database_uri,
@@ -255,59 +216,42 @@ def our_env(tmp: Path, database_uri: str, sink: Sink) -> dict[str, str]:
     }
 
 
-def migrate(env: dict[str, str]) -> None:
-    command = [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"]
-    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
-
-
 class Ours:
     """Our service under gunicorn with gunicorn.conf.py."""
 
     def __init__(self, env: dict[str, str], tmp: Path, worker: str) -> None:
         self.env, self.tmp, self.worker = env, tmp, worker
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
+        self.gunicorn: Gunicorn | None = None
+
+    @property
+    def base(self) -> str:
+        assert self.gunicorn is not None
+        return self.gunicorn.base
 
     def start(self) -> "Ours":
         workers, threads = {"sync": (CORES, 1), "gthread": (CORES + 1, 4)}.get(
             self.worker, (CORES, 1)
         )
-        command = [
-            sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-            "-k", self.worker, "-w", str(workers), "--threads", str(threads),
-            "app:create_app()",
-        ]  # fmt: skip
-        env = {**self.env, "IDENTITY_BIND": f"127.0.0.1:{self.port}"}
-        self._log = (self.tmp / f"gunicorn-{self.port}.log").open("ab")
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        wait_until_up(f"{self.base}/health", self.process)
+        options = ("-c", "gunicorn.conf.py", "-k", self.worker, "-w", str(workers),
+                   "--threads", str(threads))  # fmt: skip
+        self.gunicorn = Gunicorn(self.env, options, log=self.tmp / "gunicorn.log")
         return self
 
     def pids(self) -> list[int]:
         """The worker processes."""
-        assert self.process is not None
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(pid) for pid in children.read_text().split()]
+        assert self.gunicorn is not None
+        return self.gunicorn.workers()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-        self._log.close()
+        if self.gunicorn is not None:
+            self.gunicorn.stop(timeout=40)
+        self.gunicorn = None
 
 
 class SydentServer:
     """Sydent 2.6.1 on its SQLite database, one process (Twisted)."""
 
-    def __init__(self, python: Path, workdir: Path, sink: Sink) -> None:
+    def __init__(self, python: Path, workdir: Path, sink: SmtpSink) -> None:
         self.sydent = Sydent(python, workdir, "127.0.0.1", sink.port, server_name=SYDENT_NAME)
 
     @property
@@ -335,19 +279,6 @@ class SydentServer:
 
     def stop(self) -> None:
         self.sydent.stop()
-
-
-def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
 def call(base: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
@@ -523,7 +454,8 @@ def probe(base: str, workload: str, files: dict[str, Path]) -> float:
 class Bench:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args, self.tmp = args, tmp
-        self.sink = Sink().start()
+        # Counts only; Sydent's mails now and then have a line over 1,000 characters.
+        self.sink = SmtpSink(keep=False, long_lines=True).start()
         self.databases: list[str] = []
         self.servers: list = []
         self.results: dict = {"lookups": {}, "light": {}, "request_token": {}, "memory": {},
@@ -534,7 +466,7 @@ class Bench:
         for server in self.servers:
             try:
                 server.stop()
-            except Exception as e:  # go on cleaning up
+            except Exception as e:
                 log(f"stopping a server: {e}")
         self.sink.stop()
         with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
@@ -698,10 +630,31 @@ NAMES = {
 
 
 def report(results: dict, args: argparse.Namespace, elapsed: float) -> str:
-    s, w = args.seconds, args.warmup
+    """The section of docs/performance.md: an introduction, then one part per measure."""
     largest = args.sizes[-1]
-    lines = [
-        START,
+    parts = [
+        introduction(args, elapsed),
+        lookups_table(results["lookups"], args),
+        light_table(results["light"], largest),
+        request_token_table(results["request_token"]),
+        memory_table(results["memory"], largest),
+        plans_table(results["plans"], largest),
+        workers_table(results["workers"], largest),
+        [loading_line(results["load_seconds"])],
+        ["<!-- sydent:notes -->", END],
+    ]
+    return START + "\n" + "\n\n".join("\n".join(part) for part in parts)
+
+
+def section(title: str, description: str, header: str, alignment: str,
+            rows: list[str]) -> list[str]:  # fmt: skip
+    """A titled table: `### title`, what it measures, the header and its rows."""
+    return [f"### {title}", "", description, "", header, alignment, *rows]
+
+
+def introduction(args: argparse.Namespace, elapsed: float) -> list[str]:
+    s, w = args.seconds, args.warmup
+    return [
         "## Against Sydent 2.6.1 (`benchmarks/bench_vs_sydent.py`)",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}."
@@ -730,23 +683,12 @@ def report(results: dict, args: argparse.Namespace, elapsed: float) -> str:
         " 60 s. Requests take their body or path in turn from"
         f" {BODIES} prepared ones (`benchmarks/rotate_lines.lua`); each lookup batch is half"
         " bound addresses, half unknown ones.",
-        "",
     ]
-    lines += [
-        "### Lookups of 1,000 addresses",
-        "",
-        f"p50 and p99 at 1 connection (latency of one request alone), requests/s and p99 at"
-        f" {LOOKUP_CONNECTIONS} connections (throughput). Runs last {s // 2:g} s at 1"
-        f" connection and {s:g} s at {LOOKUP_CONNECTIONS}, or longer for a slow server:"
-        " at least 5 and 16 times the time of one request alone, at most 120 s (the"
-        " `run s` column).",
-        "",
-        "| bindings | endpoint | server | p50 ms (1 conn) | p99 ms (1 conn) | req/s"
-        f" ({LOOKUP_CONNECTIONS} conns) | p99 ms ({LOOKUP_CONNECTIONS} conns) | run s |"
-        " ratio p50 | ratio req/s |",
-        "|---:|---|---|---:|---:|---:|---:|---|---:|---:|",
-    ]
-    lookups = results["lookups"]
+
+
+def lookups_table(lookups: dict, args: argparse.Namespace) -> list[str]:
+    s = args.seconds
+    rows = []
     for count in args.sizes:
         for workload in ("lookup_v2", "bulk_lookup"):
             theirs = lookups[(count, workload, "Sydent")]
@@ -759,23 +701,28 @@ def report(results: dict, args: argparse.Namespace, elapsed: float) -> str:
                     if label != "Sydent"
                     else "|"
                 )
-                lines.append(
+                rows.append(
                     f"| {count:,} | {NAMES[workload]} | {label} | {one['p50']:.1f} |"
                     f" {one['p99']:.1f} | {many['rps']:,.1f}{errors_note(many)} |"
                     f" {many['p99']:.0f} | {one['seconds']} / {many['seconds']} | {ratios} |"
                 )
-    lines += [
-        "",
-        f"### Single lookups and hash details ({largest:,} bindings)",
-        "",
-        f"{LIGHT_CONNECTIONS} connections; `GET /api/v1/lookup` asks about 2,000 addresses in"
-        " turn, half of them bound (ours signs the association on each answer, Sydent returns"
-        " the one it signed at bind time); `hash_details` with the access token.",
-        "",
-        "| endpoint | server | req/s | p99 ms | ratio req/s | ratio p99 |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    light = results["light"]
+    return section(
+        "Lookups of 1,000 addresses",
+        f"p50 and p99 at 1 connection (latency of one request alone), requests/s and p99 at"
+        f" {LOOKUP_CONNECTIONS} connections (throughput). Runs last {s // 2:g} s at 1"
+        f" connection and {s:g} s at {LOOKUP_CONNECTIONS}, or longer for a slow server:"
+        " at least 5 and 16 times the time of one request alone, at most 120 s (the"
+        " `run s` column).",
+        "| bindings | endpoint | server | p50 ms (1 conn) | p99 ms (1 conn) | req/s"
+        f" ({LOOKUP_CONNECTIONS} conns) | p99 ms ({LOOKUP_CONNECTIONS} conns) | run s |"
+        " ratio p50 | ratio req/s |",
+        "|---:|---|---|---:|---:|---:|---:|---|---:|---:|",
+        rows,
+    )
+
+
+def light_table(light: dict, largest: int) -> list[str]:
+    rows = []
     for workload in ("lookup_v1", "hash_details"):
         theirs = light[(workload, "Sydent")]
         for label in (*OURS, "Sydent"):
@@ -785,104 +732,117 @@ def report(results: dict, args: argparse.Namespace, elapsed: float) -> str:
                 if label != "Sydent"
                 else "|"
             )
-            lines.append(
+            rows.append(
                 f"| {NAMES[workload]} | {label} | {r['rps']:,.0f}{errors_note(r)} |"
                 f" {r['p99']:.1f} | {ratios} |"
             )
-    token = results["request_token"]
-    lines += [
-        "",
-        "### requestToken with mail delivery",
-        "",
+    return section(
+        f"Single lookups and hash details ({largest:,} bindings)",
+        f"{LIGHT_CONNECTIONS} connections; `GET /api/v1/lookup` asks about 2,000 addresses in"
+        " turn, half of them bound (ours signs the association on each answer, Sydent returns"
+        " the one it signed at bind time); `hash_details` with the access token.",
+        "| endpoint | server | req/s | p99 ms | ratio req/s | ratio p99 |",
+        "|---|---|---:|---:|---:|---:|",
+        rows,
+    )
+
+
+def request_token_table(token: dict) -> list[str]:
+    rows = []
+    for label in (*OURS, "Sydent"):
+        r = token[label]
+        rows.append(
+            f"| {label} | {r['rps']:,.0f}{errors_note(r)} | {r['p99']:.1f} | {r['mails']:,} |"
+            f" {ratio(r['rps'], token['Sydent']['rps']) if label != 'Sydent' else ''} |"
+        )
+    return section(
+        "requestToken with mail delivery",
         f"{LIGHT_CONNECTIONS} connections, each request for a new address and client_secret"
         " (`benchmarks/request_token.lua`), so each one creates a session and sends a mail"
         " to an aiosmtpd sink run by the benchmark on the same machine (both services open"
         " one SMTP connection per mail, inside the request).",
-        "",
         "| server | req/s | p99 ms | mails received | ratio req/s |",
         "|---|---:|---:|---:|---:|",
-    ]
-    for label in (*OURS, "Sydent"):
-        r = token[label]
-        lines.append(
-            f"| {label} | {r['rps']:,.0f}{errors_note(r)} | {r['p99']:.1f} | {r['mails']:,} |"
-            f" {ratio(r['rps'], token['Sydent']['rps']) if label != 'Sydent' else ''} |"
-        )
-    memory = results["memory"]
-    lines += [
-        "",
-        f"### Memory after the {largest:,}-binding lookups",
-        "",
-        "VmRSS from /proc of each gunicorn worker (the master not counted) and of the Sydent"
-        " process, read right after the lookup runs. PostgreSQL's own memory is not counted;"
-        " with SQLite the page cache is inside the process.",
-        "",
-        "| server | processes | RSS per process (MiB) | total (MiB) |",
-        "|---|---:|---|---:|",
-    ]
+        rows,
+    )
+
+
+def memory_table(memory: dict, largest: int) -> list[str]:
+    rows = []
     for label in (*OURS, "Sydent"):
         sizes = memory[label]
         each = ", ".join(f"{kb / 1024:.0f}" for kb in sizes)
-        lines.append(f"| {label} | {len(sizes)} | {each} | {sum(sizes) / 1024:.0f} |")
-    lines += [
-        "",
-        f"### PostgreSQL planning and execution of one 500-row batch ({largest:,} bindings)",
-        "",
+        rows.append(f"| {label} | {len(sizes)} | {each} | {sum(sizes) / 1024:.0f} |")
+    return section(
+        f"Memory after the {largest:,}-binding lookups",
+        "VmRSS from /proc of each gunicorn worker (the master not counted) and of the Sydent"
+        " process, read right after the lookup runs. PostgreSQL's own memory is not counted;"
+        " with SQLite the page cache is inside the process.",
+        "| server | processes | RSS per process (MiB) | total (MiB) |",
+        "|---|---:|---|---:|",
+        rows,
+    )
+
+
+def plans_table(plans: dict, largest: int) -> list[str]:
+    return section(
+        f"PostgreSQL planning and execution of one 500-row batch ({largest:,} bindings)",
         "`EXPLAIN ANALYZE` of the statements our storage layer sends (each 1,000-address"
         " request runs two batches), half the rows bound; the third line is a rewrite for"
         " comparison, not our code.",
-        "",
         "| query | planning ms | execution ms |",
         "|---|---:|---:|",
-        *[
-            f"| {name} | {t['planning']:.1f} | {t['execution']:.1f} |"
-            for name, t in results["plans"].items()
-        ],
-    ]
-    lines += [
-        "",
-        f"### Worker class (ours, PostgreSQL, {largest:,} bindings)",
-        "",
+        [f"| {name} | {t['planning']:.1f} | {t['execution']:.1f} |" for name, t in plans.items()],
+    )
+
+
+WORKER_WORKLOADS = ("lookup_v2", "lookup_v1", "request_token")
+
+
+def workers_table(workers: dict, largest: int) -> list[str]:
+    """The table of worker classes, then the best class for each workload."""
+    classes = sorted({k for k, _ in workers}, key=["sync", "gthread", "gevent"].index)
+    rows = []
+    for worker in classes:
+        cells = []
+        for workload in WORKER_WORKLOADS:
+            r = workers[(worker, workload)]
+            cells.append(f"{r['rps']:,.0f}{errors_note(r)} | {r['p99']:.1f}")
+        rows.append(f"| {worker} | {' | '.join(cells)} |")
+    table = section(
+        f"Worker class (ours, PostgreSQL, {largest:,} bindings)",
         f"`sync`: {CORES} workers; `gthread`: {CORES + 1} workers × 4 threads; `gevent`:"
         f" {CORES} workers (gevent installed in .venv only, not in pyproject). Lookups at"
         f" {LOOKUP_CONNECTIONS} connections, the others at {LIGHT_CONNECTIONS}.",
-        "",
         "| worker class | v2 lookup req/s | p99 ms | v1 lookup req/s | p99 ms |"
         " requestToken req/s | p99 ms |",
         "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    workers = results["workers"]
-    classes = sorted({k for k, _ in workers}, key=["sync", "gthread", "gevent"].index)
-    for worker in classes:
-        cells = []
-        for workload in ("lookup_v2", "lookup_v1", "request_token"):
-            r = workers[(worker, workload)]
-            cells.append(f"{r['rps']:,.0f}{errors_note(r)} | {r['p99']:.1f}")
-        lines.append(f"| {worker} | {' | '.join(cells)} |")
-    lines.append("")
-    for workload in ("lookup_v2", "lookup_v1", "request_token"):
-        ranked = sorted(classes, key=lambda k: workers[(k, workload)]["rps"], reverse=True)
-        best, second = ranked[0], ranked[1] if len(ranked) > 1 else ranked[0]
-        lines.append(
-            f"- {NAMES[workload]}: best **{best}**, {workers[(best, workload)]['rps']:,.0f}"
-            f" req/s, {ratio(workers[(best, workload)]['rps'], workers[(second, workload)]['rps'])}"
-            f" × the next ({second})."
-        )
-    loading = results["load_seconds"]
-    lines += [
-        "",
+        rows,
+    )
+    return [*table, "", *(best_worker(workers, classes, w) for w in WORKER_WORKLOADS)]
+
+
+def best_worker(workers: dict, classes: list[str], workload: str) -> str:
+    ranked = sorted(classes, key=lambda k: workers[(k, workload)]["rps"], reverse=True)
+    best, second = ranked[0], ranked[1] if len(ranked) > 1 else ranked[0]
+    rps = workers[(best, workload)]["rps"]
+    return (
+        f"- {NAMES[workload]}: best **{best}**, {rps:,.0f}"
+        f" req/s, {ratio(rps, workers[(second, workload)]['rps'])}"
+        f" × the next ({second})."
+    )
+
+
+def loading_line(loading: dict) -> str:
+    return (
         "Bulk loading, seconds (not a served figure; for reference): "
         + "; ".join(
             f"{count:,} bindings: "
             + ", ".join(f"{label} {seconds:.1f}" for label, seconds in timings.items())
             for count, timings in loading.items()
         )
-        + ".",
-        "",
-        "<!-- sydent:notes -->",
-        END,
-    ]
-    return "\n".join(lines)
+        + "."
+    )
 
 
 def main() -> None:

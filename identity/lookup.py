@@ -21,6 +21,7 @@ from identity.errors import InvalidPepper
 from identity.errors import TooLarge
 from identity.storage import associations
 from identity.storage import peppers
+from identity.storage.associations import CommittedAssociation
 from identity.storage.models import Association
 from identity.storage.models import Pepper
 
@@ -139,13 +140,14 @@ def lookup_v1(
 
     :param sign: signs the association with the service's long-term key.
     """
-    association = associations.find(medium, lookup_form(address))
+    # Straight on the pool (storage.hot_reads), not through the ORM: v1 lookups are hot.
+    association = associations.find_committed(medium, lookup_form(address))
     if association is None or association.not_after <= now:
         return {}
     return sign(association_json(association))
 
 
-def association_json(association: Association) -> dict[str, Any]:
+def association_json(association: Association | CommittedAssociation) -> dict[str, Any]:
     """The association as the specification's lookup and bind answers give it."""
     return {
         "address": association.address,

@@ -9,8 +9,8 @@ import redis
 
 from app import create_app
 from identity.extensions import db
+from testing.smtp import SmtpSink
 from tests.support import FakeClock
-from tests.support import SmtpSink
 
 pytest_plugins = ["tests.fake_homeserver", "tests.browser"]
 

@@ -21,7 +21,7 @@ import signedjson.key
 import signedjson.sign
 import trustme
 
-from tests.support import free_port
+from testing.processes import free_port
 
 _CA = trustme.CA()
 # The service under test trusts this CA (FEDERATION_CA_FILE), so TLS is verified for real.

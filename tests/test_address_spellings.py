@@ -3,6 +3,7 @@ how lookups find its binding (v1, bulk, v2 hashed) whichever spelling the caller
 
 import pytest
 
+from testing.smtp import SmtpSink
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
@@ -10,7 +11,6 @@ from tests.helpers import code_from_mail
 from tests.helpers import register_user
 from tests.helpers import request_code
 from tests.helpers import validate_address
-from tests.support import SmtpSink
 from tests.test_api_binding import bind
 from tests.test_api_binding import sha256_hash
 

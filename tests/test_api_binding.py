@@ -17,13 +17,13 @@ from identity import keys
 from identity.accounts import token_hash
 from identity.storage.models import AccessToken
 from identity.storage.models import Account
+from testing.servers import Gunicorn
+from testing.servers import migrate
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
 from tests.helpers import register_user
 from tests.helpers import validate_address
-from tests.servers import Gunicorn
-from tests.servers import migrate
 
 ADDRESS = "marie.dupont@ac-versailles.fr"
 MXID = "@marie.dupont-ac-versailles.fr:agent.education.tchap.gouv.fr"

@@ -26,6 +26,9 @@ from identity.extensions import db
 from identity.services import services
 from identity.storage.models import Delivery
 from identity.storage.models import Invitation
+from testing.servers import ROOT
+from testing.servers import Gunicorn
+from testing.servers import migrate
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
@@ -35,9 +38,6 @@ from tests.helpers import register_user
 from tests.helpers import relative
 from tests.helpers import validate_address
 from tests.helpers import web_client_link_from_page
-from tests.servers import ROOT
-from tests.servers import Gunicorn
-from tests.servers import migrate
 
 GUEST = "claire.martin@partenaire.example"
 ROOM = "!projetx:agent.dinum.tchap.gouv.fr"

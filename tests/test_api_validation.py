@@ -278,7 +278,7 @@ def test_smtp_failure_is_m_email_send_error_and_stores_nothing(app, client, smtp
 
 @pytest.fixture
 def smtp_down(config):
-    from tests.support import free_port
+    from testing.processes import free_port
 
     config["MAIL_PORT"] = free_port()
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser
 
+from testing.processes import free_port
 from tests.browser import DESKTOP
 from tests.browser import PHONE
 from tests.browser import axe_violations
 from tests.browser import format_violations
 from tests.browser import save_screenshot
-from tests.support import free_port
 
 ACCESSIBLE = """<!doctype html>
 <html lang="en">

@@ -12,7 +12,7 @@ import pytest
 from app import create_app
 from identity.config import DEFAULTS
 from identity.config import ConfigError
-from tests.support import free_port
+from testing.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,6 +11,7 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from identity.extensions import db
+from testing.processes import free_port
 from tests.browser import DESKTOP
 from tests.browser import PHONE
 from tests.browser import axe_violations
@@ -19,7 +20,6 @@ from tests.browser import save_screenshot
 from tests.helpers import V1
 from tests.helpers import landing_link_from_mail
 from tests.helpers import web_client_link_from_page
-from tests.support import free_port
 
 pytestmark = pytest.mark.browser
 

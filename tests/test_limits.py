@@ -4,18 +4,19 @@ import os
 import uuid
 
 import pytest
+import redis
 import requests
 
 from app import create_app
 from identity.config import ConfigError
+from testing.processes import free_port
+from testing.servers import Gunicorn
+from testing.servers import migrate
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
 from tests.helpers import register_user
 from tests.helpers import request_code
-from tests.servers import Gunicorn
-from tests.servers import migrate
-from tests.support import free_port
 
 
 def info(client, ip="192.0.2.10"):
@@ -82,6 +83,46 @@ def test_limits_hold_across_instances_through_redis(make_app, redis_url):
     assert statuses == [200] * 4
     assert_limited(info(first, ip), 60_000)
     assert_limited(info(second, ip), 60_000)
+
+
+def test_every_window_of_a_request_in_one_redis_round_trip(make_app, redis_url, monkeypatch):
+    """Two per-IP windows, checked and counted with one exchange with Redis."""
+    settings = {
+        "RATELIMIT_ENABLED": True,
+        "RATELIMIT_STORAGE_URI": redis_url,
+        "RATELIMIT_PER_IP": "3/minute;1000/hour",
+    }
+    client = make_app(**settings).test_client()
+    ip = f"198.51.100.{uuid.uuid4().int % 250}"
+    assert info(client, ip).status_code == 200  # connected, scripts loaded
+    sent = []
+    real_send = redis.connection.Connection.send_packed_command
+
+    def counting_send(self, command, check_health=True):
+        sent.append(command)
+        return real_send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting_send)
+    assert info(client, ip).status_code == 200
+    assert len(sent) == 1
+    sent.clear()
+    assert info(client, ip).status_code == 200
+    assert_limited(info(client, ip), 60_000)  # the minute's window still holds
+    assert len(sent) == 2
+    # The hour's window was counted too, the refused request not.
+    hour_key = next(k for k in redis.Redis.from_url(redis_url).keys("*") if b"/hour" in k)
+    assert redis.Redis.from_url(redis_url).llen(hour_key) == 3
+
+
+def test_limits_still_hold_after_redis_forgets_its_scripts(make_app, redis_url):
+    settings = {"RATELIMIT_ENABLED": True, "RATELIMIT_STORAGE_URI": redis_url,
+                "RATELIMIT_PER_IP": "2/minute"}  # fmt: skip
+    client = make_app(**settings).test_client()
+    ip = f"198.51.100.{uuid.uuid4().int % 250}"
+    assert info(client, ip).status_code == 200
+    redis.Redis.from_url(redis_url).script_flush()  # a Redis restarted, say
+    assert info(client, ip).status_code == 200
+    assert_limited(info(client, ip), 60_000)
 
 
 JUNK = {"Authorization": "Bearer junk"}

@@ -13,15 +13,15 @@ from werkzeug.serving import make_server
 
 from identity.logs import ScrubbingJsonFormatter
 from identity.logs import scrub
+from testing.processes import free_port
+from testing.servers import Gunicorn
+from testing.servers import migrate
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
 from tests.helpers import code_from_mail
 from tests.helpers import landing_link_from_mail
 from tests.helpers import register_user
-from tests.servers import Gunicorn
-from tests.servers import migrate
-from tests.support import free_port
 
 SUBMIT = f"{V1}/validate/email/submitToken"
 

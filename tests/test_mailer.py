@@ -9,7 +9,6 @@ import ssl
 import jinja2
 import pytest
 import trustme
-from aiosmtpd.controller import Controller
 from sqlalchemy import func
 from sqlalchemy import select
 
@@ -17,6 +16,7 @@ from identity.extensions import db
 from identity.storage.models import EphemeralKey
 from identity.storage.models import Invitation
 from identity.storage.models import ValidationSession
+from testing.smtp import SmtpSink
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
@@ -24,8 +24,6 @@ from tests.helpers import code_from_mail
 from tests.helpers import register_user
 from tests.helpers import relative
 from tests.helpers import request_code
-from tests.support import SmtpSink
-from tests.support import free_port
 
 SYDENT_TEMPLATES = os.path.join(os.path.dirname(__file__), "fixtures", "sydent_templates")
 ADDRESS = "agent@interieur.gouv.fr"
@@ -39,24 +37,12 @@ class TlsSink(SmtpSink):
         super().__init__()
         self.ca, self.implicit = ca, implicit
 
-    def start(self) -> "TlsSink":
+    def controller_options(self) -> dict:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert("127.0.0.1").configure_cert(context)
-        self.port = free_port()
         if self.implicit:
-            self._controller = Controller(
-                self, hostname=self.host, port=self.port, ssl_context=context
-            )
-        else:
-            self._controller = Controller(
-                self,
-                hostname=self.host,
-                port=self.port,
-                tls_context=context,
-                require_starttls=True,
-            )
-        self._controller.start()
-        return self
+            return {"ssl_context": context}
+        return {"tls_context": context, "require_starttls": True}
 
 
 @pytest.fixture(scope="module")

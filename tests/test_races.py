@@ -15,10 +15,10 @@ import psycopg
 import pytest
 import requests
 
+from testing.servers import Gunicorn
+from testing.servers import migrate
 from tests.helpers import V1
 from tests.helpers import code_from_mail
-from tests.servers import Gunicorn
-from tests.servers import migrate
 
 ADDRESS = "marie.dupont@ac-versailles.fr"
 SECRET = "RaceClientSecret42"

@@ -10,10 +10,10 @@ import requests
 from identity.routing import schema
 from identity.routing.sydent_info import import_info
 from identity.routing.sydent_info import sydent_target
+from testing.servers import Gunicorn
+from testing.servers import migrate
 from tests.helpers import V1
 from tests.helpers import validate_address
-from tests.servers import Gunicorn
-from tests.servers import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 INFO_YAML = Path(__file__).parent / "fixtures" / "info.yaml"

@@ -14,10 +14,10 @@ import psycopg
 import pytest
 import requests
 
+from testing.servers import ROOT
+from testing.servers import Gunicorn
+from testing.servers import migrate
 from tests.fake_homeserver import CA_FILE
-from tests.servers import ROOT
-from tests.servers import Gunicorn
-from tests.servers import migrate
 
 pytestmark = pytest.mark.postgres
 

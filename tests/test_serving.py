@@ -16,14 +16,14 @@ import psycopg
 import pytest
 import requests
 
+from testing.processes import free_port
+from testing.servers import Gunicorn
+from testing.servers import migrate
 from tests.conftest import POSTGRES_URL
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
 from tests.helpers import register_user
-from tests.servers import Gunicorn
-from tests.servers import migrate
-from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """`flask sydent import`, from the database and config of a real Sydent 2.6.1.
 
-Sydent runs once per session from its own virtualenv (tests/sydent_peer.py): addresses
+Sydent runs once per session from its own virtualenv (testing/sydent.py): addresses
 are bound and invitations stored through its HTTP API, then rows an older or a
 replicating Sydent would hold (mixed-case addresses, conflicts, bad rows, accounts)
 are added with SQL following the schema it created. The import is checked through our
@@ -31,18 +31,18 @@ from identity.services import services
 from identity.storage.models import AccessToken
 from identity.storage.models import Association
 from identity.storage.models import Invitation
+from testing.sydent import Sydent
+from testing.sydent import SydentUnavailable
+from testing.sydent import ensure_venv
+from testing.sydent import introduce
+from testing.sydent import long_term_key
+from testing.sydent import replicate
 from tests.fake_homeserver import FakeHomeserver
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
 from tests.helpers import validate_address
 from tests.support import FakeClock
-from tests.sydent_peer import Sydent
-from tests.sydent_peer import SydentUnavailable
-from tests.sydent_peer import ensure_venv
-from tests.sydent_peer import introduce
-from tests.sydent_peer import long_term_key
-from tests.sydent_peer import replicate
 
 pytestmark = pytest.mark.interop
 

@@ -109,9 +109,7 @@ def unbind(v2: bool):
 @bp.get(V2 + "/hash_details")
 def hash_details():
     require_user(allow_query_token=True)  # Synapse sends its token in the query here
-    details = lookup.hash_details(now=now())
-    db.session.commit()  # the pepper is created on first use
-    return details
+    return lookup.hash_details(now=now())  # a first pepper commits itself
 
 
 @bp.post(V2 + "/lookup")

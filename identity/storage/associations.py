@@ -3,7 +3,9 @@
 from collections.abc import Iterable
 from collections.abc import Iterator
 from datetime import datetime
+from typing import NamedTuple
 
+from sqlalchemy import bindparam
 from sqlalchemy import delete
 from sqlalchemy import func
 from sqlalchemy import insert
@@ -12,6 +14,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import InstrumentedAttribute
 
 from identity.extensions import db
+from identity.storage.hot_reads import fetch_one
 from identity.storage.models import Association
 from identity.storage.results import rowcount
 
@@ -22,6 +25,32 @@ _INSERTED = [column for column in Association.__table__.columns if column.key !=
 
 def find(medium: str, address: str) -> Association | None:
     return db.session.scalar(select(Association).filter_by(medium=medium, address=address))
+
+
+class CommittedAssociation(NamedTuple):
+    """An association as read by `find_committed`: the values, no ORM object."""
+
+    medium: str
+    address: str
+    mxid: str
+    created_at: datetime
+    not_before: datetime
+    not_after: datetime
+
+
+_columns = Association.__table__.c
+_FIND = select(
+    _columns.medium, _columns.address, _columns.mxid,
+    _columns.created_at, _columns.not_before, _columns.not_after,
+).where(
+    _columns.medium == bindparam("medium"), _columns.address == bindparam("address")
+)  # fmt: skip
+
+
+def find_committed(medium: str, address: str) -> CommittedAssociation | None:
+    """`find` on committed data only, one round trip: for single lookups."""
+    row = fetch_one(_FIND, medium=medium, address=address)
+    return CommittedAssociation(*row) if row is not None else None
 
 
 def save(association: Association) -> Association:

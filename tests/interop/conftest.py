@@ -2,12 +2,12 @@
 
 import pytest
 
+from testing.processes import free_port
 from tests.interop.synapse import Certificates
 from tests.interop.synapse import IdentityServer
 from tests.interop.synapse import Synapse
 from tests.interop.synapse import domains_yaml
 from tests.interop.synapse import ensure_synapse
-from tests.support import free_port
 
 
 @pytest.fixture(scope="session")

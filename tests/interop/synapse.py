@@ -10,11 +10,9 @@ with its testing switch that skips certificate checks on outbound calls.
 import os
 import secrets
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from dataclasses import field
@@ -27,6 +25,11 @@ import requests
 import signedjson.key
 import trustme
 import yaml
+
+from testing.processes import ServerProcess
+from testing.processes import answers
+from testing.servers import Gunicorn
+from testing.servers import migrate
 
 SYNAPSE_VERSION = "1.163.2"
 CACHE_DIR = Path(os.environ.get("TCHAP_IDENTITY_CACHE", "~/.cache/tchap-identity")).expanduser()
@@ -100,25 +103,6 @@ class Certificates:
         return cert, key
 
 
-def wait_until(predicate, *, timeout: float, interval: float = 0.2, what: str) -> Any:
-    """Call `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def _tail(path: Path, size: int = 6000) -> str:
-    try:
-        return path.read_text(errors="replace")[-size:]
-    except OSError:
-        return ""
-
-
 # --- our service -------------------------------------------------------------------------
 
 
@@ -133,7 +117,7 @@ class IdentityServer:
     smtp_port: int
     domains_yaml: str
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    process: subprocess.Popen | None = None
+    server: Gunicorn | None = None
 
     @property
     def host(self) -> str:
@@ -180,39 +164,19 @@ class IdentityServer:
             "errorlog = '-'\n"
             'access_log_format = \'%(h)s "%(r)s" %(s)s %(b)s "%(a)s"\'\n'
         )
-        env = self.env()
-        # Migrate once before the workers start, as a deployment does.
-        subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
-            cwd=ROOT, env=env, check=True, capture_output=True,
+        migrate(self.env())  # once before the workers start, as a deployment does
+        self.server = Gunicorn(
+            self.env(),
+            ("-c", str(settings), "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{self.port}",
+             "--certfile", str(cert), "--keyfile", str(key)),
+            log=self.log_file, port=self.port, ca_file=str(self.certificates.ca_file),
+            ready_status=200,
         )  # fmt: skip
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", str(settings),
-                 "-w", "2", "--threads", "4", "-b", f"127.0.0.1:{self.port}",
-                 "--certfile", str(cert), "--keyfile", str(key), "app:create_app()"],
-                cwd=ROOT, env={**env, "IDENTITY_AUTO_MIGRATE": "false"},
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-        def up() -> bool:
-            assert self.process.poll() is None, f"gunicorn exited:\n{_tail(self.log_file)}"
-            try:
-                return self.get("/health", timeout=2).status_code == 200
-            except requests.RequestException:  # not listening yet, or busy starting
-                return False
-
-        wait_until(up, timeout=30, what="our service to answer /health")
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.server is not None:
+            self.server.stop()
 
     def get(self, path: str, *, timeout: float = 15, **kwargs: Any) -> requests.Response:
         ca = str(self.certificates.ca_file)
@@ -264,7 +228,7 @@ class Synapse:
     smtp_port: int
     identity_base: str
     identity_secret: str
-    process: subprocess.Popen | None = None
+    process: ServerProcess | None = None
 
     @property
     def server_name(self) -> str:
@@ -382,33 +346,16 @@ class Synapse:
         # The gate module is imported as tests.interop.tchap_gate: this directory itself cannot
         # go on the path, where this file would shadow the synapse package.
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with (self.directory / "stdout.log").open("ab") as out:
-            self.process = subprocess.Popen(
-                [str(self.python), "-m", "synapse.app.homeserver", "-c", str(self.config_file)],
-                cwd=self.directory, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-        def up() -> bool:
-            assert self.process.poll() is None, (
-                f"Synapse exited:\n{_tail(self.directory / 'stdout.log')}\n{_tail(self.log_file)}"
-            )
-            try:
-                r = requests.get(f"{self.client_base}/_matrix/client/versions", timeout=2)
-            except requests.RequestException:  # not listening yet, or busy starting
-                return False
-            return r.status_code == 200
-
-        wait_until(up, timeout=90, interval=0.3, what="Synapse to answer /versions")
+        self.process = ServerProcess(
+            [str(self.python), "-m", "synapse.app.homeserver", "-c", str(self.config_file)],
+            cwd=self.directory, env=env, log=self.directory / "stdout.log", what="Synapse",
+            also_show=[self.log_file],
+        ).start(answers(f"{self.client_base}/_matrix/client/versions"), timeout=90, interval=0.3)
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            self.process.stop()
         self.process = None
 
     def restart(self) -> None:

@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 import pytest
 
+from testing.processes import wait_until
 from tests.helpers import code_from_mail
 from tests.helpers import landing_link_from_mail
 from tests.helpers import query_of
@@ -22,7 +23,6 @@ from tests.interop.synapse import CLIENT
 from tests.interop.synapse import V1
 from tests.interop.synapse import V2
 from tests.interop.synapse import MatrixUser
-from tests.interop.synapse import wait_until
 
 pytestmark = pytest.mark.interop
 

@@ -24,13 +24,16 @@ from pathlib import Path
 import signedjson.key
 import signedjson.sign
 
-from tests.support import free_port
+from testing.processes import ServerNotReady
+from testing.processes import ServerProcess
+from testing.processes import free_port
+from testing.processes import wait_until
 
 SYDENT_VERSION = "2.6.1"
 CACHE_DIR = Path(os.environ.get("TCHAP_IDENTITY_CACHE", "~/.cache/tchap-identity")).expanduser()
 VENV = CACHE_DIR / "sydent-venv"
 # Sydent's wheel carries no templates: the Tchap-branded ones of our mail tests.
-TEMPLATES = Path(__file__).parent / "fixtures" / "sydent_templates"
+TEMPLATES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "sydent_templates"
 _CHECK = (
     "import importlib.metadata as m, sydent.sydent, prometheus_client;"
     f"assert m.version('matrix-sydent') == '{SYDENT_VERSION}'"
@@ -83,7 +86,7 @@ class Sydent:
     smtp_port: int
     server_name: str = "sydent.test"
     port: int = 0
-    process: subprocess.Popen | None = None
+    process: ServerProcess | None = None
 
     @property
     def config_path(self) -> Path:
@@ -134,39 +137,30 @@ class Sydent:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.config_path.exists():
             self.write_config()
-        log = open(self.workdir / "sydent.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
+        self.process = ServerProcess(
             [str(self.python), "-m", "sydent.sydent"],
             cwd=self.workdir,
             env={**os.environ, "SYDENT_CONF": str(self.config_path)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            log=self.workdir / "sydent.log",
+            what="Sydent",
         )
-        self._log = log
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SydentUnavailable(f"Sydent exited: {self.log_tail()}")
-            try:
-                self.get("/_matrix/identity/v2")
-                return
-            except (OSError, urllib.error.URLError):
-                time.sleep(0.1)
-        self.stop()
-        raise SydentUnavailable(f"Sydent did not answer within {timeout} s: {self.log_tail()}")
+        try:
+            self.process.start(self._answers, timeout=timeout)
+        except ServerNotReady as e:
+            self.process = None
+            raise SydentUnavailable(str(e)) from None
+
+    def _answers(self) -> bool:
+        try:
+            self.get("/_matrix/identity/v2")
+        except (OSError, urllib.error.URLError):
+            return False
+        return True
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            self.process.stop(timeout=10)
         self.process = None
-        if getattr(self, "_log", None):
-            self._log.close()
-            self._log = None
 
     def log_tail(self) -> str:
         path = self.workdir / "sydent.log"
@@ -218,11 +212,8 @@ class Sydent:
 
 
 def _wait_for_mail(smtp, before: int, timeout: float = 10):
-    deadline = time.monotonic() + timeout
-    while len(smtp.messages) <= before:
-        if time.monotonic() > deadline:
-            raise AssertionError("Sydent sent no mail")
-        time.sleep(0.05)
+    wait_until(lambda: len(smtp.messages) > before, timeout=timeout, interval=0.05,
+               what="Sydent's mail")  # fmt: skip
     return smtp.messages[-1]
 
 

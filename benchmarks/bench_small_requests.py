@@ -1,0 +1,215 @@
+"""Small requests against the floor: our service and a bare one-route Flask app under the
+same gunicorn settings, in the same run, interleaved (bare, ours, bare, ours…).
+
+    .venv/bin/python benchmarks/bench_small_requests.py            # 3 rounds of 5 s
+    .venv/bin/python benchmarks/bench_small_requests.py --rounds 1 --seconds 3
+
+Our service runs in its production configuration: gunicorn with gunicorn.conf.py,
+PostgreSQL, rate limits on in Redis (db 11, or BENCH_REDIS_URL), access log and metrics on;
+and on the embedded SQLite default (limits in memory). The bare app
+(benchmarks/bare_app.py) runs with the same gunicorn.conf.py, so the same workers,
+threads and access log. The per-IP limit is raised so that wrk, one address, is never
+refused: every request still counts against it. Needs wrk, PostgreSQL and Redis as the
+tests do. Writes its section of docs/performance.md (the small markers).
+"""
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import redis
+from bench_vs_sydent import PG
+from bench_vs_sydent import TOKEN
+from bench_vs_sydent import address
+from bench_vs_sydent import fill_our_sqlite
+from bench_vs_sydent import fill_postgres
+from bench_vs_sydent import wrk
+from docs_section import markers
+from docs_section import write_section
+
+from testing.servers import ROOT
+from testing.servers import Gunicorn
+from testing.servers import migrate
+
+HERE = Path(__file__).resolve().parent
+
+BINDINGS = 10_000
+CONNECTIONS = 16
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
+START, END, NOTES = markers("small")
+V1 = "/_matrix/identity/api/v1"
+V2 = "/_matrix/identity/v2"
+# name → (lines of path and query, taken in turn; whether the request carries the token)
+WORKLOADS = {
+    "status (`GET /v2`)": ([V2], False),
+    "v1 lookup, bound address": (
+        [f"{V1}/lookup?medium=email&address={address(i)}" for i in range(0, 2000, 3)], False
+    ),
+    "v1 lookup, unknown address": (
+        [f"{V1}/lookup?medium=email&address=nobody{i}@justice.fr" for i in range(700)], False
+    ),
+    "`hash_details`": ([f"{V2}/hash_details"], True),
+    "`/info`": ([f"{V1}/info?medium=email&address={address(i)}" for i in range(0, 2000, 3)], False),
+}
+
+
+class Server(Gunicorn):
+    """gunicorn -c gunicorn.conf.py on `app`, output to a file."""
+
+    def __init__(self, app: str, env: dict[str, str], log: Path) -> None:
+        super().__init__(env, ("-c", str(ROOT / "gunicorn.conf.py")), log, app=app,
+                         ready_path=V2, timeout=120)  # fmt: skip
+        self.seen_workers: set[int] = set(self.workers())
+
+    def pss_mib(self) -> float:
+        """Proportional set size of the master and its workers, added up."""
+        total = 0
+        for pid in [self.pid, *self.workers()]:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            total += int(re.search(r"^Pss:\s+(\d+) kB", rollup, re.M).group(1))
+        return total / 1024
+
+
+def load(server: Server, lines: Path, token: bool, seconds: float) -> dict[str, float]:
+    script = [str(HERE / "rotate_lines.lua"), str(lines), "GET", *([TOKEN] if token else [])]
+    result = wrk(server.base, script, CONNECTIONS, seconds)
+    server.seen_workers.update(server.workers())
+    if result["errors"]:
+        raise RuntimeError(f"{server.base}: {result['errors']} failed requests")
+    return result
+
+
+def compare(ours: Server, bare: Server, tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
+    results = {}
+    for name, (paths, token) in WORKLOADS.items():
+        lines = tmp / f"{abs(hash(name))}.txt"
+        lines.write_text("\n".join(paths) + "\n")
+        runs: dict[str, list] = {"bare": [], "ours": []}
+        for server in (bare, ours):  # warm-up, discarded
+            load(server, lines, token, 1)
+        for _ in range(args.rounds):
+            for label, server in (("bare", bare), ("ours", ours)):
+                runs[label].append(load(server, lines, token, args.seconds))
+        bare_rps = statistics.mean(r["rps"] for r in runs["bare"])
+        ours_rps = statistics.mean(r["rps"] for r in runs["ours"])
+        bare_p99 = statistics.median(r["p99"] for r in runs["bare"])
+        ours_p99 = statistics.median(r["p99"] for r in runs["ours"])
+        results[name] = {
+            "bare": bare_rps, "ours": ours_rps, "bare_p99": bare_p99, "ours_p99": ours_p99,
+            "ratios": [o["rps"] / b["rps"]
+                       for o, b in zip(runs["ours"], runs["bare"], strict=True)],
+        }  # fmt: skip
+        print(f"{name}: ours {ours_rps:,.0f} / bare {bare_rps:,.0f} = {ours_rps / bare_rps:.2f},"
+              f" p99 {ours_p99:.1f} / {bare_p99:.1f} ms", file=sys.stderr, flush=True)  # fmt: skip
+    return results
+
+
+def run(label: str, env: dict[str, str], tmp: Path, args: argparse.Namespace) -> dict:
+    print(f"-- {label}", file=sys.stderr, flush=True)
+    migrate(env)
+    bare = Server("benchmarks.bare_app:create_app()", env, tmp / f"bare-{label}.log")
+    ours = Server("app:create_app()", env, tmp / f"ours-{label}.log")
+    try:
+        results = compare(ours, bare, tmp, args)
+        memory = {"ours": ours.pss_mib(), "bare": bare.pss_mib()}
+        started = {"ours": len(ours.seen_workers), "bare": len(bare.seen_workers)}
+        return {"results": results, "memory": memory, "workers_seen": started}
+    finally:
+        ours.stop()
+        bare.stop()
+
+
+def report(runs: dict[str, dict], args: argparse.Namespace, loads: list[str]) -> str:
+    lines = [
+        START,
+        "## Small requests against a bare Flask app (`benchmarks/bench_small_requests.py`)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores shared with other"
+        f" work (load average before / after: {loads[0]} / {loads[1]}). Both servers run"
+        " under gunicorn with `gunicorn.conf.py` (same workers, threads, access log); the bare"
+        " app answers `{}` on any path. wrk, 2 threads, 16 connections, requests taken in turn"
+        f" from a file (`rotate_lines.lua`); {args.rounds} rounds of {args.seconds} s per"
+        " endpoint, bare and ours alternating, after a 1 s warm-up of each. ratio = mean"
+        " requests/s of ours / bare (per-round ratios in brackets); p99 is the median of the"
+        f" rounds. {BINDINGS:,} bindings.",
+        "",
+    ]
+    for label, run_ in runs.items():
+        lines += [f"### {label}", "",
+                  "| endpoint | bare req/s | ours req/s | ratio | bare p99 ms | ours p99 ms"
+                  " | p99 ratio |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for name, r in run_["results"].items():
+            rounds = ", ".join(f"{x:.2f}" for x in r["ratios"])
+            lines.append(
+                f"| {name} | {r['bare']:,.0f} | {r['ours']:,.0f} | **{r['ours'] / r['bare']:.2f}**"
+                f" ({rounds}) | {r['bare_p99']:.1f} | {r['ours_p99']:.1f}"
+                f" | {r['ours_p99'] / r['bare_p99']:.2f} |"
+            )
+        memory, seen = run_["memory"], run_["workers_seen"]
+        lines += ["", f"Memory after the runs (PSS of master and workers, added up): ours"
+                  f" {memory['ours']:.0f} MiB, bare app {memory['bare']:.0f} MiB. Worker"
+                  f" processes seen during the runs (3 means none was recycled): ours"
+                  f" {seen['ours']}, bare {seen['bare']}.", ""]  # fmt: skip
+    lines += [NOTES, END]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--only", choices=["postgresql", "sqlite"])
+    parser.add_argument("--no-write", action="store_true", help="print, do not edit the docs")
+    args = parser.parse_args()
+    loads = [" ".join(os.getloadavg().__repr__().strip("()").split(", ")[:1])]
+    database = f"bench_small_{os.getpid()}"
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        base_env = {
+            **os.environ,
+            "IDENTITY_SIGNING_KEY_PATH": str(tmp / "signing.key"),
+            "IDENTITY_AUTO_MIGRATE": "false",
+            "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
+            "IDENTITY_MAIL_PRINT_TO_LOG": "true",
+            "IDENTITY_LOG_LEVEL": "WARNING",
+            # wrk is one client: counted on every request, never refused.
+            "IDENTITY_RATELIMIT_PER_IP": "100000000/minute;1000000000/hour",
+            "IDENTITY_RATELIMIT_PER_USER": "100000000/minute",
+        }
+        if args.only != "sqlite":
+            with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{database}"')
+            try:
+                redis.Redis.from_url(REDIS_URL).flushdb()
+                env = {**base_env, "IDENTITY_SQLALCHEMY_DATABASE_URI": f"{PG}/{database}"
+                       .replace("postgresql://", "postgresql+psycopg://"),
+                       "IDENTITY_RATELIMIT_STORAGE_URI": REDIS_URL}  # fmt: skip
+                migrate(env)
+                fill_postgres(database, BINDINGS)
+                runs["PostgreSQL, rate limits in Redis"] = run("postgresql", env, tmp, args)
+            finally:
+                with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        if args.only != "postgresql":
+            sqlite = tmp / "identity.sqlite3"
+            env = {**base_env, "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{sqlite}"}
+            migrate(env)
+            fill_our_sqlite(sqlite, BINDINGS)
+            runs["Embedded SQLite, rate limits in memory"] = run("sqlite", env, tmp, args)
+    loads.append(f"{os.getloadavg()[0]:.1f}")
+    loads[0] = f"{float(loads[0]):.1f}"
+    section = report(runs, args, loads)
+    print(section)
+    if not args.no_write:
+        write_section("small", section)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Hot reads on PostgreSQL: one round trip each, and dropped connections recovered."""
+
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from identity.extensions import db
+from identity.storage.models import Association
+from tests.conftest import _empty_postgres
+from tests.helpers import V1
+
+pytestmark = pytest.mark.postgres
+INFO = {"medium": "email", "address": "marie@ac-versailles.fr"}
+
+
+@pytest.fixture(params=["postgres"])
+def db_url(request, postgres_database):
+    yield postgres_database
+    _empty_postgres(postgres_database)
+
+
+@pytest.mark.parametrize("path", ["/info", "/lookup"])
+def test_a_read_is_one_round_trip(app, client, monkeypatch, path):
+    with app.app_context():
+        when = datetime(2024, 1, 1, tzinfo=UTC)
+        db.session.add(Association(medium="email", address=INFO["address"], mxid="@m:a.fr",
+                                   created_at=when, not_before=when,
+                                   not_after=when + timedelta(days=36500)))  # fmt: skip
+        db.session.commit()
+    assert client.get(V1 + path, query_string=INFO).status_code == 200  # pools filled
+    sent = []
+    for cls, name in ((psycopg.Cursor, "execute"), (psycopg.Connection, "rollback"),
+                      (psycopg.Connection, "commit")):  # fmt: skip
+        real = getattr(cls, name)
+
+        def counting(self, *args, _real=real, _name=name, **kwargs):
+            sent.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, counting)
+    r = client.get(V1 + path, query_string=INFO)
+    assert r.status_code == 200
+    if path == "/lookup":
+        assert r.json["mxid"] == "@m:a.fr"
+    assert sent == ["execute"]  # no ping before, no rollback after
+
+
+def test_terminated_connections_are_recovered_without_a_failed_request(app, client):
+    for _ in range(3):
+        assert client.get(f"{V1}/info", query_string=INFO).status_code == 200
+    with app.app_context():
+        name = db.engine.url.database
+        with db.engine.connect() as admin:
+            killed = admin.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                     " WHERE datname = :name AND pid <> pg_backend_pid()"),
+                {"name": name},
+            ).all()  # fmt: skip
+    assert killed
+    for _ in range(5):
+        assert client.get(f"{V1}/info", query_string=INFO).status_code == 200
