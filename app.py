@@ -36,8 +36,11 @@ from identity.extensions import mail
 from identity.extensions import migrate
 from identity.logs import init_logging
 from identity.logs import init_request_ids
+from identity.mailer import MailSettings
 from identity.pages import bp as pages_bp
 from identity.schema_upgrade import upgrade_schema
+from identity.services import Services
+from identity.services import init_app as init_services
 from identity.storage import models  # noqa: F401  (registers the tables)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,15 +85,23 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     mail.init_app(app)
     i18n.init_app(app)
-    federation.init_app(app)
-    terms.init_app(app)
-    # A server refuses to start on invalid rules. Its later workers (a reload, a
-    # recycled worker) and admins' commands start on the last good ones instead.
-    routing.init_app(app, strict=not checked and (serving or not _running_a_command()))
-    deliveries.init_app(app)
-    limits.init_app(app)
-    app.extensions["identity.clock"] = clock or SystemClock()
-    app.extensions["identity.settings"] = Settings.from_config(app.config)
+    init_services(
+        app,
+        Services(
+            settings=Settings.from_config(app.config),
+            mail=MailSettings.from_config(app.config),
+            clock=clock or SystemClock(),
+            federation=federation.init_app(app),
+            terms=terms.init_app(app),
+            # A server refuses to start on invalid rules. Its later workers (a reload, a
+            # recycled worker) and admins' commands start on the last good ones instead.
+            routing=routing.init_app(
+                app, strict=not checked and (serving or not _running_a_command())
+            ),
+            limits=limits.init_app(app),
+            deliveries=deliveries.init_app(app),
+        ),
+    )
 
     _limit_body_sizes(app)
     init_request_ids(app)
@@ -100,7 +111,10 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     register_cli(app)
     if app.config["TRUSTED_PROXY_COUNT"]:
         # Client IPs (rate limits, trusted networks) come from the proxies' X-Forwarded-For.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXY_COUNT"])
+        # Flask's documented way to wrap the WSGI app, which mypy sees as a method.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=app.config["TRUSTED_PROXY_COUNT"]
+        )
     if app.config["AUTO_MIGRATE"]:
         upgrade_schema(app, MIGRATIONS_DIR)
     if serving:

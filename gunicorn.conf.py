@@ -63,7 +63,7 @@ keyfile = os.environ.get("IDENTITY_TLS_KEY") or None
 _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 
-def on_starting(server) -> None:  # noqa: ANN001 (gunicorn's hook signature)
+def on_starting(server) -> None:  # gunicorn's hook signature
     global _metrics_dir
     if not _metrics_dir:
         _metrics_dir = tempfile.mkdtemp(prefix="identity-metrics-")
@@ -75,7 +75,7 @@ def on_starting(server) -> None:  # noqa: ANN001 (gunicorn's hook signature)
 CHECKED_AT_START = "_IDENTITY_CHECKED_AT_START"
 
 
-def _prepare(server) -> None:  # noqa: ANN001
+def _prepare(server) -> None:
     """Build the app once before any worker starts, in a child process.
 
     The configuration is checked (a bad value stops gunicorn with one line, not a
@@ -159,12 +159,12 @@ def _share_libraries(names: list[str]) -> None:
     gc.freeze()
 
 
-def child_exit(server, worker) -> None:  # noqa: ANN001 (a worker, or _prepare's pid)
+def child_exit(server, worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(getattr(worker, "pid", worker))
 
 
-def on_exit(server) -> None:  # noqa: ANN001
+def on_exit(server) -> None:
     if _metrics_dir and _metrics_dir.startswith(tempfile.gettempdir()):
         shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -156,7 +156,7 @@ def our_databases(tmp: Path) -> Iterator[Iterator[tuple[str, str]]]:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def our_app(uri: str, tmp: Path, n: int):  # noqa: ANN201 (a Flask app)
+def our_app(uri: str, tmp: Path, n: int):
     return create_app(
         {
             "SQLALCHEMY_DATABASE_URI": uri,
@@ -169,7 +169,7 @@ def our_app(uri: str, tmp: Path, n: int):  # noqa: ANN201 (a Flask app)
     )
 
 
-def timed_import(app, db_path: Path, config_path: Path) -> float:  # noqa: ANN001
+def timed_import(app, db_path: Path, config_path: Path) -> float:
     runner = app.test_cli_runner()
     started = time.perf_counter()
     result = runner.invoke(args=["sydent", "import", str(db_path), "--config", str(config_path)])
@@ -206,7 +206,7 @@ def run(count: int, tmp: Path) -> list[tuple[str, str, float]]:
     return results
 
 
-def dispose(app) -> None:  # noqa: ANN001
+def dispose(app) -> None:
     with app.app_context():
         db.engine.dispose()
 

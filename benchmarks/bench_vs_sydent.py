@@ -138,7 +138,7 @@ OUR_METADATA = (
 )
 
 
-def _our_metadata(cur, mark: str, created: str) -> None:  # noqa: ANN001 (DB-API cursor)
+def _our_metadata(cur, mark: str, created: str) -> None:
     """Pepper, account and access token (stored as its SHA-256) of our schema."""
     values = ((PEPPER, created, created), (USER, created), (token_hash(TOKEN), USER, created))
     for statement, row in zip(OUR_METADATA, values, strict=True):
@@ -466,7 +466,7 @@ class Bench:
         for server in self.servers:
             try:
                 server.stop()
-            except Exception as e:  # noqa: BLE001 - go on cleaning up
+            except Exception as e:
                 log(f"stopping a server: {e}")
         self.sink.stop()
         with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:

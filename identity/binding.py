@@ -5,22 +5,25 @@ from datetime import datetime
 from datetime import timedelta
 from typing import Any
 
-from nacl.signing import SigningKey
+from signedjson.types import SigningKey
 
 from identity import invitations
 from identity import keys
+from identity import validation
 from identity.accounts import server_of
-from identity.clock import to_ms
+from identity.addresses import normalise_email
 from identity.errors import BindingNotPermitted
+from identity.errors import CallerNotAllowed
 from identity.errors import Forbidden
 from identity.errors import InvalidParam
+from identity.errors import MissingParams
+from identity.federation.signatures import authenticate_request
+from identity.lookup import association_json
 from identity.lookup import hash_association
 from identity.routing import RoutingTable
 from identity.routing.answers import may_bind
 from identity.storage import associations
-from identity.storage.associations import CommittedAssociation
 from identity.storage.models import Association
-from identity.storage.models import ValidationSession
 
 # Associations stay valid until unbound; the spec's not_after is then far away.
 VALIDITY = timedelta(days=100 * 365)
@@ -35,18 +38,47 @@ class Signer:
         return keys.sign(payload, self.server_name, self.key)
 
 
+@dataclass(frozen=True)
+class SessionProof:
+    """A validation session that proved the address (the client's proof)."""
+
+    sid: str
+    client_secret: str
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """An HTTP request a homeserver may have signed (X-Matrix), as it reached us."""
+
+    method: str
+    uri: str
+    content: dict[str, Any]
+    authorization: list[str]
+
+
 def bind(
-    session: ValidationSession,
+    proof: SessionProof,
     mxid: str,
     *,
+    caller: str | None,
     now: datetime,
+    session_lifetime_seconds: int,
     signer: Signer,
     routing: RoutingTable | None = None,
 ) -> dict:
-    """Bind the session's validated address to `mxid` and return the signed association.
+    """Bind the address a validation session proved to `mxid`; return the signed association.
 
-    See `bind_address`.
+    :param caller: the authenticated user (v2), who may only bind to themselves; None
+        on the v1 path.
+    :raises MatrixError: 403 M_FORBIDDEN when `caller` is not `mxid`, the session's
+        errors (M_NO_VALID_SESSION, M_SESSION_EXPIRED, M_SESSION_NOT_VALIDATED), then
+        those of `bind_address`.
     """
+    if caller is not None and caller != mxid:
+        raise CallerNotAllowed("You may only bind addresses to your own Matrix ID")
+    session = validation.get_validated_session(
+        proof.sid, proof.client_secret, now=now, lifetime_seconds=session_lifetime_seconds
+    )
     return bind_address(
         session.medium, session.address, mxid, now=now, signer=signer, routing=routing
     )
@@ -95,29 +127,51 @@ def bind_address(
     return signer.sign(association_json(association))
 
 
-def association_json(association: Association | CommittedAssociation) -> dict[str, Any]:
-    return {
-        "address": association.address,
-        "medium": association.medium,
-        "mxid": association.mxid,
-        "not_before": to_ms(association.not_before),
-        "not_after": to_ms(association.not_after),
-        "ts": to_ms(association.created_at),
-    }
-
-
 def unbind(medium: str, address: str, mxid: str) -> None:
     """Remove the binding of `address` to `mxid`; unbinding what is not bound is a no-op."""
     associations.delete_for_mxid(medium, address, mxid)
 
 
-def check_session_matches(session: ValidationSession, medium: str, address: str) -> None:
-    """:raises MatrixError: M_FORBIDDEN when the session proved another address."""
-    if (session.medium, session.address) != (medium, address):
-        raise Forbidden("The validated session is for another address")
+def unbind_proven(
+    threepid: dict[str, Any],
+    mxid: str,
+    proof: SessionProof | SignedRequest,
+    *,
+    server_name: str,
+    now: datetime,
+    session_lifetime_seconds: int,
+) -> None:
+    """Remove a binding, proven by the validation session or by the homeserver's signature.
 
-
-def check_origin_owns(origin: str, mxid: str) -> None:
-    """:raises MatrixError: M_FORBIDDEN when a homeserver acts for another server's user."""
-    if server_of(mxid) != origin:
-        raise Forbidden("The homeserver does not own this Matrix ID")
+    :param proof: the client's session, or the request as the homeserver signed it.
+    :param server_name: ours, the destination a homeserver's signature must name.
+    :raises MatrixError: M_MISSING_PARAMS for a threepid without medium or address,
+        M_INVALID_EMAIL, the session's errors, 403 M_FORBIDDEN for a session that proved
+        another address, an unsigned or badly signed request, or a homeserver acting
+        for another server's user.
+    """
+    medium, address = threepid.get("medium"), threepid.get("address")
+    if not isinstance(medium, str) or not isinstance(address, str):
+        raise MissingParams("threepid must have a medium and an address")
+    if medium == "email":
+        address = normalise_email(address)
+    if isinstance(proof, SessionProof):
+        session = validation.get_validated_session(
+            proof.sid, proof.client_secret, now=now, lifetime_seconds=session_lifetime_seconds
+        )
+        if (session.medium, session.address) != (medium, address):
+            raise Forbidden("The validated session is for another address")
+    else:
+        if not any(h.startswith("X-Matrix") for h in proof.authorization):
+            raise Forbidden("Send the sid and client_secret, or sign the request as the homeserver")
+        origin = authenticate_request(
+            proof.method,
+            proof.uri,
+            proof.content,
+            proof.authorization,
+            destination=server_name,
+            now=now,
+        )
+        if server_of(mxid) != origin:
+            raise Forbidden("The homeserver does not own this Matrix ID")
+    unbind(medium, address, mxid)

@@ -386,6 +386,8 @@ class Settings:
     invite_blocked_rooms: tuple[str, ...]
     invite_reveal_local: int
     invite_reveal_domain: int
+    signing_key_path: str = ""
+    domains_path: str = ""
     refuse_special_use_domains: bool = False
 
     @classmethod
@@ -432,5 +434,7 @@ class Settings:
             invite_blocked_rooms=tuple(config["INVITE_BLOCKED_ROOMS"]),
             invite_reveal_local=config["INVITE_REVEAL_LOCAL"],
             invite_reveal_domain=config["INVITE_REVEAL_DOMAIN"],
+            signing_key_path=config["SIGNING_KEY_PATH"],
+            domains_path=config["DOMAINS_PATH"],
             refuse_special_use_domains=config["REFUSE_SPECIAL_USE_DOMAINS"],
         )

@@ -17,7 +17,6 @@ from datetime import timedelta
 from typing import Any
 
 from flask import Flask
-from flask import current_app
 
 from identity import federation
 from identity import keys
@@ -28,6 +27,7 @@ from identity.extensions import db
 from identity.retention import Retention
 from identity.retention import Schedule
 from identity.retention import purge
+from identity.services import services
 from identity.storage import deliveries
 from identity.storage.models import Delivery
 
@@ -58,34 +58,47 @@ class WorkerSettings:
 def run_due(*, now: datetime) -> int:
     """Attempt every due delivery once, with the app's federation client and key.
 
-    Needs an app context. Commits as it goes.
+    The caller's side of `process_due`: needs an app context, and commits the app's
+    session after each claim and each attempt.
 
     :returns: how many invitations were delivered.
     """
-    settings = current_app.extensions["identity.settings"]
+    current = services()
     return process_due(
         now=now,
-        post=federation.client().post_json,
+        post=current.federation.post_json,
         # Invitations imported from a Sydent peer are signed with that peer's key.
         sign=peers.invitation_signer(
-            server_name=settings.server_name,
+            server_name=current.settings.server_name,
             our_key=keys.current_signing_key(),
-            signing_key_path=current_app.config["SIGNING_KEY_PATH"],
+            signing_key_path=current.settings.signing_key_path,
         ),
-        max_backoff=current_app.extensions["identity.deliveries"].max_backoff,
+        max_backoff=current.deliveries.max_backoff,
+        commit=db.session.commit,
     )
 
 
-def process_due(*, now: datetime, post: Poster, sign: Signer, max_backoff: timedelta) -> int:
-    """Claim due jobs one at a time and attempt each; return how many were delivered."""
+def process_due(
+    *,
+    now: datetime,
+    post: Poster,
+    sign: Signer,
+    max_backoff: timedelta,
+    commit: Callable[[], None],
+) -> int:
+    """Claim due jobs one at a time and attempt each; return how many were delivered.
+
+    :param commit: ends a transaction (the caller owns the session): each claim is
+        committed before its homeserver is called, each outcome right after.
+    """
     delivered = 0
     for _ in range(MAX_PER_PASS):
         job = deliveries.claim_next(now=now, lease_until=now + LEASE)
-        db.session.commit()
+        commit()
         if job is None:
             break
         delivered += attempt(job, now=now, post=post, sign=sign, max_backoff=max_backoff)
-        db.session.commit()
+        commit()
     return delivered
 
 
@@ -94,7 +107,7 @@ def attempt(
 ) -> int:
     """Deliver one claimed job, reschedule it, or drop it when its invitation is dead."""
     invitation = job.invitation
-    if invitation.expires_at <= now or invitation.revoked_at is not None:
+    if not invitation.is_open(now):
         logger.info("Dropping delivery %s: its invitation expired or was revoked", job.id)
         deliveries.remove(job)
         return 0
@@ -153,7 +166,7 @@ def backoff(attempts: int, cap: timedelta) -> timedelta:
     return min(FIRST_RETRY * 2 ** min(attempts - 1, 20), cap)
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask) -> WorkerSettings:
     """Read the worker settings; start the worker thread with the first request.
 
     Starting lazily keeps CLI commands and preloading masters (gunicorn --preload
@@ -165,24 +178,25 @@ def init_app(app: Flask) -> None:
         poll_seconds=float(config["DELIVERY_POLL_SECONDS"]),
         max_backoff=timedelta(seconds=config["DELIVERY_MAX_BACKOFF_SECONDS"]),
     )
-    app.extensions["identity.deliveries"] = worker
     if not worker.enabled:
-        return
+        return worker
     lock = threading.Lock()
 
     @app.before_request
     def start_worker() -> None:
-        if "identity.deliveries.stop" in app.extensions:
+        if services(app).deliveries_stop is not None:
             return
         with lock:
-            if "identity.deliveries.stop" not in app.extensions:
+            if services(app).deliveries_stop is None:
                 start(app)
+
+    return worker
 
 
 def start(app: Flask) -> threading.Event:
     """Start the delivery thread of this process; set the returned event to stop it."""
     stop = threading.Event()
-    app.extensions["identity.deliveries.stop"] = stop
+    services(app).deliveries_stop = stop
     thread = threading.Thread(target=_work, args=(app, stop), daemon=True, name="deliveries")
     thread.start()
     return stop
@@ -190,20 +204,21 @@ def start(app: Flask) -> threading.Event:
 
 def stop(app: Flask) -> None:
     """Ask this process's delivery thread to stop after its current pass."""
-    event = app.extensions.get("identity.deliveries.stop")
+    event = services(app).deliveries_stop
     if event is not None:
         event.set()
 
 
 def _work(app: Flask, stop: threading.Event) -> None:
     """The process's background thread: deliveries, and the scheduled purges."""
-    interval = app.extensions["identity.deliveries"].poll_seconds
-    retention = Retention.from_settings(app.extensions["identity.settings"])
+    current = services(app)
+    interval = current.deliveries.poll_seconds
+    retention = Retention.from_settings(current.settings)
     purges = Schedule(retention.purge_interval_seconds)
     while not stop.is_set():
         try:
             with app.app_context():
-                now = app.extensions["identity.clock"].now()
+                now = current.clock.now()
                 run_due(now=now)
                 if purges.is_due():
                     deleted = purge(retention, now=now)

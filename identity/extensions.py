@@ -1,5 +1,7 @@
 """Flask extensions, created unbound and bound to the app in `create_app`."""
 
+from typing import TYPE_CHECKING
+
 from flask_babel import Babel
 from flask_mail import Mail
 from flask_migrate import Migrate
@@ -22,6 +24,13 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+
+# The models' base class. Flask-SQLAlchemy builds db.Model from Base at run time, which
+# type checkers cannot follow: they see Base, whose typed mappings it keeps.
+if TYPE_CHECKING:
+    Model = Base
+else:
+    Model = db.Model
 migrate = Migrate(render_as_batch=True)
 mail = Mail()
 babel = Babel()

@@ -12,15 +12,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
 from typing import Any
+from typing import Protocol
 from urllib.parse import urlsplit
 
+import nacl.signing
 import signedjson.key
-from nacl.signing import SigningKey
+from nacl.exceptions import CryptoError
+from signedjson.types import SigningKey
 
 from identity import abuse
 from identity import keys
 from identity import landing
-from identity import mailer
 from identity import metrics
 from identity import presentation
 from identity.abuse import Blocklists
@@ -51,6 +53,11 @@ REQUIRED_FIELDS = ("medium", "address", "room_id", "sender")
 MAX_ROOM_ID_BYTES = 255
 
 
+# Mails an invitation: (address, template context, brand=…) → None; raises on failure.
+class InviteSender(Protocol):
+    def __call__(self, to: str, context: dict[str, str], *, brand: str | None) -> None: ...
+
+
 @dataclass(frozen=True)
 class Policy:
     """What the deployment decides about invitations (from Settings)."""
@@ -67,6 +74,8 @@ class Policy:
     blocklists: Blocklists = Blocklists()
     # Hosts whose web client a request's org.matrix.web_client_location may name.
     web_client_hosts: tuple[str, ...] = ()
+    # The service's long-term public key, which store-invite returns.
+    long_term_public_key: str = ""
     refuse_special_use_domains: bool = False
 
     @classmethod
@@ -77,6 +86,7 @@ class Policy:
             web_client_location=config.web_client_location,
             web_client_hosts=config.web_client_location_allowlist,
             landing_secret=landing.secret_from(config.secret_key, signing_key),
+            long_term_public_key=keys.public_key_base64(signing_key),
             reveal_local=config.invite_reveal_local,
             reveal_domain=config.invite_reveal_domain,
             quotas=Quotas(
@@ -104,6 +114,7 @@ def store_invite(
     policy: Policy,
     routing: RoutingTable,
     brand: str | None = None,
+    send: InviteSender,
 ) -> dict[str, Any]:
     """Store an invitation, mail it, and return what the homeserver puts in the room.
 
@@ -112,6 +123,7 @@ def store_invite(
 
     :param details: every other string argument of the request (room_name, …).
     :param sender_verified: whether `sender` is the authenticated user (v2).
+    :param send: mails the invitation (`mailer.send_template` for ``invite``).
     :param routing: tells the mail whether the guest will get an account on an
         invitation-only platform or signs in as an agent of a known administration.
     :raises MatrixError: M_UNRECOGNIZED for a medium other than email, M_INVALID_EMAIL,
@@ -150,7 +162,7 @@ def store_invite(
             expires_at=now + policy.validity,
         )
     )
-    ephemeral = SigningKey.generate()
+    ephemeral = nacl.signing.SigningKey.generate()
     ephemeral_public = encode_key(ephemeral.verify_key.encode())
     ephemeral_keys.add(ephemeral_public, invitation.id, now)
     # The private key exists only in the mail: we can never sign with it ourselves.
@@ -163,7 +175,7 @@ def store_invite(
         already_invited=already_invited,
     )
     # To the mailbox as written: case-folding may change it (Straße → strasse).
-    mailer.send_template("invite", written.mailbox, context, brand=brand)
+    send(written.mailbox, context, brand=brand)
     metrics.INVITATIONS_STORED.inc()
     return store_invite_response(invitation, ephemeral_public, policy)
 
@@ -171,7 +183,7 @@ def store_invite(
 def store_invite_response(
     invitation: Invitation, ephemeral_public: str, policy: Policy
 ) -> dict[str, Any]:
-    long_term = keys.public_key_base64(keys.current_signing_key())
+    long_term = policy.long_term_public_key
     # The v1 paths, as Sydent gives them: rooms keep these URLs for as long as they live.
     validity_base = f"{policy.base_url}/_matrix/identity/api/v1"
     return {
@@ -290,7 +302,7 @@ def sign_with_ephemeral_key(
         raise InvalidParam("mxid is not a Matrix user ID")
     try:
         key = signedjson.key.decode_signing_key_base64("ed25519", "0", private_key)
-    except Exception:
+    except (ValueError, CryptoError):  # bad base64 (binascii.Error), a wrong-size seed
         raise InvalidParam("private_key is not a valid ed25519 key") from None
     issued = ephemeral_keys.public_keys_of(invitation.id)
     if issued and encode_key(key.verify_key.encode()) not in issued:
@@ -328,3 +340,20 @@ def _redact(text: str, reveal: int) -> str:
 def encode_key(data: bytes) -> str:
     """URL-safe unpadded base64, as Sydent encodes ephemeral keys (it survives links)."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def check_ephemeral_key(public_key: str, *, now: datetime) -> bool:
+    """Whether we issued the ephemeral key and its invitation is still open.
+
+    Each check is counted: homeservers ask when a guest joins with the key. A key
+    whose invitation was revoked or has expired is no longer valid; a key linked to
+    no invitation (imported from Sydent, which keeps no link) stays valid.
+    """
+    found = ephemeral_keys.find_with_invitation(public_key)
+    if found is None:
+        return False
+    key, invitation = found
+    key.verify_count += 1
+    if invitation is None:
+        return key.invitation_id is None
+    return invitation.is_open(now)

@@ -4,14 +4,17 @@ import logging
 import os
 import tempfile
 from typing import Any
+from typing import cast
 
 import signedjson.key
 import signedjson.sign
 from flask import Flask
-from flask import current_app
-from nacl.signing import SigningKey
+from nacl.exceptions import CryptoError
+from signedjson.types import SigningKey
+from signedjson.types import VerifyKey
 
 from identity.config import ConfigError
+from identity.services import services
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ def init_app(app: Flask) -> None:
     """
     path = app.config["SIGNING_KEY_PATH"]
     try:
-        app.extensions["identity.signing_key"] = load_or_generate(path)
+        services(app).signing_key = load_or_generate(path)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     except OSError as e:
@@ -34,11 +37,10 @@ def init_app(app: Flask) -> None:
 
 def current_signing_key() -> SigningKey:
     """The app's signing key, read (or generated) on first use and then kept."""
-    key = current_app.extensions.get("identity.signing_key")
-    if key is None:
-        key = load_or_generate(current_app.config["SIGNING_KEY_PATH"])
-        current_app.extensions["identity.signing_key"] = key
-    return key
+    current = services()
+    if current.signing_key is None:
+        current.signing_key = load_or_generate(current.settings.signing_key_path)
+    return current.signing_key
 
 
 def load_or_generate(path: str) -> SigningKey:
@@ -72,7 +74,7 @@ def parse(text: str) -> SigningKey:
         raise ValueError("SIGNING_KEY_PATH: expected 'ed25519 <version> <base64 seed>'")
     try:
         return signedjson.key.decode_signing_key_base64(parts[0], parts[1], parts[2])
-    except Exception as e:
+    except (ValueError, CryptoError) as e:  # bad base64 (binascii.Error), a wrong-size seed
         raise ValueError(f"SIGNING_KEY_PATH: not a valid ed25519 key ({e})") from None
 
 
@@ -84,6 +86,28 @@ def generate(path: str, version: str = DEFAULT_KEY_ID) -> SigningKey:
     one gets FileExistsError and reads the winner's.
     """
     key = signedjson.key.generate_signing_key(version)
+    _write_file(path, key, replace=False)
+    return key
+
+
+def replace(path: str, version: str = DEFAULT_KEY_ID) -> SigningKey:
+    """Write a new key to `path`, replacing any key there atomically."""
+    key = signedjson.key.generate_signing_key(version)
+    write(path, key)
+    return key
+
+
+def write(path: str, key: SigningKey) -> None:
+    """Write `key` in Sydent's format, owner-only, replacing the file atomically."""
+    _write_file(path, key, replace=True)
+
+
+def _write_file(path: str, key: SigningKey, *, replace: bool) -> None:
+    """The one writer of key files: a private temporary file, then moved into place.
+
+    Readers never see a half-written key. With `replace`, the move is a rename over any
+    existing file; without, a link, which fails with FileExistsError if the path exists.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # Created with owner-only permissions: this key signs everything we assert.
@@ -91,24 +115,13 @@ def generate(path: str, version: str = DEFAULT_KEY_ID) -> SigningKey:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(serialise(key) + "\n")
-        os.link(temporary, path)  # fails if the path exists, unlike a rename
+        if replace:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)  # fails if the path exists, unlike a rename
     finally:
-        os.unlink(temporary)
-    return key
-
-
-def write(path: str, key: SigningKey) -> None:
-    """Write `key` in Sydent's format, owner-only, replacing the file atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".signing-key-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(serialise(key) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
 
 def serialise(key: SigningKey) -> str:
@@ -120,7 +133,8 @@ def key_id(key: SigningKey) -> str:
 
 
 def public_key_base64(key: SigningKey) -> str:
-    return signedjson.key.encode_verify_key_base64(key.verify_key)
+    # Only the key's bytes are encoded: nacl's VerifyKey, without signedjson's alg/version.
+    return signedjson.key.encode_verify_key_base64(cast(VerifyKey, key.verify_key))
 
 
 def sign(payload: dict[str, Any], server_name: str, key: SigningKey) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from itsdangerous import SignatureExpired
 from itsdangerous import URLSafeTimedSerializer
 from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
-from nacl.signing import SigningKey
+from signedjson.types import SigningKey
 
 from identity.accounts import server_of
 from identity.storage import invites

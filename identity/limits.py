@@ -14,9 +14,9 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask
-from flask import current_app
 from limits import RateLimitItem
 from limits import parse_many
 from limits.storage import RedisStorage
@@ -25,6 +25,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from identity.config import ConfigError
 from identity.errors import LimitExceeded
+from identity.services import services
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Limits:
                 raise LimitExceeded("Too many requests", retry_after_ms=retry_after_ms)
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask) -> "Limits":
     config = app.config
     limiter = windows = None
     if config["RATELIMIT_ENABLED"]:
@@ -65,7 +66,7 @@ def init_app(app: Flask) -> None:
         limiter = MovingWindowRateLimiter(storage)
         if isinstance(storage, RedisStorage):
             windows = _RedisWindows(storage)
-    app.extensions["identity.limits"] = Limits(
+    return Limits(
         per_ip=_items("RATELIMIT_PER_IP", config),
         per_user=_items("RATELIMIT_PER_USER", config),
         mails_per_address=_items("MAIL_LIMIT_PER_ADDRESS", config),
@@ -110,8 +111,10 @@ class _RedisWindows:
 
     def __init__(self, storage: RedisStorage) -> None:
         self.storage = storage
-        self.script = storage.get_connection().register_script(_HIT_ALL)
-        self.pool = storage.get_connection().connection_pool
+        # A redis-py client (the limits library types it as a narrower protocol).
+        client: Any = storage.get_connection()
+        self.script = client.register_script(_HIT_ALL)
+        self.pool = client.connection_pool
 
     def _evalsha(self, keys: list[str], args: list) -> bytes | None:
         """EVALSHA straight on a pooled connection: a third of redis-py's CPU per call.
@@ -149,7 +152,7 @@ def _items(key: str, config) -> tuple[RateLimitItem, ...]:
 
 
 def current() -> Limits:
-    return current_app.extensions["identity.limits"]
+    return services().limits
 
 
 def private_key(value: str) -> str:

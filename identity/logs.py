@@ -183,7 +183,7 @@ class GunicornLogger(GunicornBaseLogger):
     through our scrubbing, as the access log does.
     """
 
-    def setup(self, cfg) -> None:  # noqa: ANN001 (gunicorn's signature)
+    def setup(self, cfg) -> None:
         super().setup(cfg)
         for log, json_line in ((self.error_log, False), (self.access_log, True)):
             for handler in log.handlers:
@@ -192,7 +192,7 @@ class GunicornLogger(GunicornBaseLogger):
                 ):
                     handler.setFormatter(ScrubbedFormatter(handler.formatter, json_line=json_line))
 
-    def atoms(self, resp, req, environ, request_time):  # noqa: ANN001 (gunicorn's signature)
+    def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)
         for key in ("r", "U", "q", "f"):
             if isinstance(atoms.get(key), str):

@@ -15,11 +15,13 @@ from typing import Any
 
 from identity.addresses import lookup_form
 from identity.addresses import unicode_spelling
+from identity.clock import to_ms
 from identity.errors import InvalidParam
 from identity.errors import InvalidPepper
 from identity.errors import TooLarge
 from identity.storage import associations
 from identity.storage import peppers
+from identity.storage.associations import CommittedAssociation
 from identity.storage.models import Association
 from identity.storage.models import Pepper
 
@@ -129,6 +131,32 @@ def rotate_pepper(
     pending.activated_at = now
     commit()
     return pending.value
+
+
+def lookup_v1(
+    medium: str, address: str, *, now: datetime, sign: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """The legacy v1 lookup of one address: its signed association, or {} when unbound.
+
+    :param sign: signs the association with the service's long-term key.
+    """
+    # Straight on the pool (storage.hot_reads), not through the ORM: v1 lookups are hot.
+    association = associations.find_committed(medium, lookup_form(address))
+    if association is None or association.not_after <= now:
+        return {}
+    return sign(association_json(association))
+
+
+def association_json(association: Association | CommittedAssociation) -> dict[str, Any]:
+    """The association as the specification's lookup and bind answers give it."""
+    return {
+        "address": association.address,
+        "medium": association.medium,
+        "mxid": association.mxid,
+        "not_before": to_ms(association.not_before),
+        "not_after": to_ms(association.not_after),
+        "ts": to_ms(association.created_at),
+    }
 
 
 def bulk_lookup(threepids: list[Any], *, now: datetime, limit: int) -> list[list[str]]:

@@ -17,6 +17,7 @@ import ssl
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -29,11 +30,34 @@ from identity import i18n
 from identity import limits
 from identity import metrics
 from identity.addresses import redact
+from identity.brands import is_brand
 from identity.clock import new_token
 from identity.errors import EmailSendError
 from identity.errors import InvalidEmail
+from identity.services import services
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """What sending mail needs from the configuration, taken once by create_app."""
+
+    templates_path: str | None
+    default_brand: str | None
+    default_sender: str
+    timeout: float
+    ca_file: str | None
+
+    @classmethod
+    def from_config(cls, config: Any) -> "MailSettings":
+        return cls(
+            templates_path=config["TEMPLATES_PATH"] or None,
+            default_brand=config["DEFAULT_BRAND"] or None,
+            default_sender=config["MAIL_DEFAULT_SENDER"],
+            timeout=config["MAIL_TIMEOUT"],
+            ca_file=config["MAIL_CA_FILE"] or None,
+        )
 
 # Our template names → the file a Sydent-layout brand folder holds for them.
 SYDENT_FILES = {
@@ -41,7 +65,6 @@ SYDENT_FILES = {
     "invite": "invite_template.eml.j2",
     "verify_response": "verify_response_template.html",
 }
-_BRAND = re.compile(r"^[a-z0-9_-]{1,64}$")
 _LINE_BREAKS = re.compile(r"[\r\n]+")
 
 
@@ -62,9 +85,10 @@ def send_template(
     # However many clients ask, nobody's mailbox is flooded in our name (in any case:
     # the address's key is its mailbox case-folded).
     limits.current().check("mails_per_address", limits.private_key(to.casefold()))
-    sydent_template = sydent_template_path(name, brand)
+    settings = services().mail
+    sydent_template = sydent_template_path(name, brand, settings)
     if sydent_template is not None:
-        raw = render_sydent_mail(sydent_template, to, context)
+        raw = render_sydent_mail(sydent_template, to, context, settings)
         _deliver(to, raw=raw.encode("utf-8"))
         return
     subject, body, html = render_mail(name, context)
@@ -97,23 +121,25 @@ def render_mail(name: str, context: Mapping[str, Any]) -> tuple[str, str, str]:
     return single_line(subject), body, html
 
 
-def sydent_template_path(name: str, brand: str | None) -> str | None:
+def sydent_template_path(name: str, brand: str | None, settings: MailSettings) -> str | None:
     """The Sydent-layout file for `name` in the chosen brand folder, if TEMPLATES_PATH has one."""
-    root = current_app.config["TEMPLATES_PATH"]
+    root = settings.templates_path
     if not root:
         return None
-    for candidate in (brand, current_app.config["DEFAULT_BRAND"]):
-        if candidate and _BRAND.match(candidate):
+    for candidate in (brand, settings.default_brand):
+        if candidate and is_brand(candidate):
             path = os.path.join(root, candidate, SYDENT_FILES[name])
             if os.path.isfile(path):
                 return path
     return None
 
 
-def render_sydent_mail(path: str, to: str, context: Mapping[str, Any]) -> str:
+def render_sydent_mail(
+    path: str, to: str, context: Mapping[str, Any], settings: MailSettings
+) -> str:
     """Render a Sydent-layout ``.eml.j2`` with the variables Sydent gives its templates."""
-    root = current_app.config["TEMPLATES_PATH"]
-    sender = current_app.config["MAIL_DEFAULT_SENDER"]
+    root = settings.templates_path or ""
+    sender = settings.default_sender
     _, sender_address = email.utils.parseaddr(sender)
     variables = {
         **context,
@@ -154,18 +180,18 @@ class VerifiedConnection(Connection):
     """
 
     def configure_host(self) -> smtplib.SMTP:
-        config = current_app.config
-        timeout = config["MAIL_TIMEOUT"]
+        settings = services().mail
+        timeout = settings.timeout
         host: smtplib.SMTP
         if self.mail.use_ssl:
-            context = tls_context(config["MAIL_CA_FILE"])
+            context = tls_context(settings.ca_file)
             host = smtplib.SMTP_SSL(
                 self.mail.server, self.mail.port, timeout=timeout, context=context
             )
         else:
             host = smtplib.SMTP(self.mail.server, self.mail.port, timeout=timeout)
             if self.mail.use_tls:
-                host.starttls(context=tls_context(config["MAIL_CA_FILE"]))
+                host.starttls(context=tls_context(settings.ca_file))
         if self.mail.username and self.mail.password:
             host.login(self.mail.username, self.mail.password)
         return host
@@ -183,7 +209,7 @@ def _deliver(to: str, *, message: Message | None = None, raw: bytes | None = Non
         with VerifiedConnection(state) as connection:
             if message is not None:
                 connection.send(message)
-            elif connection.host is not None:
+            elif connection.host is not None and raw is not None:
                 _, sender = email.utils.parseaddr(state.default_sender)
                 # smtplib asks for SMTPUTF8 in MAIL FROM, and refuses (before sending
                 # anything) when the server does not offer it.

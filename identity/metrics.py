@@ -15,7 +15,6 @@ from datetime import datetime
 from flask import Blueprint
 from flask import Flask
 from flask import Response
-from flask import current_app
 from flask import g
 from flask import request
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -29,6 +28,7 @@ from prometheus_client.registry import REGISTRY
 from prometheus_client.registry import Collector
 
 from identity import routing
+from identity.services import services
 from identity.storage import deliveries
 
 REQUESTS = Counter(
@@ -57,7 +57,7 @@ def metrics() -> Response:
         counters = CollectorRegistry()
         multiprocess.MultiProcessCollector(counters)
     state = CollectorRegistry()
-    state.register(_StateCollector(current_app.extensions["identity.clock"].now()))
+    state.register(_StateCollector(services().clock.now()))
     # Two expositions one after the other are one valid exposition.
     return Response(
         generate_latest(counters) + generate_latest(state), mimetype=CONTENT_TYPE_LATEST

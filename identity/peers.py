@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from nacl.signing import SigningKey
+from signedjson.types import SigningKey
 
 from identity import keys
 from identity.accounts import is_server_name

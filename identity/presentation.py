@@ -67,7 +67,7 @@ def invitation_context(
     details = {field: "" for field in OPTIONAL_FIELDS} | dict(invitation.details)
     details.pop(WEB_CLIENT_LOCATION_ARG, None)
     verified = invitation.sender_verified
-    context = {
+    context: dict[str, Any] = {
         **details,
         "medium": invitation.medium,
         "address": invitation.address,

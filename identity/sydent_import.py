@@ -41,7 +41,7 @@ from datetime import datetime
 from datetime import timedelta
 from pathlib import Path
 
-from nacl.signing import SigningKey
+from signedjson.types import SigningKey
 
 from identity import keys
 from identity import peers
@@ -553,6 +553,7 @@ def _import_invitation(
         kind.skip(problem, ref)
         return
     received = _moment_s(row["received_ts"])
+    assert received is not None  # _not_pending refused the rows without one
     invites.add(
         Invitation(
             token=token,

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 from flask import Flask
-from flask import current_app
 
 from identity.config import ConfigError
+from identity.services import services
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,13 @@ def _langs(doc: dict[str, Any]) -> list[dict[str, str]]:
     return [value for key, value in doc.items() if key != "version"]
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask) -> "Terms":
     path = app.config["TERMS_PATH"]
-    app.extensions["identity.terms"] = load(path) if path else NO_TERMS
+    return load(path) if path else NO_TERMS
 
 
 def current_terms() -> Terms:
-    return current_app.extensions["identity.terms"]
+    return services().terms
 
 
 def load(path: str) -> Terms:

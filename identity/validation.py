@@ -146,9 +146,18 @@ def get_validated_session(
         raise NoValidSession("No valid session was found matching that sid and client secret")
     if is_expired(session, now, timedelta(seconds=lifetime_seconds)):
         raise SessionExpired("This validation session has expired")
+    validated_at(session)
+    return session
+
+
+def validated_at(session: ValidationSession) -> datetime:
+    """When the session was validated.
+
+    :raises MatrixError: M_SESSION_NOT_VALIDATED when it has not been.
+    """
     if session.validated_at is None:
         raise SessionNotValidated("This validation session has not been validated yet")
-    return session
+    return session.validated_at
 
 
 def purge_expired(*, now: datetime, lifetime: timedelta) -> int:

@@ -65,7 +65,7 @@ class SmtpSink:
     count: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+    async def handle_DATA(self, server, session, envelope):
         if self.refuse:
             return "554 Transaction failed"
         with self._lock:

@@ -123,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep test output quiet
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         url = urlsplit(self.path)
         if url.path == "/_matrix/key/v2/server":
             self.homeserver.key_requests += 1
@@ -137,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, {"sub": sub})
         return self._json(404, {"errcode": "M_UNRECOGNIZED", "error": "Unrecognized"})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
         if urlsplit(self.path).path == "/_matrix/federation/v1/3pid/onbind":

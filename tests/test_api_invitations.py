@@ -23,6 +23,7 @@ from app import MIGRATIONS_DIR
 from identity import deliveries
 from identity import keys
 from identity.extensions import db
+from identity.services import services
 from identity.storage.models import Delivery
 from identity.storage.models import Invitation
 from testing.servers import ROOT
@@ -219,7 +220,7 @@ def bind(client, smtp, mxid, address=GUEST):
 
 def run_deliveries(app):
     with app.app_context():
-        return deliveries.run_due(now=app.extensions["identity.clock"].now())
+        return deliveries.run_due(now=services(app).clock.now())
 
 
 def test_bind_delivers_the_invitation_with_onbind(config, app, client, smtp, fake_homeserver):

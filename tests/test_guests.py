@@ -16,6 +16,7 @@ from identity import deliveries
 from identity import keys
 from identity.extensions import db
 from identity.landing import secret_from
+from identity.services import services
 from identity.storage.models import Invitation
 from tests.helpers import V1
 from tests.helpers import V2
@@ -320,7 +321,7 @@ def test_a_bind_delivers_only_live_invitations(make_app, smtp, runner, fake_home
     mxid = fake_homeserver.user_id("claire")
     assert client.post(f"{V1}/3pid/bind", json={"sid": sid, "client_secret": "b", "mxid": mxid})
     with app.app_context():
-        assert deliveries.run_due(now=app.extensions["identity.clock"].now()) == 1
+        assert deliveries.run_due(now=services(app).clock.now()) == 1
     [call] = fake_homeserver.onbind_calls
     assert [invite["signed"]["token"] for invite in call["invites"]] == [kept]
 

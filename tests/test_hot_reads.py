@@ -37,7 +37,7 @@ def test_a_read_is_one_round_trip(app, client, monkeypatch, path):
                       (psycopg.Connection, "commit")):  # fmt: skip
         real = getattr(cls, name)
 
-        def counting(self, *args, _real=real, _name=name, **kwargs):  # noqa: ANN001
+        def counting(self, *args, _real=real, _name=name, **kwargs):
             sent.append(_name)
             return _real(self, *args, **kwargs)
 

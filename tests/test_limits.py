@@ -98,7 +98,7 @@ def test_every_window_of_a_request_in_one_redis_round_trip(make_app, redis_url, 
     sent = []
     real_send = redis.connection.Connection.send_packed_command
 
-    def counting_send(self, command, check_health=True):  # noqa: ANN001
+    def counting_send(self, command, check_health=True):
         sent.append(command)
         return real_send(self, command, check_health)
 

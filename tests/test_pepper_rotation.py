@@ -7,6 +7,7 @@ import pytest
 
 from identity import lookup
 from identity.extensions import db
+from identity.services import services
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
@@ -59,7 +60,7 @@ def test_rotation_without_downtime(app, client, smtp, user):
 
     with app.app_context():
         new = lookup.rotate_pepper(
-            now=app.extensions["identity.clock"].now(), batch=1,
+            now=services(app).clock.now(), batch=1,
             commit=db.session.commit, progress=during_rotation,
         )  # fmt: skip
     assert seen_during == [4, 4, 4, 4] and new != old
@@ -83,7 +84,7 @@ def test_an_interrupted_rotation_resumes_and_rotations_repeat(app, client, smtp,
 
     with app.app_context(), pytest.raises(Interrupted):
         lookup.rotate_pepper(
-            now=app.extensions["identity.clock"].now(), batch=1,
+            now=services(app).clock.now(), batch=1,
             commit=db.session.commit, progress=stop,
         )  # fmt: skip
     old = current_pepper(client, user)

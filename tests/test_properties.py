@@ -49,6 +49,7 @@ from sqlalchemy import select
 from app import create_app
 from identity.extensions import db
 from identity.federation.client import FederationClient
+from identity.services import services
 from tests.fake_homeserver import CA_FILE
 from tests.fake_homeserver import FakeHomeserver
 from tests.helpers import V1
@@ -215,8 +216,8 @@ def _world(smtp, tmp):
         clock=FakeClock(),
     )
     # No DNS: server names resolve only when they are IP literals (the fake homeserver's).
-    federation = app.extensions["identity.federation"]
-    app.extensions["identity.federation"] = FederationClient(
+    federation = services(app).federation
+    services(app).federation = FederationClient(
         federation.policy, lookup_srv=lambda name: [], lookup_addresses=numeric_hosts_only
     )
     client = app.test_client()

@@ -1,13 +1,16 @@
 """/store-invite: a homeserver asks us to invite an email address into a room."""
 
 from dataclasses import dataclass
+from functools import partial
 
 from flask import Blueprint
 
 from identity import invitations
+from identity import mailer
 from identity import routing
 from identity.api.auth import require_user
 from identity.api.auth import require_v1_enabled
+from identity.api.http import current_user
 from identity.api.http import invite_policy
 from identity.api.http import json_body
 from identity.api.http import now
@@ -29,12 +32,12 @@ class StoreInviteBody:
     sender: str
 
 
-@route(bp, "/store-invite", methods=["POST"])
+@route(bp, "/store-invite", methods=["POST"], auth=require_user)
 def store_invite(v2: bool):
     """Store an invitation and mail the guest (v2: the sender must be the token's user)."""
     if not v2:
         require_v1_enabled(settings().v1_store_invite_enabled)
-    user_id = require_user() if v2 else None
+    user_id = current_user()
     raw = json_body(allow_form=not v2)
     body = parse(StoreInviteBody, raw)
     if user_id is not None and user_id != body.sender:
@@ -55,6 +58,7 @@ def store_invite(v2: bool):
         policy=invite_policy(),
         routing=routing.current(),
         brand=requested_brand(),
+        send=partial(mailer.send_template, "invite"),
     )
     db.session.commit()
     return response

@@ -17,7 +17,6 @@ from identity.api.http import route
 from identity.api.http import settings
 from identity.errors import NotFound
 from identity.extensions import db
-from identity.storage import ephemeral_keys
 
 bp = Blueprint("keys", __name__, url_prefix="/_matrix/identity")
 
@@ -51,15 +50,13 @@ def is_valid(v2: bool):
 @route(bp, "/pubkey/ephemeral/isvalid", methods=["GET"])
 def is_valid_ephemeral(v2: bool):
     query = parse(PublicKeyQuery, request.args.to_dict())
-    valid = ephemeral_keys.check_and_count(query.public_key, now=now())
+    valid = invitations.check_ephemeral_key(query.public_key, now=now())
     db.session.commit()
     return {"valid": valid}
 
 
-@route(bp, "/sign-ed25519", methods=["POST"])
+@route(bp, "/sign-ed25519", methods=["POST"], auth=require_user)
 def sign_ed25519(v2: bool):
-    if v2:
-        require_user()
     body = parse(SignBody, json_body() if v2 else _legacy_arguments())
     config = settings()
     signed = invitations.sign_with_ephemeral_key(

@@ -1,6 +1,5 @@
 """/validate/email/* and /3pid/getValidated3pid: proving that someone owns an address."""
 
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -18,15 +17,15 @@ from identity.api.http import now
 from identity.api.http import parse
 from identity.api.http import route
 from identity.api.http import settings
+from identity.brands import is_brand
 from identity.clock import to_ms
 from identity.errors import MatrixError
 from identity.errors import TokenIncorrect
 from identity.errors import Unrecognized
 from identity.extensions import db
+from identity.services import services
 
 bp = Blueprint("validation", __name__, url_prefix="/_matrix/identity")
-
-_BRAND = re.compile(r"^[a-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -60,10 +59,8 @@ def policy() -> validation.Policy:
     )
 
 
-@route(bp, "/validate/email/requestToken", methods=["POST"])
+@route(bp, "/validate/email/requestToken", methods=["POST"], auth=require_user)
 def request_token(v2: bool):
-    if v2:
-        require_user()
     body = parse(RequestTokenBody, json_body(allow_form=not v2))
     session = validation.request_code(
         body.email,
@@ -79,20 +76,16 @@ def request_token(v2: bool):
     return {"sid": session.sid}
 
 
-@route(bp, "/validate/email/submitToken", methods=["POST"])
+@route(bp, "/validate/email/submitToken", methods=["POST"], auth=require_user)
 def submit_token(v2: bool):
-    if v2:
-        require_user()
     body = parse(SubmitTokenBody, json_body(allow_form=not v2))
     _submit(body)
     return {"success": True}
 
 
-@route(bp, "/validate/email/submitToken", methods=["GET"])
+@route(bp, "/validate/email/submitToken", methods=["GET"], auth=require_user)
 def submit_token_page(v2: bool):
     """The link in the mail: validate, then redirect to next_link or show a page."""
-    if v2:
-        require_user()
     try:
         session = _submit(parse(SubmitTokenBody, request.args.to_dict()))
     except MatrixError as e:
@@ -102,10 +95,8 @@ def submit_token_page(v2: bool):
     return _result_page(success=True, errcode=None)
 
 
-@route(bp, "/3pid/getValidated3pid", methods=["GET"])
+@route(bp, "/3pid/getValidated3pid", methods=["GET"], auth=require_user)
 def get_validated_3pid(v2: bool):
-    if v2:
-        require_user()
     query = parse(SessionQuery, request.args.to_dict())
     session = validation.get_validated_session(
         query.sid,
@@ -116,7 +107,7 @@ def get_validated_3pid(v2: bool):
     return {
         "medium": session.medium,
         "address": session.address,
-        "validated_at": to_ms(session.validated_at),
+        "validated_at": to_ms(validation.validated_at(session)),
     }
 
 
@@ -141,11 +132,13 @@ def _submit(body: SubmitTokenBody):
 
 def requested_brand() -> str | None:
     brand = request.args.get("brand")
-    return brand if brand and _BRAND.match(brand) else None
+    return brand if brand and is_brand(brand) else None
 
 
 def _result_page(*, success: bool, errcode: str | None) -> str:
-    sydent_template = mailer.sydent_template_path("verify_response", requested_brand())
+    sydent_template = mailer.sydent_template_path(
+        "verify_response", requested_brand(), services().mail
+    )
     if sydent_template is not None:
         return mailer.render_sydent_page(sydent_template, success=success)
     outcome = {"success": success, "errcode": errcode}

@@ -1,12 +1,12 @@
 """`flask accounts token USER_ID`: an identity-server access token, for trials and operations."""
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from identity import accounts
 from identity.errors import MatrixError
 from identity.extensions import db
+from identity.services import services
 from identity.terms import current_terms
 
 group = AppGroup("accounts", help="Accounts of Matrix users on this identity server.")
@@ -25,7 +25,7 @@ def token(user_id: str, accept_terms: bool) -> None:
     The account is created as /v2/account/register would create it, without asking the
     user's homeserver. Only the token goes to standard output.
     """
-    now = current_app.extensions["identity.clock"].now()
+    now = services().clock.now()
     terms = current_terms()
     try:
         issued = accounts.issue_token(user_id, now=now)

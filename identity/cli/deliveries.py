@@ -1,10 +1,10 @@
 """`flask deliveries run-due|status`: the onbind delivery queue."""
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from identity import deliveries
+from identity.services import services
 from identity.storage import deliveries as queue
 
 group = AppGroup("deliveries", help="Invitations waiting to reach homeservers.")
@@ -13,7 +13,7 @@ group = AppGroup("deliveries", help="Invitations waiting to reach homeservers.")
 @group.command("run-due")
 def run_due() -> None:
     """Attempt every due delivery once."""
-    delivered = deliveries.run_due(now=current_app.extensions["identity.clock"].now())
+    delivered = deliveries.run_due(now=services().clock.now())
     click.echo(f"Delivered {delivered} invitation(s).")
 
 

@@ -3,7 +3,6 @@
 import sys
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from identity.addresses import normalise_email
@@ -13,6 +12,7 @@ from identity.routing import RoutingTable
 from identity.routing import diff
 from identity.routing import schema
 from identity.routing import sydent_info
+from identity.services import services
 from identity.storage import associations
 
 group = AppGroup("domains", help="The routing rules of domains.yaml.")
@@ -20,7 +20,7 @@ group = AppGroup("domains", help="The routing rules of domains.yaml.")
 
 def _load(path: str | None) -> RoutingTable:
     """The table of `path` (default: DOMAINS_PATH); exits with every problem if invalid."""
-    path = path or current_app.config["DOMAINS_PATH"]
+    path = path or services().settings.domains_path
     try:
         return schema.load_file(path)
     except RoutingError as e:
@@ -35,7 +35,7 @@ def _load(path: str | None) -> RoutingTable:
 def check(path: str | None) -> None:
     """Validate a domains file (default: DOMAINS_PATH) and summarise it."""
     table = _load(path)
-    click.echo(f"{path or current_app.config['DOMAINS_PATH']}: valid")
+    click.echo(f"{path or services().settings.domains_path}: valid")
     rules = {name: 0 for name in table.platforms}
     for _, platform in table.rules():
         rules[platform.name] += 1

@@ -4,7 +4,6 @@ from datetime import datetime
 from datetime import timedelta
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from identity.accounts import server_of
@@ -12,6 +11,7 @@ from identity.addresses import normalise_email
 from identity.addresses import redact
 from identity.errors import MatrixError
 from identity.extensions import db
+from identity.services import services
 from identity.storage import invites
 
 # Characters of a token `list` shows; `revoke` accepts any unique prefix.
@@ -21,7 +21,7 @@ group = AppGroup("invites", help="Invitations stored by homeservers (store-invit
 
 
 def _now() -> datetime:
-    return current_app.extensions["identity.clock"].now()
+    return services().clock.now()
 
 
 def _address(address: str | None) -> str | None:

@@ -3,10 +3,10 @@
 import os
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from identity import keys
+from identity.services import services
 
 group = AppGroup("keys", help="The service's signing key.")
 
@@ -15,12 +15,10 @@ group = AppGroup("keys", help="The service's signing key.")
 @click.option("--force", is_flag=True, help="Replace an existing key (breaks old signatures).")
 def generate(force: bool) -> None:
     """Generate a signing key at SIGNING_KEY_PATH."""
-    path = current_app.config["SIGNING_KEY_PATH"]
-    if os.path.exists(path):
-        if not force:
-            raise click.ClickException(f"{path} exists; use --force to replace it")
-        os.remove(path)
-    key = keys.generate(path)
+    path = services().settings.signing_key_path
+    if os.path.exists(path) and not force:
+        raise click.ClickException(f"{path} exists; use --force to replace it")
+    key = keys.replace(path) if force else keys.generate(path)
     click.echo(f"Generated {keys.key_id(key)} in {path}")
 
 

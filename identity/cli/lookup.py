@@ -1,11 +1,11 @@
 """`flask lookup rotate-pepper`: a new lookup pepper, without stopping lookups."""
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from identity import lookup
 from identity.extensions import db
+from identity.services import services
 
 group = AppGroup("lookup", help="The hashed lookups.")
 
@@ -19,7 +19,7 @@ def rotate_pepper(batch: int) -> None:
     resumes where it stopped when run again.
     """
     new = lookup.rotate_pepper(
-        now=current_app.extensions["identity.clock"].now(),
+        now=services().clock.now(),
         batch=batch,
         commit=db.session.commit,
         progress=lambda done: click.echo(f"{done} binding(s) hashed…"),

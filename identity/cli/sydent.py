@@ -3,11 +3,11 @@
 from datetime import timedelta
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from identity import sydent_import
 from identity.extensions import db
+from identity.services import services
 
 group = AppGroup("sydent", help="Moving from Sydent.")
 
@@ -45,14 +45,14 @@ def import_command(
     the first without --peer, the others with it. Running it again imports only what
     is new.
     """
-    config = current_app.config
+    current = services()
     try:
         report = sydent_import.import_sydent(
             sydent_db,
             config_path,
-            now=current_app.extensions["identity.clock"].now(),
-            invite_validity=timedelta(seconds=config["INVITE_VALIDITY_SECONDS"]),
-            signing_key_path=config["SIGNING_KEY_PATH"],
+            now=current.clock.now(),
+            invite_validity=timedelta(seconds=current.settings.invite_validity_seconds),
+            signing_key_path=current.settings.signing_key_path,
             replace_key=replace_key,
             as_peer=as_peer,
         )
@@ -62,7 +62,7 @@ def import_command(
     db.session.commit()
     if report.written_key is not None:
         # This process signs with the imported key from now on; restart the workers.
-        current_app.extensions["identity.signing_key"] = report.written_key
+        current.signing_key = report.written_key
     for name, kind in report.kinds.items():
         click.echo(
             f"{name}: {kind.imported} imported, {kind.present} already present,"
@@ -75,7 +75,7 @@ def import_command(
         click.echo(f"note: {note}")
     if report.written_key is not None:
         click.echo(
-            f"Signing key {config['SIGNING_KEY_PATH']} now holds Sydent's key;"
+            f"Signing key {current.settings.signing_key_path} now holds Sydent's key;"
             " restart the service to use it."
         )
     click.echo(

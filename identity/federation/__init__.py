@@ -1,16 +1,16 @@
 """Calls to homeservers: server discovery, safe HTTP, X-Matrix request signatures."""
 
 from flask import Flask
-from flask import current_app
 
 from identity.federation.client import FederationClient
 from identity.federation.client import FederationError
 from identity.federation.client import Policy
+from identity.services import services
 
 __all__ = ["FederationClient", "FederationError", "client", "init_app"]
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask) -> FederationClient:
     config = app.config
     policy = Policy(
         verify_tls=config["FEDERATION_VERIFY_TLS"],
@@ -20,8 +20,8 @@ def init_app(app: Flask) -> None:
         timeout=float(config["FEDERATION_TIMEOUT_SECONDS"]),
         max_response_bytes=config["FEDERATION_MAX_RESPONSE_BYTES"],
     )
-    app.extensions["identity.federation"] = FederationClient(policy)
+    return FederationClient(policy)
 
 
 def client() -> FederationClient:
-    return current_app.extensions["identity.federation"]
+    return services().federation

@@ -15,10 +15,10 @@ from typing import Any
 
 import signedjson.key
 import signedjson.sign
-from nacl.signing import VerifyKey
 from signedjson.sign import SignatureVerifyException
+from signedjson.types import VerifyKey
 
-from identity.errors import Unauthorized
+from identity.errors import Forbidden
 from identity.federation import FederationError
 from identity.federation import client
 from identity.storage import server_keys
@@ -53,20 +53,21 @@ def authenticate_request(
     """Return the origin server of a correctly X-Matrix-signed request.
 
     :param destination: our own server name; a header naming another one is refused.
-    :raises MatrixError: M_UNAUTHORIZED when no header carries a valid signature.
+    :raises MatrixError: 403 M_FORBIDDEN when no header carries a valid signature (the
+        specification's answer to a bad homeserver signature).
     """
     for header in authorization_headers:
         fields = parse_x_matrix(header)
         if fields is None:
             continue
         if fields.get("destination", destination) != destination:
-            raise Unauthorized("The request was signed for another destination")
+            raise Forbidden("The request was signed for another destination")
         origin = fields["origin"]
         verify_key = _verify_key(origin, fields["key"], now=now)
         # The server-server form signs `destination`; homeservers calling identity
         # servers (Synapse's unbind) sign `destination_is`, as Sydent checks.
         for destination_field in ("destination", "destination_is"):
-            signed = {"method": method, "uri": uri, "origin": origin}
+            signed: dict[str, Any] = {"method": method, "uri": uri, "origin": origin}
             signed[destination_field] = destination
             if content is not None:
                 signed["content"] = content
@@ -76,19 +77,19 @@ def authenticate_request(
             except SignatureVerifyException:
                 continue
             return origin
-        raise Unauthorized("Invalid X-Matrix signature")
-    raise Unauthorized("Missing X-Matrix authorization")
+        raise Forbidden("Invalid X-Matrix signature")
+    raise Forbidden("Missing X-Matrix authorization")
 
 
 def _verify_key(origin: str, key_id: str, *, now: datetime) -> VerifyKey:
     if not key_id.startswith("ed25519:"):
-        raise Unauthorized(f"Unsupported key algorithm in {key_id}")
+        raise Forbidden(f"Unsupported key algorithm in {key_id}")
     cached = server_keys.find(origin, key_id, now=now)
     if cached is None:  # unknown or expired: the homeserver may have a new key
         _fetch_keys(origin, now=now)
         cached = server_keys.find(origin, key_id, now=now)
     if cached is None:
-        raise Unauthorized(f"Unknown key {key_id} for {origin}")
+        raise Forbidden(f"Unknown key {key_id} for {origin}")
     return decode_key(key_id, cached)
 
 
@@ -102,7 +103,7 @@ def _fetch_keys(origin: str, *, now: datetime) -> None:
         answer = client().get_json(origin, "/_matrix/key/v2/server")
     except FederationError as e:
         logger.info("Could not fetch the keys of %s: %s", origin, e)
-        raise Unauthorized(f"Could not fetch the keys of {origin}") from None
+        raise Forbidden(f"Could not fetch the keys of {origin}") from None
     try:
         keys = {kid: v["key"] for kid, v in answer["verify_keys"].items()}
         valid_until = datetime.fromtimestamp(answer["valid_until_ts"] / 1000, UTC)
@@ -119,5 +120,5 @@ def _fetch_keys(origin: str, *, now: datetime) -> None:
         AttributeError,
         signedjson.sign.SignatureVerifyException,
     ):
-        raise Unauthorized(f"Invalid key response from {origin}") from None
+        raise Forbidden(f"Invalid key response from {origin}") from None
     server_keys.store(origin, keys, min(valid_until, now + MAX_KEY_CACHE), now)

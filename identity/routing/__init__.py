@@ -12,7 +12,6 @@ import threading
 import weakref
 
 from flask import Flask
-from flask import current_app
 
 from identity.config import ConfigError
 from identity.routing.schema import RoutingError
@@ -20,6 +19,7 @@ from identity.routing.source import RoutingSource
 from identity.routing.table import Match
 from identity.routing.table import Platform
 from identity.routing.table import RoutingTable
+from identity.services import services
 
 __all__ = ["Match", "Platform", "RoutingError", "RoutingSource", "RoutingTable", "current"]
 
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 LAST_GOOD_FILE = "domains.last-good.yaml"
 
 
-def init_app(app: Flask, *, strict: bool = True) -> None:
+def init_app(app: Flask, *, strict: bool = True) -> RoutingSource:
     """Load DOMAINS_PATH, keeping a copy of its last valid version in the instance folder.
 
     :param strict: refuse to start when the file is invalid (a server starting);
@@ -54,8 +54,8 @@ def init_app(app: Flask, *, strict: bool = True) -> None:
             fallback,
             source.error,
         )
-    app.extensions["identity.routing"] = source
     _reload_on_sighup(source)
+    return source
 
 
 def current() -> RoutingTable:
@@ -63,7 +63,7 @@ def current() -> RoutingTable:
 
 
 def source() -> RoutingSource:
-    return current_app.extensions["identity.routing"]
+    return services().routing
 
 
 # The sources of this process's apps (one in production, many in a test session).

@@ -31,7 +31,7 @@ def homeserver_info(
     :param internal: add `requires_invite` and `invited` for homeservers.
     """
     platform = table.resolve(address).platform
-    answer = servers_for(platform, trusted=trusted or internal)
+    answer: dict[str, Any] = servers_for(platform, trusted=trusted or internal)
     state = address_state("email", address, now=now)
     bound_server = server_of(state.mxid) if state.mxid is not None else None
     if bound_server is not None and bound_server.lower() not in platform.servers:

@@ -215,8 +215,11 @@ class _Platforms:
         hs, shadow = target.get("hs"), target.get("shadow_hs")
         # In Sydent `hs` is the protected homeserver when a public `shadow_hs` exists.
         server, protected = (shadow, hs) if shadow and hs and shadow != hs else (hs or shadow, None)
-        key = (str(server).lower(), protected and str(protected).lower())
-        key += (bool(target.get("requires_invite", False)),)
+        key = (
+            str(server).lower(),
+            protected and str(protected).lower(),
+            bool(target.get("requires_invite", False)),
+        )
         if key not in self._by_target:
             self._by_target[key] = Platform(
                 name="", server=key[0], protected_server=key[1], requires_invite=key[2]

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import BindParameter
 from sqlalchemy import bindparam
 from sqlalchemy import exists
 from sqlalchemy import select
@@ -13,7 +14,9 @@ from identity.storage.models import Invitation
 
 _associations = Association.__table__.c
 _invitations = Invitation.__table__.c
-_MEDIUM, _ADDRESS, _NOW = bindparam("medium"), bindparam("address"), bindparam("now")
+_MEDIUM: BindParameter[str] = bindparam("medium")
+_ADDRESS: BindParameter[str] = bindparam("address")
+_NOW: BindParameter[datetime] = bindparam("now")
 
 _STATE = select(
     select(_associations.mxid)
@@ -22,9 +25,7 @@ _STATE = select(
     exists().where(
         _invitations.medium == _MEDIUM,
         _invitations.address == _ADDRESS,
-        _invitations.expires_at > _NOW,
-        _invitations.revoked_at.is_(None),
-        _invitations.accepted_at.is_(None),
+        Invitation.pending_at(_NOW),
     ),
 )
 
@@ -36,5 +37,6 @@ class AddressState:
 
 
 def address_state(medium: str, address: str, *, now: datetime) -> AddressState:
-    mxid, invited = fetch_one(_STATE, medium=medium, address=address, now=now)
+    # One row, always: a SELECT of two subqueries.
+    mxid, invited = fetch_one(_STATE, medium=medium, address=address, now=now) or (None, False)
     return AddressState(mxid=mxid, invited=bool(invited))

@@ -16,6 +16,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from identity.extensions import db
 from identity.storage.hot_reads import fetch_one
 from identity.storage.models import Association
+from identity.storage.results import rowcount
 
 # Keep IN lists well below every engine's limit on bound parameters.
 _BATCH = 500
@@ -151,7 +152,7 @@ def delete_for_mxid(medium: str, address: str, mxid: str) -> int:
     result = db.session.execute(
         delete(Association).filter_by(medium=medium, address=address, mxid=mxid)
     )
-    return result.rowcount or 0
+    return rowcount(result) or 0
 
 
 def addresses(medium: str) -> Iterator[str]:
@@ -193,7 +194,7 @@ def missing_in_slot(slot: int, limit: int) -> list[tuple[int, str, str]]:
         .order_by(Association.id)
         .limit(limit)
     )
-    return [tuple(row) for row in db.session.execute(query)]
+    return [(row_id, medium, address) for row_id, medium, address in db.session.execute(query)]
 
 
 def set_hashes(slot: int, hashes: dict[int, tuple[str, str | None]]) -> None:
@@ -210,4 +211,4 @@ def set_hashes(slot: int, hashes: dict[int, tuple[str, str | None]]) -> None:
 
 def delete_for_address(medium: str, address: str) -> int:
     result = db.session.execute(delete(Association).filter_by(medium=medium, address=address))
-    return result.rowcount or 0
+    return rowcount(result) or 0

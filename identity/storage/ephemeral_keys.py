@@ -19,25 +19,14 @@ def public_keys_of(invitation_id: int) -> list[str]:
     return list(db.session.scalars(query))
 
 
-def check_and_count(public_key: str, *, now: datetime) -> bool:
-    """Whether we issued the key and its invitation can still be accepted.
-
-    Each check is counted: homeservers ask when a guest joins with the key. A key
-    whose invitation was revoked or has expired is no longer valid; a key linked to
-    no invitation (imported from Sydent, which keeps no link) stays valid.
-    """
+def find_with_invitation(public_key: str) -> tuple[EphemeralKey, Invitation | None] | None:
+    """The key and its invitation (None for a key linked to none), or None if unknown."""
     row = db.session.execute(
         select(EphemeralKey, Invitation)
         .outerjoin(Invitation, EphemeralKey.invitation_id == Invitation.id)
         .where(EphemeralKey.public_key == public_key)
     ).first()
-    if row is None:
-        return False
-    key, invitation = row
-    key.verify_count += 1
-    if invitation is None:
-        return key.invitation_id is None
-    return invitation.revoked_at is None and invitation.expires_at > now
+    return None if row is None else (row[0], row[1])
 
 
 def exists(public_key: str) -> bool:

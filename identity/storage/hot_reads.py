@@ -19,6 +19,7 @@ nor pays a round trip to roll back.
 
 from dataclasses import dataclass
 from typing import Any
+from typing import cast
 
 from flask import current_app
 from sqlalchemy import Engine
@@ -91,7 +92,7 @@ def fetch_one(statement: Select, **values: Any) -> tuple | None:
     engine = _engine()
     prepared = _prepare(statement, engine.dialect)
     # Our values, and the statement's own (a LIMIT, say).
-    values = prepared.compiled.construct_params(values)
+    values = cast(dict[str, Any], prepared.compiled.construct_params(values))
     for name, convert in prepared.processors.items():
         values[name] = convert(values[name])
     params: Any = values

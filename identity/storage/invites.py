@@ -16,6 +16,7 @@ from identity.storage.models import Delivery
 from identity.storage.models import EphemeralKey
 from identity.storage.models import Invitation
 from identity.storage.models import UTCDateTime
+from identity.storage.results import rowcount
 
 
 def add(invitation: Invitation) -> Invitation:
@@ -43,11 +44,7 @@ def by_token_prefix(prefix: str, *, limit: int = 2) -> list[Invitation]:
 
 
 def _live(now: datetime) -> list[ColumnElement[bool]]:
-    return [
-        Invitation.expires_at > now,
-        Invitation.revoked_at.is_(None),
-        Invitation.accepted_at.is_(None),
-    ]
+    return [Invitation.pending_at(now)]
 
 
 def deliverable_to(medium: str, address: str, mxid: str, *, now: datetime) -> list[Invitation]:
@@ -60,8 +57,7 @@ def deliverable_to(medium: str, address: str, mxid: str, *, now: datetime) -> li
         select(Invitation)
         .filter_by(medium=medium, address=address)
         .where(
-            Invitation.expires_at > now,
-            Invitation.revoked_at.is_(None),
+            Invitation.open_at(now),
             Invitation.handed_over_at.is_(None),
             _admits_none_or(mxid),
         )
@@ -78,8 +74,7 @@ def admitting_others(medium: str, address: str, mxid: str, *, now: datetime) -> 
         .select_from(Invitation)
         .filter_by(medium=medium, address=address)
         .where(
-            Invitation.expires_at > now,
-            Invitation.revoked_at.is_(None),
+            Invitation.open_at(now),
             Invitation.handed_over_at.is_(None),
             Invitation.admitted_mxid != mxid,
         )
@@ -131,7 +126,7 @@ def hand_over(invitation_id: int, mxid: str, *, now: datetime) -> bool:
         )
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def has_live(medium: str, address: str, *, now: datetime) -> bool:
@@ -151,6 +146,7 @@ def _in_state(state: str, now: datetime) -> list[ColumnElement[bool]]:
     if state == "accepted":
         return [not_revoked, Invitation.accepted_at.is_not(None)]
     if state == "expired":
+        # Neither revoked nor accepted, and no longer open.
         return [not_revoked, Invitation.accepted_at.is_(None), Invitation.expires_at <= now]
     if state == "pending":
         return _live(now)
@@ -210,7 +206,7 @@ def revoke(
         query = query.where(Invitation.address == address)
     if room_id is not None:
         query = query.where(Invitation.room_id == room_id)
-    return db.session.execute(query).rowcount or 0
+    return rowcount(db.session.execute(query)) or 0
 
 
 def delete_expired(*, now: datetime, older_than: timedelta = timedelta(0)) -> int:
@@ -224,7 +220,7 @@ def delete_expired(*, now: datetime, older_than: timedelta = timedelta(0)) -> in
     db.session.execute(delete(EphemeralKey).where(EphemeralKey.invitation_id.in_(expired)))
     db.session.execute(delete(Delivery).where(Delivery.invitation_id.in_(expired)))
     result = db.session.execute(delete(Invitation).where(Invitation.expires_at <= cutoff))
-    return result.rowcount or 0
+    return rowcount(result) or 0
 
 
 def created_since(
@@ -257,4 +253,4 @@ def delete_for_address(medium: str, address: str) -> int:
     db.session.execute(delete(EphemeralKey).where(EphemeralKey.invitation_id.in_(ids)))
     db.session.execute(delete(Delivery).where(Delivery.invitation_id.in_(ids)))
     result = db.session.execute(delete(Invitation).filter_by(medium=medium, address=address))
-    return result.rowcount or 0
+    return rowcount(result) or 0

@@ -2,6 +2,7 @@
 
 from datetime import UTC
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import JSON
 from sqlalchemy import BigInteger
@@ -14,12 +15,14 @@ from sqlalchemy import String
 from sqlalchemy import Text
 from sqlalchemy import TypeDecorator
 from sqlalchemy import UniqueConstraint
+from sqlalchemy import and_
 from sqlalchemy import text
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
+from sqlalchemy.sql.elements import ColumnElement
 
-from identity.extensions import db
+from identity.extensions import Model
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -41,7 +44,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class ValidationSession(db.Model):
+class ValidationSession(Model):
     """An email address being proven, keyed by (address, client_secret)."""
 
     __tablename__ = "validation_session"
@@ -66,7 +69,7 @@ class ValidationSession(db.Model):
     validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class Association(db.Model):
+class Association(Model):
     """A validated address bound to a Matrix ID."""
 
     __tablename__ = "association"
@@ -103,7 +106,7 @@ class Association(db.Model):
     not_after: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class Pepper(db.Model):
+class Pepper(Model):
     """A lookup pepper. The newest activated one is current; a newer one not yet
     activated is being rotated in (its hashes are being filled in its slot)."""
 
@@ -116,7 +119,7 @@ class Pepper(db.Model):
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class Invitation(db.Model):
+class Invitation(Model):
     """A pending 3PID invitation stored by a homeserver with store-invite."""
 
     __tablename__ = "invitation"
@@ -150,8 +153,27 @@ class Invitation(db.Model):
     # with it. None: stored here.
     stored_by: Mapped[str | None] = mapped_column(String(255))
 
+    # The one definition of an invitation's life, in Python and in SQL: *open* while
+    # neither expired nor revoked (its keys sign, its delivery goes out); *pending*
+    # while open and not yet accepted by an account.
+    def is_open(self, now: datetime) -> bool:
+        return self.revoked_at is None and self.expires_at > now
 
-class EphemeralKey(db.Model):
+    def is_pending(self, now: datetime) -> bool:
+        return self.is_open(now) and self.accepted_at is None
+
+    @classmethod
+    def open_at(cls, now: Any) -> ColumnElement[bool]:
+        """SQL for `is_open`; `now` is a datetime or a bound parameter."""
+        return and_(cls.expires_at > now, cls.revoked_at.is_(None))
+
+    @classmethod
+    def pending_at(cls, now: Any) -> ColumnElement[bool]:
+        """SQL for `is_pending`; `now` is a datetime or a bound parameter."""
+        return and_(cls.open_at(now), cls.accepted_at.is_(None))
+
+
+class EphemeralKey(Model):
     """A short-term public key handed out with an invitation."""
 
     __tablename__ = "ephemeral_key"
@@ -165,7 +187,7 @@ class EphemeralKey(db.Model):
     verify_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class Account(db.Model):
+class Account(Model):
     """A Matrix user registered with this service through OpenID."""
 
     __tablename__ = "account"
@@ -174,7 +196,7 @@ class Account(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class AccessToken(db.Model):
+class AccessToken(Model):
     """An access token, stored only as its SHA-256 hash."""
 
     __tablename__ = "access_token"
@@ -186,7 +208,7 @@ class AccessToken(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class AcceptedTerms(db.Model):
+class AcceptedTerms(Model):
     """A terms document URL a user has accepted."""
 
     __tablename__ = "accepted_terms"
@@ -198,7 +220,7 @@ class AcceptedTerms(db.Model):
     accepted_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class Delivery(db.Model):
+class Delivery(Model):
     """An invitation to hand to a homeserver with /3pid/onbind, retried until done."""
 
     __tablename__ = "delivery"
@@ -221,7 +243,7 @@ class Delivery(db.Model):
     invitation: Mapped[Invitation] = relationship()
 
 
-class PeerKey(db.Model):
+class PeerKey(Model):
     """The long-term public key of a Sydent peer whose data was imported.
 
     Invitations that peer stored name this key in their rooms; its private half, when
@@ -235,7 +257,7 @@ class PeerKey(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class ServerKey(db.Model):
+class ServerKey(Model):
     """A homeserver's signing key fetched from /_matrix/key/v2/server."""
 
     __tablename__ = "server_key"

@@ -6,7 +6,9 @@ inserted unless present (ON CONFLICT DO NOTHING), a send attempt and a code chec
 claimed by a conditional UPDATE whose row count says who won.
 """
 
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete
 from sqlalchemy import select
@@ -16,8 +18,10 @@ from sqlalchemy.dialects import sqlite
 
 from identity.extensions import db
 from identity.storage.models import ValidationSession
+from identity.storage.results import rowcount
 
-_INSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+# Each dialect's INSERT, which has ON CONFLICT DO NOTHING.
+_INSERT: dict[str, Callable[..., Any]] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 def find(medium: str, address: str, client_secret: str) -> ValidationSession | None:
@@ -104,7 +108,7 @@ def claim_send_attempt(
         .execution_options(synchronize_session=False)
     )
     db.session.refresh(session)
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def claim_code_check(session: ValidationSession, max_attempts: int) -> bool:
@@ -123,7 +127,7 @@ def claim_code_check(session: ValidationSession, max_attempts: int) -> bool:
         .values(failed_attempts=ValidationSession.failed_attempts + 1)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def mark_validated(session: ValidationSession, now: datetime) -> None:
@@ -149,9 +153,9 @@ def delete_expired(before: datetime) -> int:
     result = db.session.execute(
         delete(ValidationSession).where(ValidationSession.updated_at < before)
     )
-    return result.rowcount or 0
+    return rowcount(result) or 0
 
 
 def delete_for_address(medium: str, address: str) -> int:
     result = db.session.execute(delete(ValidationSession).filter_by(medium=medium, address=address))
-    return result.rowcount or 0
+    return rowcount(result) or 0
