@@ -36,6 +36,14 @@ def smtp():
     sink.stop()
 
 
+@pytest.fixture(scope="session")
+def smtputf8_sink():
+    """A second SMTP sink that offers SMTPUTF8 (mailboxes such as straße@…)."""
+    sink = SmtpSink(smtputf8=True).start()
+    yield sink
+    sink.stop()
+
+
 @pytest.fixture(autouse=True)
 def _clear_smtp(request):
     if "smtp" in request.fixturenames:

@@ -3,7 +3,6 @@ how lookups find its binding (v1, bulk, v2 hashed) whichever spelling the caller
 
 import pytest
 
-from testing.smtp import SmtpSink
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
@@ -16,13 +15,6 @@ from tests.test_api_binding import sha256_hash
 
 MXID = "@jean:agent.tchap.gouv.fr"
 GUEST_INVITE = {"medium": "email", "room_id": "!projet:a.fr", "sender": "@marie:a.fr"}
-
-
-@pytest.fixture(scope="module")
-def smtputf8_sink():
-    sink = SmtpSink(smtputf8=True).start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture

@@ -181,13 +181,6 @@ NON_ASCII = "Ñandú@Example.FR"
 INVITE = {"medium": "email", "room_id": "!projet:a.fr", "room_name": "Projet X"}
 
 
-@pytest.fixture(scope="module")
-def smtputf8_sink():
-    sink = SmtpSink(smtputf8=True).start()
-    yield sink
-    sink.stop()
-
-
 @pytest.fixture
 def utf8_client(make_app, smtputf8_sink):
     """A client of the service whose mail server offers SMTPUTF8."""
