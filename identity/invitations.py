@@ -24,7 +24,6 @@ from identity import abuse
 from identity import keys
 from identity import landing
 from identity import metrics
-from identity import presentation
 from identity.abuse import Blocklists
 from identity.abuse import Quotas
 from identity.accounts import server_of
@@ -53,9 +52,21 @@ REQUIRED_FIELDS = ("medium", "address", "room_id", "sender")
 MAX_ROOM_ID_BYTES = 255
 
 
-# Mails an invitation: (address, template context, brand=…) → None; raises on failure.
+@dataclass(frozen=True)
+class InvitationMail:
+    """What the invitation mail tells its guest; `identity.presentation` words it."""
+
+    invitation: Invitation
+    # Exists only in the mail (and its landing link): we never sign with it ourselves.
+    ephemeral_private_key: str
+    web_client_location: str
+    guest: bool  # the address's platform takes only invited people
+    already_invited: bool
+
+
+# Mails an invitation: (mailbox, what to tell, brand=…) → None; raises on failure.
 class InviteSender(Protocol):
-    def __call__(self, to: str, context: dict[str, str], *, brand: str | None) -> None: ...
+    def __call__(self, to: str, mail: InvitationMail, *, brand: str | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -123,7 +134,7 @@ def store_invite(
 
     :param details: every other string argument of the request (room_name, …).
     :param sender_verified: whether `sender` is the authenticated user (v2).
-    :param send: mails the invitation (`mailer.send_template` for ``invite``).
+    :param send: words and mails the invitation (`presentation.send_invitation`).
     :param routing: tells the mail whether the guest will get an account on an
         invitation-only platform or signs in as an agent of a known administration.
     :raises MatrixError: M_UNRECOGNIZED for a medium other than email, M_INVALID_EMAIL,
@@ -165,17 +176,15 @@ def store_invite(
     ephemeral = nacl.signing.SigningKey.generate()
     ephemeral_public = encode_key(ephemeral.verify_key.encode())
     ephemeral_keys.add(ephemeral_public, invitation.id, now)
-    # The private key exists only in the mail: we can never sign with it ourselves.
-    context = presentation.invitation_context(
+    mail = InvitationMail(
         invitation,
-        encode_key(ephemeral.encode()),
-        policy,
+        ephemeral_private_key=encode_key(ephemeral.encode()),
         web_client_location=web_client_location_of(invitation, policy),
         guest=routing.resolve(address).platform.requires_invite,
         already_invited=already_invited,
     )
     # To the mailbox as written: case-folding may change it (Straße → strasse).
-    send(written.mailbox, context, brand=brand)
+    send(written.mailbox, mail, brand=brand)
     metrics.INVITATIONS_STORED.inc()
     return store_invite_response(invitation, ephemeral_public, policy)
 

@@ -14,9 +14,11 @@ from urllib.parse import urlencode
 
 from identity import i18n
 from identity import landing
+from identity import mailer
 from identity.storage.models import Invitation
 
 if TYPE_CHECKING:
+    from identity.invitations import InvitationMail
     from identity.invitations import Policy
 
 # Optional arguments of store-invite the mail and the web client link use; empty when absent.
@@ -41,6 +43,21 @@ DISPLAY_LIMIT = 40
 WEB_CLIENT_LOCATION_ARG = "org.matrix.web_client_location"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 _LINKABLE = re.compile(r"[.:/@]")
+
+
+def send_invitation(
+    to: str, mail: "InvitationMail", *, brand: str | None, policy: "Policy"
+) -> None:
+    """Word the invitation `mail` and send it to the mailbox `to` (an `InviteSender`)."""
+    context = invitation_context(
+        mail.invitation,
+        mail.ephemeral_private_key,
+        policy,
+        web_client_location=mail.web_client_location,
+        guest=mail.guest,
+        already_invited=mail.already_invited,
+    )
+    mailer.send_template("invite", to, context, brand=brand)
 
 
 def invitation_context(

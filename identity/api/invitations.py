@@ -6,7 +6,7 @@ from functools import partial
 from flask import Blueprint
 
 from identity import invitations
-from identity import mailer
+from identity import presentation
 from identity import routing
 from identity.api.auth import require_user
 from identity.api.auth import require_v1_enabled
@@ -47,6 +47,7 @@ def store_invite(v2: bool):
         for key, value in raw.items()
         if isinstance(value, str) and key not in invitations.REQUIRED_FIELDS
     }
+    policy = invite_policy()
     response = invitations.store_invite(
         body.medium,
         body.address,
@@ -55,10 +56,10 @@ def store_invite(v2: bool):
         details,
         sender_verified=user_id is not None,
         now=now(),
-        policy=invite_policy(),
+        policy=policy,
         routing=routing.current(),
         brand=requested_brand(),
-        send=partial(mailer.send_template, "invite"),
+        send=partial(presentation.send_invitation, policy=policy),
     )
     db.session.commit()
     return response
