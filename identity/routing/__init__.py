@@ -5,6 +5,7 @@ fresh in a running process, `answers.py` builds the /info answers, `diff.py` com
 two versions and `sydent_info.py` imports a Tchap Sydent info.yaml.
 """
 
+import hashlib
 import logging
 import os
 import signal
@@ -25,8 +26,12 @@ __all__ = ["Match", "Platform", "RoutingError", "RoutingSource", "RoutingTable",
 
 logger = logging.getLogger(__name__)
 
-# In the instance folder: the last valid domains file any process of this instance loaded.
-LAST_GOOD_FILE = "domains.last-good.yaml"
+
+def last_good_file(domains_path: str) -> str:
+    """The name of the copy of `domains_path`'s last valid version in the instance folder:
+    one per rules file, so that apps reading other files never overwrite each other's."""
+    digest = hashlib.sha256(os.path.abspath(domains_path).encode()).hexdigest()[:12]
+    return f"domains.last-good.{digest}.yaml"
 
 
 def init_app(app: Flask, *, strict: bool = True) -> RoutingSource:
@@ -42,7 +47,9 @@ def init_app(app: Flask, *, strict: bool = True) -> RoutingSource:
             app.config["DOMAINS_PATH"],
             check_seconds=app.config["DOMAINS_CHECK_SECONDS"],
             strict=strict,
-            last_good=os.path.join(app.instance_path, LAST_GOOD_FILE),
+            last_good=os.path.join(
+                app.instance_path, last_good_file(app.config["DOMAINS_PATH"])
+            ),
         )
     except RoutingError as e:
         raise ConfigError(f"DOMAINS_PATH: {e}") from None
