@@ -1,5 +1,6 @@
 """Running the service as production does, in a subprocess: migrations, then gunicorn."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,17 @@ from testing.processes import answers
 from testing.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def service_env(database_url: str, directory: Path, **settings: str) -> dict[str, str]:
+    """The environment of a service process: this process's, with the database, a signing
+    key in `directory` and `settings` (configuration keys) as IDENTITY_* variables."""
+    return {
+        **os.environ,
+        "IDENTITY_SQLALCHEMY_DATABASE_URI": database_url,
+        "IDENTITY_SIGNING_KEY_PATH": str(directory / "signing.key"),
+        **{f"IDENTITY_{key}": value for key, value in settings.items()},
+    }
 
 
 def migrate(env: dict[str, str]) -> None:

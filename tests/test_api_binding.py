@@ -2,7 +2,6 @@
 
 import base64
 import hashlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -19,6 +18,7 @@ from identity.storage.models import AccessToken
 from identity.storage.models import Account
 from testing.servers import Gunicorn
 from testing.servers import migrate
+from testing.servers import service_env
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
@@ -296,15 +296,14 @@ def test_a_lost_pepper_is_recreated_once_whatever_the_concurrency(
 ):
     """gunicorn with several workers and threads, on a database whose pepper is gone
     (emptied by hand): concurrent first requests all get the same, single new pepper."""
-    env = {
-        **os.environ,
-        "IDENTITY_WORKERS": "4",
-        "IDENTITY_THREADS": "4",
-        "IDENTITY_SQLALCHEMY_DATABASE_URI": db_url,
-        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
-        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
-        "IDENTITY_RATELIMIT_ENABLED": "false",
-    }
+    env = service_env(
+        db_url,
+        tmp_path,
+        WORKERS="4",
+        THREADS="4",
+        DELIVERY_WORKER_ENABLED="false",
+        RATELIMIT_ENABLED="false",
+    )
     migrate(env)
     engine = create_engine(db_url)
     token = "a-test-token"

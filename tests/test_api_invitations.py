@@ -1,6 +1,5 @@
 """store-invite, the key endpoints, sign-ed25519 and the onbind delivery queue."""
 
-import os
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from identity.storage.models import Invitation
 from testing.servers import ROOT
 from testing.servers import Gunicorn
 from testing.servers import migrate
+from testing.servers import service_env
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
@@ -503,18 +503,17 @@ def test_multi_use_invitations_keep_sydents_behaviour(make_app, smtp, fake_homes
 @pytest.fixture
 def served(db_url, smtp, tmp_path):
     """The service under gunicorn on the test database (SQLite file or PostgreSQL)."""
-    env = {
-        **os.environ,
-        "IDENTITY_SQLALCHEMY_DATABASE_URI": db_url,
-        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
-        "IDENTITY_PUBLIC_BASE_URL": "https://id.tchap.test",
-        "IDENTITY_MAIL_SERVER": smtp.host,
-        "IDENTITY_MAIL_PORT": str(smtp.port),
-        "IDENTITY_RATELIMIT_ENABLED": "false",
-        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
-        "IDENTITY_INTERNAL_API_SECRET": "race-secret",
-        "IDENTITY_RESTRICT_BINDS_TO_ROUTING": "false",
-    }
+    env = service_env(
+        db_url,
+        tmp_path,
+        PUBLIC_BASE_URL="https://id.tchap.test",
+        MAIL_SERVER=smtp.host,
+        MAIL_PORT=str(smtp.port),
+        RATELIMIT_ENABLED="false",
+        DELIVERY_WORKER_ENABLED="false",
+        INTERNAL_API_SECRET="race-secret",
+        RESTRICT_BINDS_TO_ROUTING="false",
+    )
     subprocess.run([sys.executable, "-m", "flask", "--app", "app", "keys", "generate"],
                    cwd=ROOT, env=env, check=True, capture_output=True)  # fmt: skip
     migrate(env)

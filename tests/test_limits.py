@@ -1,6 +1,5 @@
 """Rate limits: per client IP, per user, per mail recipient; shared through Redis."""
 
-import os
 import uuid
 
 import pytest
@@ -12,6 +11,7 @@ from identity.config import ConfigError
 from testing.processes import free_port
 from testing.servers import Gunicorn
 from testing.servers import migrate
+from testing.servers import service_env
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
@@ -272,19 +272,18 @@ def test_under_gunicorn_a_trusted_homeserver_is_never_limited(tmp_path, redis_ur
     """Several workers sharing the limits in Redis, the shipped per-IP limits: a
     homeserver on a trusted network keeps being answered far beyond them, while
     another address is stopped at 120 a minute."""
-    env = {
-        **os.environ,
-        "IDENTITY_WORKERS": "2",
-        "IDENTITY_THREADS": "2",
-        "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
-        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
-        "IDENTITY_MAIL_SERVER": "127.0.0.1",  # never used here
-        "IDENTITY_MAIL_PORT": str(free_port()),
-        "IDENTITY_RATELIMIT_ENABLED": "true",
-        "IDENTITY_RATELIMIT_STORAGE_URI": redis_url,
-        "IDENTITY_INTERNAL_API_TRUSTED_NETWORKS": "127.0.0.1/32",
-    }
+    env = service_env(
+        f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        tmp_path,
+        WORKERS="2",
+        THREADS="2",
+        DELIVERY_WORKER_ENABLED="false",
+        MAIL_SERVER="127.0.0.1",  # never used here
+        MAIL_PORT=str(free_port()),
+        RATELIMIT_ENABLED="true",
+        RATELIMIT_STORAGE_URI=redis_url,
+        INTERNAL_API_TRUSTED_NETWORKS="127.0.0.1/32",
+    )
     migrate(env)
     server = Gunicorn(env, ("-c", "gunicorn.conf.py"))
     try:

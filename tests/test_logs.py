@@ -2,7 +2,6 @@
 
 import json
 import logging
-import os
 import socket
 import sqlite3
 import threading
@@ -16,6 +15,7 @@ from identity.logs import scrub
 from testing.processes import free_port
 from testing.servers import Gunicorn
 from testing.servers import migrate
+from testing.servers import service_env
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
@@ -205,20 +205,19 @@ def test_gunicorn_errors_leave_no_secret_in_the_logs(tmp_path, smtp):
     """gunicorn's own lines (a request it cannot parse, an exception the application
     lets through) quote the request line: they are scrubbed as the access log is."""
     database = tmp_path / "db.sqlite3"
-    env = {
-        **os.environ,
-        "IDENTITY_WORKERS": "2",
-        "IDENTITY_THREADS": "2",
-        "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{database}",
-        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
-        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
-        "IDENTITY_RATELIMIT_ENABLED": "false",
-        "IDENTITY_MAIL_SERVER": smtp.host,
-        "IDENTITY_MAIL_PORT": str(smtp.port),
-        "IDENTITY_LOG_FORMAT": "json",
+    env = service_env(
+        f"sqlite:///{database}",
+        tmp_path,
+        WORKERS="2",
+        THREADS="2",
+        DELIVERY_WORKER_ENABLED="false",
+        RATELIMIT_ENABLED="false",
+        MAIL_SERVER=smtp.host,
+        MAIL_PORT=str(smtp.port),
+        LOG_FORMAT="json",
         # Flask hands unexpected errors to gunicorn, which logs them with the request.
-        "IDENTITY_PROPAGATE_EXCEPTIONS": "true",
-    }
+        PROPAGATE_EXCEPTIONS="true",
+    )
     migrate(env)
     with (tmp_path / "gunicorn.log").open("w+") as log:
         server = Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log)

@@ -6,7 +6,6 @@ attempt; wrong codes sent from many threads at once never get more than
 TOKEN_MAX_ATTEMPTS of them checked. Neither race may answer 500 or put a secret in a log.
 """
 
-import os
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ import requests
 
 from testing.servers import Gunicorn
 from testing.servers import migrate
+from testing.servers import service_env
 from tests.helpers import V1
 from tests.helpers import code_from_mail
 
@@ -40,18 +40,17 @@ def database(request, tmp_path):
 @pytest.fixture
 def served(database, smtp, tmp_path):
     """gunicorn.conf.py with 3 workers of 8 threads; yields the server and its log."""
-    env = {
-        **os.environ,
-        "IDENTITY_SQLALCHEMY_DATABASE_URI": database,
-        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
-        "IDENTITY_MAIL_SERVER": smtp.host,
-        "IDENTITY_MAIL_PORT": str(smtp.port),
-        "IDENTITY_RATELIMIT_ENABLED": "false",
-        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
-        "IDENTITY_TOKEN_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-        "IDENTITY_WORKERS": "3",
-        "IDENTITY_THREADS": "8",
-    }
+    env = service_env(
+        database,
+        tmp_path,
+        MAIL_SERVER=smtp.host,
+        MAIL_PORT=str(smtp.port),
+        RATELIMIT_ENABLED="false",
+        DELIVERY_WORKER_ENABLED="false",
+        TOKEN_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
+        WORKERS="3",
+        THREADS="8",
+    )
     migrate(env)
     log = (tmp_path / "gunicorn.log").open("w+")
     server = Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log)

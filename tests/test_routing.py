@@ -1,6 +1,5 @@
 """domains.yaml: validation, resolution, the admin commands and the info.yaml import."""
 
-import os
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from identity.routing.sydent_info import import_info
 from identity.routing.sydent_info import sydent_target
 from testing.servers import Gunicorn
 from testing.servers import migrate
+from testing.servers import service_env
 from tests.helpers import V1
 from tests.helpers import validate_address
 
@@ -270,14 +270,13 @@ def served(tmp_path):
     """The service under gunicorn with two workers, on an SQLite file and our domains file."""
     domains = tmp_path / "domains.yaml"
     domains.write_text(VALID)
-    env = {
-        **os.environ,
-        "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
-        "IDENTITY_DOMAINS_PATH": str(domains),
-        "IDENTITY_DOMAINS_CHECK_SECONDS": "0.2",
-        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
-    }
+    env = service_env(
+        f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        tmp_path,
+        DOMAINS_PATH=str(domains),
+        DOMAINS_CHECK_SECONDS="0.2",
+        DELIVERY_WORKER_ENABLED="false",
+    )
     migrate(env)
     server = Gunicorn(env, ("-w", "2"))
     base = server.base

@@ -2,7 +2,6 @@
 a rate limit holds across both, each queued invitation is delivered exactly once, and
 an instance killed with SIGKILL under load loses nothing it acknowledged."""
 
-import os
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import requests
 from testing.servers import ROOT
 from testing.servers import Gunicorn
 from testing.servers import migrate
+from testing.servers import service_env
 from tests.fake_homeserver import CA_FILE
 
 pytestmark = pytest.mark.postgres
@@ -36,24 +36,23 @@ def shared_storage(postgres_database, redis_url):
 @pytest.fixture
 def instances(shared_storage, smtp, tmp_path):
     database, redis_url = shared_storage
-    env = {
-        **os.environ,
-        "IDENTITY_SQLALCHEMY_DATABASE_URI": database,
-        "IDENTITY_RATELIMIT_STORAGE_URI": redis_url,
-        "IDENTITY_RATELIMIT_PER_IP": "8/minute",
-        "IDENTITY_TRUSTED_PROXY_COUNT": "1",
-        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
-        "IDENTITY_MAIL_SERVER": smtp.host,
-        "IDENTITY_MAIL_PORT": str(smtp.port),
-        "IDENTITY_INTERNAL_API_SECRET": "scale-secret",
-        "IDENTITY_RESTRICT_BINDS_TO_ROUTING": "false",
-        "IDENTITY_DELIVERY_POLL_SECONDS": "0.2",
-        "IDENTITY_FEDERATION_CA_FILE": CA_FILE,
-        "IDENTITY_FEDERATION_IP_ALLOWLIST": '["127.0.0.1/32"]',
-        "IDENTITY_MAIL_LIMIT_PER_ADDRESS": "100/hour",
-        "IDENTITY_WORKERS": "2",
-        "IDENTITY_THREADS": "4",
-    }
+    env = service_env(
+        database,
+        tmp_path,
+        RATELIMIT_STORAGE_URI=redis_url,
+        RATELIMIT_PER_IP="8/minute",
+        TRUSTED_PROXY_COUNT="1",
+        MAIL_SERVER=smtp.host,
+        MAIL_PORT=str(smtp.port),
+        INTERNAL_API_SECRET="scale-secret",
+        RESTRICT_BINDS_TO_ROUTING="false",
+        DELIVERY_POLL_SECONDS="0.2",
+        FEDERATION_CA_FILE=CA_FILE,
+        FEDERATION_IP_ALLOWLIST='["127.0.0.1/32"]',
+        MAIL_LIMIT_PER_ADDRESS="100/hour",
+        WORKERS="2",
+        THREADS="4",
+    )
     # One key for both, as every host of a deployment shares it.
     subprocess.run([sys.executable, "-m", "flask", "--app", "app", "keys", "generate"],
                    cwd=ROOT, env=env, check=True, capture_output=True)  # fmt: skip

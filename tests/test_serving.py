@@ -19,6 +19,7 @@ import requests
 from testing.processes import free_port
 from testing.servers import Gunicorn
 from testing.servers import migrate
+from testing.servers import service_env
 from tests.conftest import POSTGRES_URL
 from tests.helpers import V1
 from tests.helpers import V2
@@ -30,16 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def gunicorn(tmp_path):
-    env = {
-        **os.environ,
-        "IDENTITY_WORKERS": "2",
-        "IDENTITY_THREADS": "2",
-        "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
-        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
-        "IDENTITY_RATELIMIT_ENABLED": "false",
-        "IDENTITY_MAIL_SEVER": "smtp.example.fr",  # a typo, warned about once
-    }
+    env = service_env(
+        f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        tmp_path,
+        WORKERS="2",
+        THREADS="2",
+        DELIVERY_WORKER_ENABLED="false",
+        RATELIMIT_ENABLED="false",
+        MAIL_SEVER="smtp.example.fr",  # a typo, warned about once
+    )
     migrate(env)
     log = (tmp_path / "gunicorn.log").open("w+")
     server = Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log)
@@ -87,15 +87,14 @@ def test_workers_metrics_logs_and_reload(gunicorn):
 
 
 def _gunicorn_env(tmp_path, database_url: str, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "IDENTITY_SQLALCHEMY_DATABASE_URI": database_url,
-        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
-        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
-        "IDENTITY_RATELIMIT_ENABLED": "false",
-        "IDENTITY_MAIL_PRINT_TO_LOG": "true",
+    return service_env(
+        database_url,
+        tmp_path,
+        DELIVERY_WORKER_ENABLED="false",
+        RATELIMIT_ENABLED="false",
+        MAIL_PRINT_TO_LOG="true",
         **extra,
-    }
+    )
 
 
 def _fresh_postgres_database():
@@ -130,8 +129,8 @@ def test_cold_starts_migrate_once_and_every_worker_serves(tmp_path, engine):
             url, drop = f"sqlite:///{here / 'db.sqlite3'}", None
         else:
             url, drop = _fresh_postgres_database()
-        env = _gunicorn_env(here, url, IDENTITY_WORKERS="4", IDENTITY_THREADS="1",
-                            IDENTITY_AUTO_MIGRATE="true")  # fmt: skip
+        env = _gunicorn_env(here, url, WORKERS="4", THREADS="1",
+                            AUTO_MIGRATE="true")  # fmt: skip
         try:
             with (here / "gunicorn.log").open("w+") as log:
                 server = Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log)
@@ -267,8 +266,8 @@ def test_new_workers_start_on_the_last_good_rules_after_a_broken_edit(tmp_path):
     domains = tmp_path / "domains.yaml"
     domains.write_text((ROOT / "domains.yaml").read_text())
     env = _gunicorn_env(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}",
-                        IDENTITY_DOMAINS_PATH=str(domains), IDENTITY_WORKERS="2",
-                        IDENTITY_THREADS="2")  # fmt: skip
+                        DOMAINS_PATH=str(domains), WORKERS="2",
+                        THREADS="2")  # fmt: skip
     migrate(env)
     info = {"medium": "email", "address": "marie.dupont@ac-versailles.fr"}
     with (tmp_path / "gunicorn.log").open("w+") as log:
