@@ -35,13 +35,13 @@ from identity.extensions import db
 from identity.extensions import mail
 from identity.extensions import migrate
 from identity.logs import init_logging
-from identity.logs import init_request_ids
 from identity.mailer import MailSettings
 from identity.pages import bp as pages_bp
 from identity.schema_upgrade import upgrade_schema
 from identity.services import Services
 from identity.services import init_app as init_services
 from identity.storage import models  # noqa: F401  (registers the tables)
+from identity.wsgi import ResponseEnvelope
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MIGRATIONS_DIR = os.path.join(HERE, "migrations")
@@ -104,11 +104,12 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     )
 
     _limit_body_sizes(app)
-    init_request_ids(app)
     metrics.init_app(app)
     register_api(app)
     app.register_blueprint(pages_bp)
     register_cli(app)
+    # Request ids and the headers every response carries (identity/wsgi.py).
+    app.wsgi_app = ResponseEnvelope(app.wsgi_app)  # type: ignore[method-assign]
     if app.config["TRUSTED_PROXY_COUNT"]:
         # Client IPs (rate limits, trusted networks) come from the proxies' X-Forwarded-For.
         # Flask's documented way to wrap the WSGI app, which mypy sees as a method.

@@ -1,24 +1,31 @@
 """Rate limits: per client IP, per user, and per recipient of every mail we send.
 
-Counters live in the `limits` library's storage named by RATELIMIT_STORAGE_URI:
-in memory for the embedded single-process mode, in Redis when several workers or
-hosts must share them. Beyond a limit the client gets 429 M_LIMIT_EXCEEDED with
+Counters live where RATELIMIT_STORAGE_URI says (the `limits` library's URIs): in
+memory for the embedded single-process mode, in Redis when several workers or hosts
+must share them. Beyond a limit the client gets 429 M_LIMIT_EXCEEDED with
 `retry_after_ms`.
 
-In Redis, every window that applies to a request (say 120/minute and 2000/hour for
-its IP) is checked and counted by one Lua script, one round trip, on the same keys
-and with the same moving windows as the library's `MovingWindowRateLimiter`.
+Every window that applies to a request (say 120/minute and 2000/hour for its IP) is
+checked and counted at once, with the moving windows of the library's
+`MovingWindowRateLimiter`: all of them have room and each records the hit, or none
+records it. In Redis that is one Lua script, one round trip, on the library's keys; in
+memory, the same steps under a lock (`_MemoryWindows`). Other storages go through the
+library's limiter, one window after the other.
 """
 
 import hashlib
 import math
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
+from typing import Protocol
 
 from flask import Flask
 from limits import RateLimitItem
 from limits import parse_many
+from limits.storage import MemoryStorage
 from limits.storage import RedisStorage
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
@@ -28,51 +35,120 @@ from identity.errors import LimitExceeded
 from identity.services import services
 
 
+class _Windows(Protocol):
+    def hit(self, items: tuple[RateLimitItem, ...], kind: str, key: str) -> int | None:
+        """Count a hit in every window; None, or the milliseconds until all have room."""
+
+
 @dataclass(frozen=True)
 class Limits:
     per_ip: tuple[RateLimitItem, ...]  # unauthenticated requests, by client IP
     per_user: tuple[RateLimitItem, ...]  # authenticated v2 requests, by Matrix user
     mails_per_address: tuple[RateLimitItem, ...]  # every mail, by recipient
-    limiter: MovingWindowRateLimiter | None  # None: every limit is off
-    windows: "_RedisWindows | None" = None  # Redis: all windows in one round trip
+    windows: _Windows | None  # None: every limit is off
 
     def check(self, kind: str, key: str) -> None:
         """Count one event of `kind` for `key`.
 
         :raises MatrixError: 429 M_LIMIT_EXCEEDED with retry_after_ms.
         """
-        if self.limiter is None:
+        if self.windows is None:
             return
-        if self.windows is not None:
-            retry_after_ms = self.windows.hit(getattr(self, kind), kind, key)
-            if retry_after_ms is not None:
-                raise LimitExceeded("Too many requests", retry_after_ms=retry_after_ms)
-            return
-        for item in getattr(self, kind):
-            if not self.limiter.hit(item, kind, key):
-                reset_at = self.limiter.get_window_stats(item, kind, key).reset_time
-                retry_after_ms = max(0, math.ceil((reset_at - time.time()) * 1000))
-                raise LimitExceeded("Too many requests", retry_after_ms=retry_after_ms)
+        retry_after_ms = self.windows.hit(getattr(self, kind), kind, key)
+        if retry_after_ms is not None:
+            raise LimitExceeded("Too many requests", retry_after_ms=retry_after_ms)
 
 
 def init_app(app: Flask) -> "Limits":
     config = app.config
-    limiter = windows = None
+    windows: _Windows | None = None
     if config["RATELIMIT_ENABLED"]:
         try:
             storage = storage_from_string(config["RATELIMIT_STORAGE_URI"], key_prefix="identity")
         except Exception as e:  # the limits library raises several types for a bad URI
             raise ConfigError(f"RATELIMIT_STORAGE_URI: {e}") from None
-        limiter = MovingWindowRateLimiter(storage)
         if isinstance(storage, RedisStorage):
             windows = _RedisWindows(storage)
+        elif isinstance(storage, MemoryStorage):
+            windows = _MemoryWindows()
+        else:
+            windows = _LibraryWindows(MovingWindowRateLimiter(storage))
     return Limits(
         per_ip=_items("RATELIMIT_PER_IP", config),
         per_user=_items("RATELIMIT_PER_USER", config),
         mails_per_address=_items("MAIL_LIMIT_PER_ADDRESS", config),
-        limiter=limiter,
         windows=windows,
     )
+
+
+class _MemoryWindows:
+    """Moving windows in this process's memory: `_HIT_ALL`'s steps under one lock.
+
+    Each key keeps the times of its last `limit` hits, newest first, as the library's
+    MemoryStorage does; unlike it, this starts no thread (MemoryStorage starts one every
+    10 ms to expire entries: at a few thousand requests a second, 15% of a worker's
+    time). Old hits leave a key as new ones come; idle keys go in a sweep at most once a
+    minute, on the request that finds it due.
+    """
+
+    SWEEP_SECONDS = 60
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hits: dict[str, tuple[deque[float], int]] = {}  # key → (times, expiry)
+        self._next_sweep = time.monotonic() + self.SWEEP_SECONDS
+
+    def hit(self, items: tuple[RateLimitItem, ...], kind: str, key: str) -> int | None:
+        if not items:
+            return None
+        now = time.time()
+        windows = [(item.key_for(kind, key), item.amount, item.get_expiry()) for item in items]
+        with self._lock:
+            wait = 0.0
+            for name, limit, expiry in windows:
+                hits = self._recent(name, now, expiry)
+                if limit < 1:
+                    wait = max(wait, expiry)
+                elif len(hits) >= limit:  # full of hits still in the window
+                    wait = max(wait, hits[-1] + expiry - now)
+            if wait > 0:
+                return max(0, math.ceil(wait * 1000))
+            for name, limit, expiry in windows:
+                hits, _ = self._hits.setdefault(name, (deque(maxlen=limit), expiry))
+                hits.appendleft(now)
+            if time.monotonic() >= self._next_sweep:
+                self._sweep(now)
+        return None
+
+    def _recent(self, name: str, now: float, expiry: int) -> deque[float]:
+        """The key's hits still in its window (older ones dropped from the end)."""
+        hits, _ = self._hits.get(name, (_NO_HITS, expiry))
+        while hits and hits[-1] < now - expiry:
+            hits.pop()
+        return hits
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = time.monotonic() + self.SWEEP_SECONDS
+        for name, (hits, expiry) in list(self._hits.items()):
+            if not hits or hits[0] < now - expiry:
+                del self._hits[name]
+
+
+_NO_HITS: deque[float] = deque(maxlen=0)
+
+
+class _LibraryWindows:
+    """Any other storage of the library: its limiter, one window after the other."""
+
+    def __init__(self, limiter: MovingWindowRateLimiter) -> None:
+        self.limiter = limiter
+
+    def hit(self, items: tuple[RateLimitItem, ...], kind: str, key: str) -> int | None:
+        for item in items:
+            if not self.limiter.hit(item, kind, key):
+                reset_at = self.limiter.get_window_stats(item, kind, key).reset_time
+                return max(0, math.ceil((reset_at - time.time()) * 1000))
+        return None
 
 
 # KEYS: one list per window, newest entry first; ARGV: now, then (limit, seconds) per key.

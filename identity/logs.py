@@ -8,21 +8,16 @@ client secrets and codes), landing-page tokens in paths (they carry an invitatio
 private key) and anything shaped like an email address.
 """
 
-import itertools
 import logging
-import os
 import re
-import secrets
 import sys
-import threading
 from typing import Any
 
-from flask import Flask
-from flask import g
 from flask import has_request_context
-from flask import request
 from gunicorn.glogging import Logger as GunicornBaseLogger
 from pythonjsonlogger.json import JsonFormatter
+
+from identity.wsgi import current_request_id
 
 # A query string runs to the next whitespace: quotes and apostrophes are legal in a
 # URL (`?utm='x&sid=…`) and must not end the cut. In a JSON line the string ends at an
@@ -33,7 +28,6 @@ _LANDING_TOKEN = re.compile(r"(/_matrix/identity/invitation/)[^\s?\"'/\\]+")
 _EMAIL = re.compile(r"([^\s@\"'<>(),;:/=\\]+)(?:@|%40)([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
 # Colours Werkzeug's development server puts around status codes.
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _HANDLER_NAME = "identity"
 
 
@@ -99,7 +93,7 @@ class RequestIdFilter(logging.Filter):
     """Give each record the id of the request it was logged in ("-" outside one)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        record.request_id = current_request_id() if has_request_context() else "-"
         return True
 
 
@@ -139,40 +133,6 @@ def _is_terminal(stream: object) -> bool:
         return bool(stream.isatty())  # type: ignore[attr-defined]
     except (AttributeError, ValueError):  # replaced or closed streams
         return False
-
-
-def init_request_ids(app: Flask) -> None:
-    """Tag each request with an id (the proxy's X-Request-ID when sane) for its logs.
-
-    Our own ids are a random prefix drawn once per process and a counter: unique, 16 hex
-    digits like before, without a call to the system's random source per request (an id
-    names a request, it guards nothing).
-    """
-    ids = _RequestIds()
-
-    @app.before_request
-    def assign_request_id() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if incoming and _REQUEST_ID.match(incoming) else ids.next()
-
-    @app.after_request
-    def return_request_id(response):
-        response.headers["X-Request-ID"] = g.get("request_id", "-")
-        return response
-
-
-class _RequestIds:
-    def __init__(self) -> None:
-        self._pid = 0
-        self._lock = threading.Lock()
-
-    def next(self) -> str:
-        with self._lock:
-            if self._pid != os.getpid():  # a forked worker draws its own prefix
-                self._pid = os.getpid()
-                self._prefix = secrets.token_hex(5)
-                self._counter = itertools.count(secrets.randbelow(1 << 20))
-            return f"{self._prefix}{next(self._counter) % (1 << 24):06x}"
 
 
 class GunicornLogger(GunicornBaseLogger):

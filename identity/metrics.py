@@ -11,11 +11,11 @@ import os
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 from flask import Blueprint
 from flask import Flask
 from flask import Response
-from flask import g
 from flask import request
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client import CollectorRegistry
@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 from identity import routing
 from identity.services import services
 from identity.storage import deliveries
+from identity.wsgi import STARTED
 
 REQUESTS = Counter(
     "identity_requests_total", "HTTP requests answered", ["endpoint", "method", "status"]
@@ -95,17 +96,27 @@ class _StateCollector(Collector):
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
+    app.after_request(_count)
 
-    @app.before_request
-    def start_timer() -> None:
-        g.metrics_started = time.perf_counter()
 
-    @app.after_request
-    def count(response: Response) -> Response:
-        # The route's template, never the path: paths may hold tokens.
-        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
-        started = g.get("metrics_started")
-        if started is not None:
-            LATENCY.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+# (route, method, status) → its request counter and latency histogram. `labels()`
+# validates and locks on every call; the children never change, so look each up once.
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _count(response: Response) -> Response:
+    # The route's template, never the path: paths may hold tokens.
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    key = (endpoint, request.method, response.status_code)
+    children = _children.get(key)
+    if children is None:
+        children = _children[key] = (
+            REQUESTS.labels(endpoint, request.method, str(response.status_code)),
+            LATENCY.labels(endpoint),
+        )
+    requests, latency = children
+    requests.inc()
+    started = request.environ.get(STARTED)  # set by the response envelope
+    if started is not None:
+        latency.observe(time.perf_counter() - started)
+    return response

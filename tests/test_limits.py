@@ -7,7 +7,9 @@ import redis
 import requests
 
 from app import create_app
+from identity import limits as limits_module
 from identity.config import ConfigError
+from identity.errors import LimitExceeded
 from testing.processes import free_port
 from testing.servers import Gunicorn
 from testing.servers import migrate
@@ -302,3 +304,64 @@ def test_under_gunicorn_a_trusted_homeserver_is_never_limited(tmp_path, redis_ur
         assert (statuses.count(200), statuses.count(429)) == (120, 10)
     finally:
         server.stop()
+
+
+class FrozenTime:
+    """time.time() for identity.limits, moved by hand."""
+
+    def __init__(self, monkeypatch, start: float = 1_000_000.0) -> None:
+        self.now = start
+        monkeypatch.setattr(limits_module.time, "time", lambda: self.now)
+
+
+@pytest.fixture
+def memory_limits(monkeypatch, config):
+    clock = FrozenTime(monkeypatch)
+    app = create_app({**config, "RATELIMIT_ENABLED": True,
+                      "RATELIMIT_STORAGE_URI": "memory://",
+                      "RATELIMIT_PER_IP": "2/minute;3/hour"})  # fmt: skip
+    with app.app_context():
+        yield limits_module.current(), clock
+
+
+def hit(limits, ip="192.0.2.1") -> int | None:
+    """None when counted, else the retry_after_ms of the refusal."""
+    try:
+        limits.check("per_ip", ip)
+    except LimitExceeded as e:
+        return e.extra["retry_after_ms"]
+    return None
+
+
+def test_in_memory_windows_move_with_time(memory_limits):
+    limits, clock = memory_limits
+    assert [hit(limits), hit(limits)] == [None, None]
+    clock.now += 10
+    assert hit(limits) == 50_000  # the minute's oldest hit leaves in 50 s
+    clock.now += 50
+    assert hit(limits) is None  # the minute has room again; the hour holds 3
+    clock.now += 30
+    assert hit(limits) == 3_600_000 - 90_000  # the hour is full until its first hit leaves
+    assert hit(limits, ip="192.0.2.2") is None  # another key
+
+
+def test_in_memory_a_refused_hit_is_counted_in_no_window(memory_limits):
+    limits, clock = memory_limits
+    assert [hit(limits), hit(limits)] == [None, None]
+    for _ in range(5):
+        assert hit(limits) is not None  # the minute is full: the hour must not count these
+    clock.now += 61
+    assert hit(limits) is None  # the hour's third hit, not its eighth
+    assert hit(limits) is not None  # the hour is now full
+
+
+def test_in_memory_idle_keys_are_swept(memory_limits, monkeypatch):
+    limits, clock = memory_limits
+    windows = limits.windows
+    for n in range(100):
+        hit(limits, ip=f"192.0.2.{n}")
+    assert len(windows._hits) == 200  # a minute's and an hour's window per address
+    clock.now += 3601
+    monkeypatch.setattr(windows, "_next_sweep", 0)
+    assert hit(limits, ip="198.51.100.1") is None
+    assert len(windows._hits) == 2

@@ -1,7 +1,6 @@
-"""The HTTP API: blueprints, error handlers and the CORS hook."""
+"""The HTTP API: blueprints, error handlers and the rate-limit hook."""
 
 from flask import Flask
-from flask import Response
 from flask import request
 
 from identity.api import account
@@ -32,13 +31,6 @@ BLUEPRINTS = [
 API_PREFIX = "/_matrix/identity/"
 INTERNAL_PREFIX = "/_matrix/identity/internal/"
 
-# The CORS headers the identity specification recommends on every response.
-CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "Origin, X-Requested-With, Content-Type, Accept, Authorization",
-}
-
 
 def register_api(app: Flask) -> None:
     # Views serve several paths (v1 and v2 twins): never redirect between them.
@@ -47,7 +39,6 @@ def register_api(app: Flask) -> None:
         app.register_blueprint(bp)
     register_error_handlers(app)
     app.before_request(limit_api_requests)
-    app.after_request(add_cors_headers)
 
 
 def limit_api_requests() -> None:
@@ -62,8 +53,3 @@ def limit_api_requests() -> None:
     if path.startswith(INTERNAL_PREFIX):
         return
     limit_request()
-
-
-def add_cors_headers(response: Response) -> Response:
-    response.headers.update(CORS_HEADERS)
-    return response
