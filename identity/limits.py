@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from typing import Protocol
 
@@ -32,19 +33,39 @@ from limits.strategies import MovingWindowRateLimiter
 
 from identity.config import ConfigError
 from identity.errors import LimitExceeded
+from identity.idle import IdleConnections
 from identity.services import services
 
 
+@dataclass(frozen=True)
+class Window:
+    """One moving window of a limit, such as 120 hits a minute."""
+
+    item: RateLimitItem
+    limit: int
+    seconds: int
+    suffix: str  # the end of the library's key for it: "120/1/minute"
+
+    @classmethod
+    def of(cls, item: RateLimitItem) -> "Window":
+        suffix = f"{item.amount}/{item.multiples}/{item.GRANULARITY.name}"
+        return cls(item, item.amount, item.get_expiry(), suffix)
+
+    def key(self, kind: str, key: str) -> str:
+        """The library's key (`RateLimitItem.key_for`), its fixed part worked out once."""
+        return f"{self.item.namespace}/{kind}/{key}/{self.suffix}"
+
+
 class _Windows(Protocol):
-    def hit(self, items: tuple[RateLimitItem, ...], kind: str, key: str) -> int | None:
+    def hit(self, windows: tuple[Window, ...], kind: str, key: str) -> int | None:
         """Count a hit in every window; None, or the milliseconds until all have room."""
 
 
 @dataclass(frozen=True)
 class Limits:
-    per_ip: tuple[RateLimitItem, ...]  # unauthenticated requests, by client IP
-    per_user: tuple[RateLimitItem, ...]  # authenticated v2 requests, by Matrix user
-    mails_per_address: tuple[RateLimitItem, ...]  # every mail, by recipient
+    per_ip: tuple[Window, ...]  # unauthenticated requests, by client IP
+    per_user: tuple[Window, ...]  # authenticated v2 requests, by Matrix user
+    mails_per_address: tuple[Window, ...]  # every mail, by recipient
     windows: _Windows | None  # None: every limit is off
 
     def check(self, kind: str, key: str) -> None:
@@ -98,14 +119,14 @@ class _MemoryWindows:
         self._hits: dict[str, tuple[deque[float], int]] = {}  # key → (times, expiry)
         self._next_sweep = time.monotonic() + self.SWEEP_SECONDS
 
-    def hit(self, items: tuple[RateLimitItem, ...], kind: str, key: str) -> int | None:
-        if not items:
+    def hit(self, windows: tuple[Window, ...], kind: str, key: str) -> int | None:
+        if not windows:
             return None
         now = time.time()
-        windows = [(item.key_for(kind, key), item.amount, item.get_expiry()) for item in items]
+        keyed = [(window.key(kind, key), window.limit, window.seconds) for window in windows]
         with self._lock:
             wait = 0.0
-            for name, limit, expiry in windows:
+            for name, limit, expiry in keyed:
                 hits = self._recent(name, now, expiry)
                 if limit < 1:
                     wait = max(wait, expiry)
@@ -113,7 +134,7 @@ class _MemoryWindows:
                     wait = max(wait, hits[-1] + expiry - now)
             if wait > 0:
                 return max(0, math.ceil(wait * 1000))
-            for name, limit, expiry in windows:
+            for name, limit, expiry in keyed:
                 hits, _ = self._hits.setdefault(name, (deque(maxlen=limit), expiry))
                 hits.appendleft(now)
             if time.monotonic() >= self._next_sweep:
@@ -143,10 +164,10 @@ class _LibraryWindows:
     def __init__(self, limiter: MovingWindowRateLimiter) -> None:
         self.limiter = limiter
 
-    def hit(self, items: tuple[RateLimitItem, ...], kind: str, key: str) -> int | None:
-        for item in items:
-            if not self.limiter.hit(item, kind, key):
-                reset_at = self.limiter.get_window_stats(item, kind, key).reset_time
+    def hit(self, windows: tuple[Window, ...], kind: str, key: str) -> int | None:
+        for window in windows:
+            if not self.limiter.hit(window.item, kind, key):
+                reset_at = self.limiter.get_window_stats(window.item, kind, key).reset_time
                 return max(0, math.ceil((reset_at - time.time()) * 1000))
         return None
 
@@ -190,39 +211,46 @@ class _RedisWindows:
         # A redis-py client (the limits library types it as a narrower protocol).
         client: Any = storage.get_connection()
         self.script = client.register_script(_HIT_ALL)
-        self.pool = client.connection_pool
+        pool = client.connection_pool
+        self.connections = IdleConnections(
+            partial(pool.connection_class, **pool.connection_kwargs), _disconnect
+        )
 
     def _evalsha(self, keys: list[str], args: list) -> bytes | None:
-        """EVALSHA straight on a pooled connection: a third of redis-py's CPU per call.
-        Anything unusual (script not loaded yet, a connection to re-open) goes through
-        redis-py's full path, which loads the script and retries."""
-        connection = self.pool.get_connection()
+        """EVALSHA straight on a connection of our own: a third of redis-py's CPU per
+        call. Anything unusual (script not loaded yet, a connection to re-open) goes
+        through redis-py's full path, which loads the script and retries."""
+        connection = self.connections.take()
         try:
             connection.send_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
-            return connection.read_response()
+            answer = connection.read_response()
         except Exception:
-            connection.disconnect()
+            self.connections.discard(connection)
             return self.script(keys=keys, args=args)
-        finally:
-            self.pool.release(connection)
+        self.connections.give(connection)
+        return answer
 
-    def hit(self, items: tuple[RateLimitItem, ...], kind: str, key: str) -> int | None:
+    def hit(self, windows: tuple[Window, ...], kind: str, key: str) -> int | None:
         """Count a hit in every window; None, or the milliseconds until one has room."""
-        if not items:
+        if not windows:
             return None
-        keys = [self.storage.prefixed_key(item.key_for(kind, key)) for item in items]
+        keys = [self.storage.prefixed_key(window.key(kind, key)) for window in windows]
         args: list[float | int] = [time.time()]
-        for item in items:
-            args += [item.amount, item.get_expiry()]
+        for window in windows:
+            args += [window.limit, window.seconds]
         wait = self._evalsha(keys, args)
         if wait is None:
             return None
         return max(0, math.ceil(float(wait) * 1000))
 
 
-def _items(key: str, config) -> tuple[RateLimitItem, ...]:
+def _disconnect(connection: Any) -> None:
+    connection.disconnect()
+
+
+def _items(key: str, config) -> tuple[Window, ...]:
     try:
-        return tuple(parse_many(str(config[key])))
+        return tuple(Window.of(item) for item in parse_many(str(config[key])))
     except ValueError:
         raise ConfigError(f"{key}: expected limits such as '30/minute;500/hour'") from None
 

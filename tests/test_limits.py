@@ -5,6 +5,7 @@ import uuid
 import pytest
 import redis
 import requests
+from limits import parse_many
 
 from app import create_app
 from identity import limits as limits_module
@@ -365,3 +366,11 @@ def test_in_memory_idle_keys_are_swept(memory_limits, monkeypatch):
     monkeypatch.setattr(windows, "_next_sweep", 0)
     assert hit(limits, ip="198.51.100.1") is None
     assert len(windows._hits) == 2
+
+
+def test_window_keys_are_the_librarys():
+    """Counters stay where the library (and any other instance of ours) keeps them."""
+    for item in parse_many("120/minute;2000/hour;5/2 seconds"):
+        assert limits_module.Window.of(item).key("per_ip", "192.0.2.1") == item.key_for(
+            "per_ip", "192.0.2.1"
+        )

@@ -1,5 +1,6 @@
 """Who may call: bearer tokens for the v2 endpoints, trusted callers for the internal API."""
 
+import functools
 import hmac
 import ipaddress
 from collections.abc import Iterable
@@ -52,9 +53,10 @@ def limit_request() -> None:
 
     :raises MatrixError: 429 M_LIMIT_EXCEEDED.
     """
-    if is_trusted_caller():
+    token = bearer_token()
+    if is_trusted_caller(token):
         return
-    token = bearer_token(allow_query=True)
+    token = token or bearer_token(allow_query=True)
     user_id = _known_user(token) if token else None
     if user_id is None:
         limits.current().check("per_ip", request.remote_addr or "unknown")
@@ -71,14 +73,16 @@ def _known_user(token: str) -> str | None:
     return known[token]
 
 
-def is_trusted_caller() -> bool:
+def is_trusted_caller(header_token: str | None = None) -> bool:
     """Whether the request comes from a homeserver or the authentication service.
 
     They call from INTERNAL_API_TRUSTED_NETWORKS, or present INTERNAL_API_SECRET as
-    their bearer token.
+    their bearer token (in the Authorization header, never the query string).
+
+    :param header_token: the header's token, when the caller has read it already.
     """
     config = settings()
-    secret, token = config.internal_api_secret, bearer_token()
+    secret, token = config.internal_api_secret, header_token or bearer_token()
     if secret and token and hmac.compare_digest(token.encode(), secret.encode()):
         return True
     return is_from(config.internal_api_trusted_networks)
@@ -102,8 +106,15 @@ def require_internal_caller() -> None:
 
 def is_from(networks: Iterable[Network]) -> bool:
     """Whether the request comes from one of `networks`."""
+    return _address_in(request.remote_addr or "", tuple(networks))
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_in(address: str, networks: tuple[Network, ...]) -> bool:
+    """Worked out once per caller: the few busy ones (homeservers, the authentication
+    service) ask on every request."""
     try:
-        client = ipaddress.ip_address(request.remote_addr or "")
+        client = ipaddress.ip_address(address)
     except ValueError:
         return False
     if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped:

@@ -8,16 +8,16 @@ parameters converted by their column types, and run on a connection from the poo
 These reads see committed data only (they are outside the request's session); each
 value is converted by its column's type as the ORM would (aware datetimes on SQLite).
 
-On a database server each read is one round trip: the connections come from a pool of
-their own, in autocommit (no transaction to roll back when a connection returns), and
-are not pinged before use (the ORM's pool pings each checkout: `pool_pre_ping`).
-Instead, a read that finds its connection dropped (a restarted server, a terminated
-backend) drops every pooled connection and runs once more on a new one, so the caller
-never sees it. SQLite reads a file: its reads use the ORM's pool, which neither pings
-nor pays a round trip to roll back.
+On a database server each read is one round trip: the connections are the reads' own
+(`identity.idle`), in autocommit (no transaction to roll back after a read), and are
+not pinged before use (the ORM's pool pings each checkout: `pool_pre_ping`). Instead,
+a read that finds its connection dropped (a restarted server, a terminated backend)
+closes every idle connection and runs once more on a new one, so the caller never
+sees it. On SQLite the connections are made by the ORM's engine.
 """
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from typing import cast
 
@@ -30,6 +30,7 @@ from sqlalchemy.engine import Compiled
 from sqlalchemy.engine import Dialect
 
 from identity.extensions import db
+from identity.idle import IdleConnections
 
 
 @dataclass(frozen=True)
@@ -65,32 +66,51 @@ def _prepare(statement: Select, dialect: Dialect) -> _Prepared:
     return prepared
 
 
-def _engine() -> Engine:
-    """The app's engine for hot reads: its own on a server, the ORM's on SQLite."""
-    engines = current_app.extensions.setdefault("identity.hot_reads", {})
-    main = db.engine
-    engine = engines.get(main)
-    if engine is None:
-        if main.dialect.name == "sqlite":
-            engine = main
-        else:
+_EXTENSION = "identity.hot_reads"
+
+
+def _reads() -> "_Reads":
+    """The app's hot-read connections: to a server, autocommit and unpinged; to SQLite,
+    as the ORM's engine makes them. Each is made by an engine (its connect events
+    apply) and detached from the engine's pool: `IdleConnections` keeps them."""
+    reads = current_app.extensions.get(_EXTENSION)
+    if reads is None:
+        main = db.engine
+        engine = main
+        if main.dialect.name != "sqlite":
             engine = create_engine(
-                main.url,
-                isolation_level="AUTOCOMMIT",
-                pool_pre_ping=False,
-                pool_reset_on_return=None,
-                hide_parameters=True,
+                main.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False, hide_parameters=True
             )
-            # Closed with the ORM's (a test's app torn down, a forked worker's copy).
-            event.listen(main, "engine_disposed", lambda _: engine.dispose())
-        engines[main] = engine
-    return engine
+        reads = current_app.extensions[_EXTENSION] = _Reads(
+            engine.dialect, IdleConnections(partial(_detached, engine), _close)
+        )
+        # Closed with the ORM's (a test's app torn down, say).
+        event.listen(main, "engine_disposed", lambda _: reads.idle.close_all())
+    return reads
+
+
+@dataclass(frozen=True)
+class _Reads:
+    dialect: Dialect
+    idle: IdleConnections[Any]
+
+
+def _detached(engine: Engine) -> Any:
+    fairy = engine.raw_connection()
+    fairy.detach()
+    return fairy.dbapi_connection
+
+
+def _close(connection: Any) -> None:
+    connection.close()
+
 
 
 def fetch_one(statement: Select, **values: Any) -> tuple | None:
     """The first row of a module-level `statement` with bindparams named as `values`."""
-    engine = _engine()
-    prepared = _prepare(statement, engine.dialect)
+    reads = _reads()
+    dialect = reads.dialect
+    prepared = _prepare(statement, dialect)
     # Our values, and the statement's own (a LIMIT, say).
     values = cast(dict[str, Any], prepared.compiled.construct_params(values))
     for name, convert in prepared.processors.items():
@@ -99,23 +119,24 @@ def fetch_one(statement: Select, **values: Any) -> tuple | None:
     if prepared.positions is not None:
         params = tuple(values[name] for name in prepared.positions)
     for attempt in (1, 2):
-        connection = engine.raw_connection()
+        connection = reads.idle.take()
         try:
             cursor = connection.cursor()
             cursor.execute(prepared.sql, params)
             row = cursor.fetchone()
-            if row is None or prepared.results is None:
-                return row
-            return tuple(
-                value if convert is None else convert(value)
-                for value, convert in zip(row, prepared.results, strict=True)
-            )
-        except engine.dialect.loaded_dbapi.Error as e:
-            if attempt == 2 or not engine.dialect.is_disconnect(e, connection, None):
+            cursor.close()
+        except dialect.loaded_dbapi.Error as e:
+            reads.idle.discard(connection)
+            if attempt == 2 or not dialect.is_disconnect(e, connection, None):
                 raise
-            # Dropped: so are, most likely, its pooled siblings (a server restart).
-            connection.invalidate(e)
-            engine.dispose(close=False)
-        finally:
-            connection.close()
+            # Dropped: so are, most likely, its idle siblings (a server restart).
+            reads.idle.close_all()
+            continue
+        reads.idle.give(connection)
+        if row is None or prepared.results is None:
+            return row
+        return tuple(
+            value if convert is None else convert(value)
+            for value, convert in zip(row, prepared.results, strict=True)
+        )
     raise AssertionError("unreachable")
