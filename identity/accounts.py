@@ -79,7 +79,13 @@ def issue_token(user_id: str, *, now: datetime) -> str:
 
 def user_for(token: str) -> str | None:
     """The user an access token belongs to, or None for an unknown token."""
-    return accounts.committed_user_for_token(token_hash(token))
+    check = check_token(token)
+    return check.user_id if check is not None else None
+
+
+def check_token(token: str) -> accounts.TokenCheck | None:
+    """The token's user and the current pepper (one read), None for an unknown token."""
+    return accounts.check_token(token_hash(token))
 
 
 def authenticate(

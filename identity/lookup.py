@@ -33,19 +33,33 @@ def lookup_hash(medium: str, address: str, pepper: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def hash_details(*, now: datetime) -> dict[str, Any]:
-    return {"algorithms": ALGORITHMS, "lookup_pepper": peppers.current_pepper(now)}
+def hash_details(
+    *, now: datetime, known_pepper: tuple[str, int] | None = None
+) -> dict[str, Any]:
+    """The algorithms and the current pepper.
+
+    :param known_pepper: the current pepper and slot, when the caller has read them.
+    """
+    pepper = (known_pepper or peppers.current_value_and_slot(now))[0]
+    return {"algorithms": ALGORITHMS, "lookup_pepper": pepper}
 
 
 def lookup(
-    addresses: list[str], algorithm: str, pepper: str, *, now: datetime, limit: int
+    addresses: list[str],
+    algorithm: str,
+    pepper: str,
+    *,
+    now: datetime,
+    limit: int,
+    known_pepper: tuple[str, int] | None = None,
 ) -> dict[str, str]:
     """Map each hash (or "address medium" string) that has a live association to its mxid.
 
+    :param known_pepper: the current pepper and slot, when the caller has read them.
     :raises MatrixError: M_INVALID_PEPPER (with the current pepper), M_INVALID_PARAM for
         an unknown algorithm, M_TOO_LARGE past `limit` addresses.
     """
-    current, slot = peppers.current_value_and_slot(now)
+    current, slot = known_pepper or peppers.current_value_and_slot(now)
     if pepper != current:
         raise InvalidPepper("Unknown or invalid pepper", lookup_pepper=current)
     if algorithm not in ALGORITHMS:

@@ -12,6 +12,9 @@ from identity.extensions import db
 from identity.storage.models import Association
 from tests.conftest import _empty_postgres
 from tests.helpers import V1
+from tests.helpers import V2
+from tests.helpers import auth
+from tests.helpers import register_user
 
 pytestmark = pytest.mark.postgres
 INFO = {"medium": "email", "address": "marie@ac-versailles.fr"}
@@ -23,8 +26,27 @@ def db_url(request, postgres_database):
     _empty_postgres(postgres_database)
 
 
+@pytest.fixture
+def statements(monkeypatch):
+    """What is sent to PostgreSQL from the moment the test asks (`statements.start()`)."""
+
+    class Sent(list):
+        def start(self):
+            for cls, name in ((psycopg.Cursor, "execute"), (psycopg.Connection, "rollback"),
+                              (psycopg.Connection, "commit")):  # fmt: skip
+                real = getattr(cls, name)
+
+                def counting(conn, *args, _real=real, _name=name, **kwargs):
+                    self.append(_name)
+                    return _real(conn, *args, **kwargs)
+
+                monkeypatch.setattr(cls, name, counting)
+
+    return Sent()
+
+
 @pytest.mark.parametrize("path", ["/info", "/lookup"])
-def test_a_read_is_one_round_trip(app, client, monkeypatch, path):
+def test_a_read_is_one_round_trip(app, client, statements, path):
     with app.app_context():
         when = datetime(2024, 1, 1, tzinfo=UTC)
         db.session.add(Association(medium="email", address=INFO["address"], mxid="@m:a.fr",
@@ -32,21 +54,27 @@ def test_a_read_is_one_round_trip(app, client, monkeypatch, path):
                                    not_after=when + timedelta(days=36500)))  # fmt: skip
         db.session.commit()
     assert client.get(V1 + path, query_string=INFO).status_code == 200  # pools filled
-    sent = []
-    for cls, name in ((psycopg.Cursor, "execute"), (psycopg.Connection, "rollback"),
-                      (psycopg.Connection, "commit")):  # fmt: skip
-        real = getattr(cls, name)
-
-        def counting(self, *args, _real=real, _name=name, **kwargs):
-            sent.append(_name)
-            return _real(self, *args, **kwargs)
-
-        monkeypatch.setattr(cls, name, counting)
+    statements.start()
     r = client.get(V1 + path, query_string=INFO)
     assert r.status_code == 200
     if path == "/lookup":
         assert r.json["mxid"] == "@m:a.fr"
-    assert sent == ["execute"]  # no ping before, no rollback after
+    assert statements == ["execute"]  # no ping before, no rollback after
+
+
+def test_hash_details_is_one_round_trip(client, fake_homeserver, statements):
+    """The token check reads the current pepper in the same statement."""
+    headers = auth(register_user(client, fake_homeserver, "alice"))
+    first = client.get(f"{V2}/hash_details", headers=headers)  # the first pepper made
+    statements.start()
+    r = client.get(f"{V2}/hash_details", headers=headers)
+    assert r.status_code == 200
+    assert r.json["lookup_pepper"] == first.json["lookup_pepper"]
+    assert statements == ["execute"]
+    statements.clear()
+    lookup = {"addresses": [], "algorithm": "sha256", "pepper": r.json["lookup_pepper"]}
+    assert client.post(f"{V2}/lookup", json=lookup, headers=headers).status_code == 200
+    assert statements == ["execute"]  # v2 lookups too: no separate pepper read
 
 
 def test_terminated_connections_are_recovered_without_a_failed_request(app, client):

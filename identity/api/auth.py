@@ -54,7 +54,7 @@ def limit_request() -> None:
     :raises MatrixError: 429 M_LIMIT_EXCEEDED.
     """
     token = bearer_token()
-    if is_trusted_caller(token):
+    if _is_trusted(token):
         return
     token = token or bearer_token(allow_query=True)
     user_id = _known_user(token) if token else None
@@ -66,23 +66,34 @@ def limit_request() -> None:
 
 
 def _known_user(token: str) -> str | None:
-    """The user of `token`, looked up once per request."""
-    known = g.setdefault("identity_known_users", {})
+    """The user of `token`, looked up once per request (with the current pepper)."""
+    known = g.setdefault("identity_known_tokens", {})
     if token not in known:
-        known[token] = accounts.user_for(token)
-    return known[token]
+        known[token] = accounts.check_token(token)
+    check = known[token]
+    if check is None:
+        return None
+    g.identity_pepper = check.pepper
+    return check.user_id
 
 
-def is_trusted_caller(header_token: str | None = None) -> bool:
+def request_pepper() -> tuple[str, int] | None:
+    """The current pepper and its slot, when the request's token check read them."""
+    return g.get("identity_pepper")
+
+
+def is_trusted_caller() -> bool:
     """Whether the request comes from a homeserver or the authentication service.
 
     They call from INTERNAL_API_TRUSTED_NETWORKS, or present INTERNAL_API_SECRET as
     their bearer token (in the Authorization header, never the query string).
-
-    :param header_token: the header's token, when the caller has read it already.
     """
+    return _is_trusted(bearer_token())
+
+
+def _is_trusted(token: str | None) -> bool:
     config = settings()
-    secret, token = config.internal_api_secret, header_token or bearer_token()
+    secret = config.internal_api_secret
     if secret and token and hmac.compare_digest(token.encode(), secret.encode()):
         return True
     return is_from(config.internal_api_trusted_networks)

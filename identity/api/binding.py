@@ -8,6 +8,7 @@ from flask import request
 from identity import binding
 from identity import lookup
 from identity import routing
+from identity.api.auth import request_pepper
 from identity.api.auth import require_user
 from identity.api.auth import require_v1_enabled
 from identity.api.http import V1
@@ -109,7 +110,8 @@ def unbind(v2: bool):
 @bp.get(V2 + "/hash_details")
 def hash_details():
     require_user(allow_query_token=True)  # Synapse sends its token in the query here
-    return lookup.hash_details(now=now())  # a first pepper commits itself
+    # The pepper came with the token check: one read. A first pepper commits itself.
+    return lookup.hash_details(now=now(), known_pepper=request_pepper())
 
 
 @bp.post(V2 + "/lookup")
@@ -121,6 +123,7 @@ def lookup_v2():
         body.algorithm,
         body.pepper,
         now=now(),
+        known_pepper=request_pepper(),
         limit=settings().lookup_max_addresses,
     )
     return {"mappings": mappings}

@@ -1,12 +1,14 @@
 """Every query on accounts, their access tokens and the terms they accepted."""
 
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import bindparam
 from sqlalchemy import delete
 from sqlalchemy import select
 
 from identity.extensions import db
+from identity.storage import peppers
 from identity.storage.hot_reads import fetch_one
 from identity.storage.models import AcceptedTerms
 from identity.storage.models import AccessToken
@@ -31,14 +33,30 @@ def user_for_token(token_hash: str) -> str | None:
     return db.session.scalar(select(AccessToken.user_id).filter_by(token_hash=token_hash))
 
 
+class TokenCheck(NamedTuple):
+    """A token's user, and the current pepper read in the same statement."""
+
+    user_id: str
+    pepper: tuple[str, int] | None  # value and slot; None before the first pepper
+
+
 _tokens = AccessToken.__table__.c
-_USER_FOR_TOKEN = select(_tokens.user_id).where(_tokens.token_hash == bindparam("token_hash"))
+_USER_FOR_TOKEN = select(_tokens.user_id, *peppers.current_columns()).where(
+    _tokens.token_hash == bindparam("token_hash")
+)
 
 
-def committed_user_for_token(token_hash: str) -> str | None:
-    """`user_for_token` on committed data only, fast: for authenticating requests."""
+def check_token(token_hash: str) -> TokenCheck | None:
+    """`user_for_token` on committed data only, fast: for authenticating requests.
+
+    The current pepper comes with it, in the same round trip: the requests that
+    need one (hash_details, v2 lookups) are authenticated.
+    """
     row = fetch_one(_USER_FOR_TOKEN, token_hash=token_hash)
-    return row[0] if row is not None else None
+    if row is None:
+        return None
+    user_id, value, slot = row
+    return TokenCheck(user_id, (value, slot) if value is not None else None)
 
 
 def delete_token(token_hash: str) -> None:
