@@ -35,7 +35,7 @@ class Signer:
     key: SigningKey
 
     def sign(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return keys.sign(payload, self.server_name, self.key)
+        return keys.sign_flat(payload, self.server_name, self.key)
 
 
 @dataclass(frozen=True)

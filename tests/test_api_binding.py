@@ -63,6 +63,9 @@ def test_v1_lookup_returns_the_signed_association(config, client, smtp):
     r = client.get(f"{V1}/lookup?medium=email&address=Marie.Dupont@AC-Versailles.fr")
     assert r.json["mxid"] == MXID
     signedjson.sign.verify_signed_json(r.json, "id.tchap.test", verify_key(config))
+    again = client.get(f"{V1}/lookup?medium=email&address={ADDRESS}")  # signatures remembered
+    assert again.json == r.json
+    signedjson.sign.verify_signed_json(again.json, "id.tchap.test", verify_key(config))
     assert client.get(f"{V1}/lookup?medium=email&address=nobody@x.fr").json == {}
     r = client.get(f"{V1}/lookup?medium=email")
     assert (r.status_code, r.json["errcode"]) == (400, "M_MISSING_PARAMS")
@@ -335,3 +338,15 @@ def test_a_lost_pepper_is_recreated_once_whatever_the_concurrency(
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM pepper")).scalar() == 1
     engine.dispose()
+
+
+def test_remembered_signatures_are_those_signing_gives_and_never_shared():
+    key = signedjson.key.generate_signing_key("0")
+    payload = {"address": ADDRESS, "medium": "email", "mxid": MXID, "ts": 1}
+    first = keys.sign_flat(payload, "id.tchap.test", key)
+    assert first == keys.sign(payload, "id.tchap.test", key)
+    first["signatures"]["id.tchap.test"]["ed25519:0"] = "tampered"
+    assert keys.sign_flat(payload, "id.tchap.test", key) == keys.sign(payload, "id.tchap.test", key)
+    other = keys.sign_flat({**payload, "ts": 2}, "id.tchap.test", key)  # content is the key
+    signedjson.sign.verify_signed_json(other, "id.tchap.test", signedjson.key.get_verify_key(key))
+    assert other["ts"] == 2
