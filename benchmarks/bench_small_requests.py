@@ -3,6 +3,7 @@ same gunicorn settings, in the same run, interleaved (bare, ours, bare, ours…)
 
     .venv/bin/python benchmarks/bench_small_requests.py            # 3 rounds of 5 s
     .venv/bin/python benchmarks/bench_small_requests.py --rounds 1 --seconds 3
+    .venv/bin/python benchmarks/bench_small_requests.py --profile   # and where the CPU goes
 
 Our service runs in its production configuration: gunicorn with gunicorn.conf.py,
 PostgreSQL, rate limits on in Redis (db 11, or BENCH_REDIS_URL), access log and metrics on;
@@ -11,6 +12,10 @@ and on the embedded SQLite default (limits in memory). The bare app
 threads and access log. The per-IP limit is raised so that wrk, one address, is never
 refused: every request still counts against it. Needs wrk, PostgreSQL and Redis as the
 tests do. Writes its section of docs/performance.md (the small markers).
+
+With --profile, one more run of each endpoint on each server measures where a request's
+CPU goes (benchmarks/cpu_accounting.py: the processes' CPU time, and py-spy on the
+workers by component), and the report gives it line by line.
 """
 
 import argparse
@@ -20,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -30,6 +36,9 @@ from bench_vs_sydent import address
 from bench_vs_sydent import fill_our_sqlite
 from bench_vs_sydent import fill_postgres
 from bench_vs_sydent import wrk
+from cpu_accounting import COMPONENTS
+from cpu_accounting import OTHER
+from cpu_accounting import profile
 from docs_section import markers
 from docs_section import write_section
 
@@ -107,6 +116,12 @@ def compare(ours: Server, bare: Server, tmp: Path, args: argparse.Namespace) -> 
         }  # fmt: skip
         print(f"{name}: ours {ours_rps:,.0f} / bare {bare_rps:,.0f} = {ours_rps / bare_rps:.2f},"
               f" p99 {ours_p99:.1f} / {bare_p99:.1f} ms", file=sys.stderr, flush=True)  # fmt: skip
+        if args.profile:
+            results[name]["cpu"] = {
+                label: profile(server.workers(), partial(load, server, lines, token, args.seconds),
+                               args.seconds, Path(tempfile.mkdtemp(dir=tmp)))
+                for label, server in (("bare", bare), ("ours", ours))
+            }  # fmt: skip
     return results
 
 
@@ -151,6 +166,8 @@ def report(runs: dict[str, dict], args: argparse.Namespace, loads: list[str]) ->
                 f" ({rounds}) | {r['bare_p99']:.1f} | {r['ours_p99']:.1f}"
                 f" | {r['ours_p99'] / r['bare_p99']:.2f} |"
             )
+        if all("cpu" in r for r in run_["results"].values()):
+            lines += cpu_table(run_["results"])
         memory, seen = run_["memory"], run_["workers_seen"]
         lines += ["", f"Memory after the runs (PSS of master and workers, added up): ours"
                   f" {memory['ours']:.0f} MiB, bare app {memory['bare']:.0f} MiB. Worker"
@@ -160,12 +177,36 @@ def report(runs: dict[str, dict], args: argparse.Namespace, loads: list[str]) ->
     return "\n".join(lines)
 
 
+def cpu_table(results: dict[str, dict]) -> list[str]:
+    """µs of CPU per request, ours (bare), by process and by component of the workers."""
+    names = list(results)
+    lines = ["", "CPU per request in µs, ours (bare app), from one more run of each endpoint"
+             " (`--profile`): by process (/proc), then the workers' time split by component in the"
+             " proportions of py-spy's samples (threads holding the GIL; a sample goes to its"
+             " innermost frame's component).", "",
+             "| | " + " | ".join(names) + " |", "|---" + "|---:" * len(names) + "|"]  # fmt: skip
+
+    def row(label: str, value) -> str:
+        cells = []
+        for name in names:
+            cpu = results[name]["cpu"]
+            cells.append(f"{value(cpu['ours']):.0f} ({value(cpu['bare']):.0f})")
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    for process in ("workers", "redis-server", "postgres"):
+        lines.append(row(f"**{process}**", lambda c, p=process: c["processes"][p]))
+    for component in [name for name, _ in COMPONENTS] + [OTHER]:
+        lines.append(row(component, lambda c, k=component: c["components"].get(k, 0.0)))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--only", choices=["postgresql", "sqlite"])
     parser.add_argument("--no-write", action="store_true", help="print, do not edit the docs")
+    parser.add_argument("--profile", action="store_true", help="and where the CPU goes")
     args = parser.parse_args()
     loads = [" ".join(os.getloadavg().__repr__().strip("()").split(", ")[:1])]
     database = f"bench_small_{os.getpid()}"
