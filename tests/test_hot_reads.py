@@ -1,15 +1,22 @@
 """Hot reads on PostgreSQL: one round trip each, and dropped connections recovered."""
 
+import threading
+import time
 from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
 
 import psycopg
 import pytest
+import requests
 from sqlalchemy import text
 
+from identity.accounts import token_hash
 from identity.extensions import db
 from identity.storage.models import Association
+from testing.servers import Gunicorn
+from testing.servers import migrate
+from testing.servers import service_env
 from tests.conftest import _empty_postgres
 from tests.helpers import V1
 from tests.helpers import V2
@@ -91,3 +98,55 @@ def test_terminated_connections_are_recovered_without_a_failed_request(app, clie
     assert killed
     for _ in range(5):
         assert client.get(f"{V1}/info", query_string=INFO).status_code == 200
+
+
+def test_under_load_terminated_backends_fail_no_request(postgres_database, redis_url, tmp_path):
+    """gunicorn as deployed (Redis limits on), clients reading hard, and every backend of
+    the database terminated again and again: every read still answers."""
+    many = "1000000/minute"
+    env = service_env(postgres_database, tmp_path, WORKERS="2", THREADS="3",
+                      DELIVERY_WORKER_ENABLED="false", MAIL_PRINT_TO_LOG="true",
+                      RATELIMIT_STORAGE_URI=redis_url,
+                      RATELIMIT_PER_IP=many, RATELIMIT_PER_USER=many)  # fmt: skip
+    migrate(env)
+    plain_url = postgres_database.replace("postgresql+psycopg://", "postgresql://")
+    token = "loadTestToken0123456789"
+    with psycopg.connect(plain_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO account (user_id, created_at) VALUES ('@a:a.fr', now())")
+        conn.execute("INSERT INTO access_token (token_hash, user_id, created_at)"
+                     " VALUES (%s, '@a:a.fr', now())", (token_hash(token),))  # fmt: skip
+    server = Gunicorn(env, ("-c", "gunicorn.conf.py"))
+    try:
+        base, headers = server.base, {"Authorization": f"Bearer {token}"}
+        assert requests.get(f"{base}{V2}/hash_details", headers=headers, timeout=10).ok
+        statuses, stop = [], threading.Event()
+
+        reads = ((f"{V1}/info", {"params": INFO}), (f"{V1}/lookup", {"params": INFO}),
+                 (f"{V2}/hash_details", {"headers": headers}))  # fmt: skip
+
+        def read_hard() -> None:
+            with requests.Session() as session:
+                while not stop.is_set():
+                    for path, options in reads:
+                        statuses.append(session.get(base + path, timeout=10, **options).status_code)
+
+        readers = [threading.Thread(target=read_hard) for _ in range(4)]
+        for reader in readers:
+            reader.start()
+        killed = 0
+        with psycopg.connect(plain_url, autocommit=True) as admin:
+            for _ in range(8):
+                time.sleep(0.3)
+                killed += len(admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchall())  # fmt: skip
+        time.sleep(0.3)
+        stop.set()
+        for reader in readers:
+            reader.join()
+    finally:
+        server.stop()
+    assert killed >= 8
+    assert len(statuses) > 100
+    assert set(statuses) == {200}
