@@ -3,10 +3,12 @@
 import functools
 import hmac
 import ipaddress
+import logging
 from collections.abc import Iterable
 
 from flask import g
 from flask import request
+from sqlalchemy.exc import DBAPIError
 
 from identity import accounts
 from identity import limits
@@ -15,6 +17,8 @@ from identity.config import Network
 from identity.errors import Forbidden
 from identity.errors import Unrecognized
 from identity.terms import current_terms
+
+logger = logging.getLogger(__name__)
 
 
 def bearer_token(*, allow_query: bool = False) -> str | None:
@@ -57,7 +61,13 @@ def limit_request() -> None:
     if _is_trusted(token):
         return
     token = token or bearer_token(allow_query=True)
-    user_id = _known_user(token) if token else None
+    try:
+        user_id = _known_user(token) if token else None
+    except DBAPIError:
+        # The database is out: count the request against its IP. An endpoint that
+        # needs the user fails on its own; one that does not (status, terms) answers.
+        logger.warning("Token check failed, the request counted against its IP")
+        user_id = None
     if user_id is None:
         limits.current().check("per_ip", request.remote_addr or "unknown")
         return

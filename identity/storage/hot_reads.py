@@ -28,6 +28,8 @@ from sqlalchemy import create_engine
 from sqlalchemy import event
 from sqlalchemy.engine import Compiled
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import StatementError
 
 from identity.extensions import db
 from identity.idle import IdleConnections
@@ -119,16 +121,19 @@ def fetch_one(statement: Select, **values: Any) -> tuple | None:
     if prepared.positions is not None:
         params = tuple(values[name] for name in prepared.positions)
     for attempt in (1, 2):
-        connection = reads.idle.take()
+        connection = None
         try:
+            connection = reads.idle.take()
             cursor = connection.cursor()
             cursor.execute(prepared.sql, params)
             row = cursor.fetchone()
             cursor.close()
         except dialect.loaded_dbapi.Error as e:
+            if connection is None:  # could not connect
+                raise _as_orm_raises(e, prepared.sql, dialect) from e
             reads.idle.discard(connection)
             if attempt == 2 or not dialect.is_disconnect(e, connection, None):
-                raise
+                raise _as_orm_raises(e, prepared.sql, dialect) from e
             # Dropped: so are, most likely, its idle siblings (a server restart).
             reads.idle.close_all()
             continue
@@ -140,3 +145,10 @@ def fetch_one(statement: Select, **values: Any) -> tuple | None:
             for value, convert in zip(row, prepared.results, strict=True)
         )
     raise AssertionError("unreachable")
+
+
+def _as_orm_raises(error: Exception, sql: str, dialect: Dialect) -> StatementError:
+    """The driver's error wrapped as the ORM wraps it: one type of database failure for
+    every caller (the parameters left out, as everywhere)."""
+    return DBAPIError.instance(sql, None, error, dialect.loaded_dbapi.Error,
+                               hide_parameters=True, dialect=dialect)  # fmt: skip
