@@ -13,7 +13,7 @@ from identity.extensions import db
 from testing.smtp import SmtpSink
 from tests.support import FakeClock
 
-pytest_plugins = ["tests.fake_homeserver", "tests.browser"]
+pytest_plugins = ["tests.fake_homeserver", "tests.browser", "tests.leftovers"]
 
 # PostgreSQL server for the storage tests; a database of our own is created on it.
 POSTGRES_URL = os.environ.get(
