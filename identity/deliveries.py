@@ -196,17 +196,31 @@ def init_app(app: Flask) -> WorkerSettings:
 def start(app: Flask) -> threading.Event:
     """Start the delivery thread of this process; set the returned event to stop it."""
     stop = threading.Event()
-    services(app).deliveries_stop = stop
+    current = services(app)
+    current.deliveries_stop = stop
     thread = threading.Thread(target=_work, args=(app, stop), daemon=True, name="deliveries")
+    current.deliveries_thread = thread
     thread.start()
     return stop
 
 
-def stop(app: Flask) -> None:
-    """Ask this process's delivery thread to stop after its current pass."""
-    event = services(app).deliveries_stop
-    if event is not None:
-        event.set()
+def stop(app: Flask, timeout: float = 30) -> None:
+    """Stop this process's delivery thread: after its current pass, which this waits for.
+
+    Once this returns the thread uses the database no more, so the engine can be
+    disposed: a pass still running would check a connection out of a disposed pool
+    and leave it to the garbage collector, unclosed.
+
+    :raises RuntimeError: the pass did not end within `timeout` seconds.
+    """
+    current = services(app)
+    if current.deliveries_stop is not None:
+        current.deliveries_stop.set()
+    thread = current.deliveries_thread
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout)
+        if thread.is_alive():
+            raise RuntimeError(f"the delivery thread did not stop within {timeout} s")
 
 
 def _work(app: Flask, stop: threading.Event) -> None:

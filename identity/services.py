@@ -43,6 +43,7 @@ class Services:
     signing_key: "SigningKey | None" = None
     # Set once this process's delivery thread runs (deliveries.start).
     deliveries_stop: threading.Event | None = None
+    deliveries_thread: threading.Thread | None = None
 
 
 def init_app(app: Flask, built: Services) -> None:

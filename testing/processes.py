@@ -1,11 +1,19 @@
-"""Servers run as subprocesses: started, polled until ready with a deadline, stopped."""
+"""Servers run as subprocesses: started, polled until ready with a deadline, stopped.
 
+Each server runs in a process group of its own, so that it is stopped with whatever it
+started (gunicorn's workers). Every process started here, and every child of theirs,
+carries OWNER_VARIABLE in its environment: `leftover_processes()` finds those still
+running, even once their parent is gone, and never mistakes another program's for ours.
+"""
+
+import atexit
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -50,8 +58,78 @@ def answers(url: str, *, status: int | None = 200, verify: str | bool = True,
     return check
 
 
+# The environment variable, and its value for this process, that mark what it started.
+OWNER_VARIABLE = "TESTING_PROCESS_OWNER"
+OWNER = f"{os.getpid()}-{uuid.uuid4().hex}"
+
+
 class ServerNotReady(RuntimeError):
     """The server exited, or did not become ready in time; the message ends with its log."""
+
+
+def _stat(pid: int | str) -> tuple[str, int, int] | None:
+    """(state, parent, process group) of a process, None when there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    # The command name, in parentheses, may hold spaces and parentheses itself.
+    state, parent, group = stat[stat.rindex(")") + 2 :].split()[:3]
+    return state, int(parent), int(group)
+
+
+def _is_ours(pid: int | str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"{OWNER_VARIABLE}={OWNER}".encode() in f.read().split(b"\0")
+    except OSError:  # gone, or another user's
+        return False
+
+
+def _command_line(pid: int | str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def leftover_processes() -> list[tuple[int, str]]:
+    """(pid, command line) of the processes still running that this process started:
+    its children, and everything a ServerProcess started (workers whose master is gone
+    included). Zombies, dead already, are left out."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        stat = _stat(entry)
+        if stat is None or stat[0] == "Z":
+            continue
+        if stat[1] == os.getpid() or _is_ours(entry):
+            found.append((int(entry), _command_line(entry)))
+    return sorted(found)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of ours still runs in process group `group`."""
+    for entry in os.listdir("/proc"):
+        stat = _stat(entry) if entry.isdigit() else None
+        if stat is not None and stat[0] != "Z" and stat[2] == group and _is_ours(entry):
+            return True
+    return False
+
+
+# The servers started and not stopped yet: stopped when the interpreter exits, whatever
+# skipped their own stop (an interrupted teardown, a script that failed).
+_running: set["ServerProcess"] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_running):
+        with contextlib.suppress(Exception):  # on to the next one
+            server.stop(timeout=5)
 
 
 class ServerProcess:
@@ -78,6 +156,7 @@ class ServerProcess:
                 self.process = self._popen(output)
         else:
             self.process = self._popen(subprocess.DEVNULL if self.log is None else self.log)
+        _running.add(self)
         try:
             self._wait_until_ready(ready, timeout, interval)
         except BaseException:
@@ -100,9 +179,15 @@ class ServerProcess:
 
     def _popen(self, output: IO | int) -> subprocess.Popen:
         return subprocess.Popen(
-            self.command, cwd=self.cwd, env=self.env, stdout=output, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.command, cwd=self.cwd, env={**self.env, OWNER_VARIABLE: OWNER}, stdout=output,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
     @property
     def pid(self) -> int:
@@ -119,23 +204,33 @@ class ServerProcess:
         self.process.send_signal(signum)
 
     def kill(self) -> None:
-        """SIGKILL the whole process group at once (a master and its workers)."""
+        """SIGKILL the whole process group at once (a master and its workers), and wait
+        until none of it runs."""
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):  # already gone, children included
-            os.killpg(self.process.pid, signal.SIGKILL)
+        group = self.process.pid
+        # The group's number cannot name another group while the leader is not reaped
+        # (poll() is None) or while a process of ours is still in the group.
+        if self.process.poll() is None or _group_alive(group):
+            with contextlib.suppress(ProcessLookupError):  # gone meanwhile
+                os.killpg(group, signal.SIGKILL)
         self.process.wait(timeout=10)
+        wait_until(lambda: not _group_alive(group), timeout=10, interval=0.05,
+                   what=f"{self.what}'s processes to end")  # fmt: skip
+        _running.discard(self)
 
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM, then SIGKILL to the process group if it has not exited within `timeout`."""
+        """SIGTERM to the leader (a gunicorn master stops its workers gracefully), then
+        SIGKILL to what remains of its process group: all of it if the leader has not
+        exited within `timeout`, else what it left behind (a master that exited before
+        its workers, or was killed before it could stop them)."""
         if self.process is None:
             return
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.kill()
 
     def log_tail(self, size: int = 3000) -> str:
         """The end of the log file(s), for error messages."""

@@ -8,11 +8,12 @@ import pytest
 import redis
 
 from app import create_app
+from identity import deliveries
 from identity.extensions import db
 from testing.smtp import SmtpSink
 from tests.support import FakeClock
 
-pytest_plugins = ["tests.fake_homeserver", "tests.browser"]
+pytest_plugins = ["tests.fake_homeserver", "tests.browser", "tests.leftovers"]
 
 # PostgreSQL server for the storage tests; a database of our own is created on it.
 POSTGRES_URL = os.environ.get(
@@ -133,12 +134,23 @@ def config(db_url, tmp_path, smtp):
     }
 
 
+def close_app(app) -> None:
+    """Stop the app's delivery thread, if it runs, then close its database connections.
+
+    In this order: a pass still running when the engine is disposed would check a
+    connection out of the disposed pool, and leave it to the garbage collector unclosed
+    (a ResourceWarning, in whichever later test the collector happens to run).
+    """
+    deliveries.stop(app)
+    with app.app_context():
+        db.engine.dispose()  # the hot reads' own engine with it (engine_disposed)
+
+
 @pytest.fixture
 def app(config, clock):
     app = create_app(config, clock=clock)
     yield app
-    with app.app_context():
-        db.engine.dispose()
+    close_app(app)
 
 
 @pytest.fixture
@@ -152,8 +164,7 @@ def make_app(config, clock):
 
     yield make
     for other in made:
-        with other.app_context():
-            db.engine.dispose()
+        close_app(other)
 
 
 @pytest.fixture

@@ -517,10 +517,9 @@ def served(db_url, smtp, tmp_path):
     subprocess.run([sys.executable, "-m", "flask", "--app", "app", "keys", "generate"],
                    cwd=ROOT, env=env, check=True, capture_output=True)  # fmt: skip
     migrate(env)
-    server = Gunicorn(env, ("-w", "2", "--threads", "4"))
     engine = create_engine(db_url)
-    yield server.base, engine
-    server.stop()
+    with Gunicorn(env, ("-w", "2", "--threads", "4")) as server:
+        yield server.base, engine
     engine.dispose()
 
 

@@ -52,11 +52,11 @@ def served(database, smtp, tmp_path):
         THREADS="8",
     )
     migrate(env)
-    log = (tmp_path / "gunicorn.log").open("w+")
-    server = Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log)
-    yield server, log
-    server.stop()
-    log.close()
+    with (
+        (tmp_path / "gunicorn.log").open("w+") as log,
+        Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log) as server,
+    ):
+        yield server, log
 
 
 def at_once(count: int, call) -> list[requests.Response]:

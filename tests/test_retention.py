@@ -1,19 +1,24 @@
 """Retention: scheduled purges, and erasing everything held about an address."""
 
+import threading
 import time
 
+from sqlalchemy import event
 from sqlalchemy import func
 from sqlalchemy import select
 
+from app import create_app
 from identity import deliveries
 from identity.extensions import db
 from identity.storage.models import Invitation
 from identity.storage.models import ValidationSession
+from tests.conftest import close_app
 from tests.helpers import V1
 from tests.helpers import landing_link_from_mail
 from tests.helpers import relative
 from tests.helpers import request_code
 from tests.helpers import validate_address
+from tests.support import FakeClock
 
 GUEST = "claire@partenaire.example"
 
@@ -70,4 +75,40 @@ def test_the_background_thread_purges_on_schedule(make_app, smtp, clock):
     while count(app, Invitation) != 1:
         assert time.monotonic() < deadline, "the long-expired invitation was not purged"
         time.sleep(0.05)
-    deliveries.stop(app)
+    # make_app stops the thread, before it disposes the engine, on every path.
+
+
+class HeldPassClock(FakeClock):
+    """A clock that holds each pass of the delivery thread for a moment, as a pass
+    busy with a slow homeserver would be."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_pass = threading.Event()
+
+    def now(self):
+        if threading.current_thread().name == "deliveries":
+            self.in_pass.set()
+            time.sleep(0.3)
+        return super().now()
+
+
+def test_stopping_the_background_thread_waits_for_its_pass(config):
+    """Once `deliveries.stop` returns the thread uses the database no more, so the engine
+    can be disposed: a pass still running would check a connection out of a disposed
+    pool, one that nothing closes (a ResourceWarning when it is collected)."""
+    clock = HeldPassClock()
+    app = create_app({**config, "DELIVERY_WORKER_ENABLED": True, "DELIVERY_POLL_SECONDS": 0.05},
+                     clock=clock)  # fmt: skip
+    checkouts = []
+    try:
+        with app.app_context():
+            event.listen(db.engine, "checkout", lambda *_: checkouts.append(time.monotonic()))
+        deliveries.start(app)
+        assert clock.in_pass.wait(5)
+        deliveries.stop(app)
+        stopped = time.monotonic()
+        time.sleep(0.6)  # more than the held pass lasts
+        assert [t for t in checkouts if t > stopped] == []
+    finally:
+        close_app(app)

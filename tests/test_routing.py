@@ -278,10 +278,8 @@ def served(tmp_path):
         DELIVERY_WORKER_ENABLED="false",
     )
     migrate(env)
-    server = Gunicorn(env, ("-w", "2"))
-    base = server.base
-    yield base, domains
-    server.stop()
+    with Gunicorn(env, ("-w", "2")) as server:
+        yield server.base, domains
 
 
 def test_hot_reload_on_a_running_server(served):

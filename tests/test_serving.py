@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -16,6 +15,8 @@ import psycopg
 import pytest
 import requests
 
+from testing.processes import ServerProcess
+from testing.processes import answers
 from testing.processes import free_port
 from testing.servers import Gunicorn
 from testing.servers import migrate
@@ -41,11 +42,11 @@ def gunicorn(tmp_path):
         MAIL_SEVER="smtp.example.fr",  # a typo, warned about once
     )
     migrate(env)
-    log = (tmp_path / "gunicorn.log").open("w+")
-    server = Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log)
-    yield server, server.base, log
-    server.stop()
-    log.close()
+    with (
+        (tmp_path / "gunicorn.log").open("w+") as log,
+        Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log) as server,
+    ):
+        yield server, server.base, log
 
 
 def test_workers_metrics_logs_and_reload(gunicorn):
@@ -230,31 +231,16 @@ def test_the_readme_first_command_prints_mails_and_creates_the_key_at_start(tmp_
         "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
         "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
     }
-    with (tmp_path / "flask.log").open("w+") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flask", "--app", "app", "run", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    requests.get(f"{base}/_matrix/identity/versions", timeout=5)
-                    break
-                except requests.RequestException:
-                    assert process.poll() is None and time.monotonic() < deadline
-                    time.sleep(0.2)
-            assert (tmp_path / "signing.key").exists()
-            body = {"client_secret": "s3cret", "email": "agent@interieur.gouv.fr",
-                    "send_attempt": 1}  # fmt: skip
-            r = requests.post(f"{base}{V1}/validate/email/requestToken", json=body, timeout=30)
-            assert r.status_code == 200, r.text
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
-        log.seek(0)
-        output = log.read()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "flask.log"
+    command = [sys.executable, "-m", "flask", "--app", "app", "run", "--port", str(port)]
+    ready = answers(f"{base}/_matrix/identity/versions", status=None, timeout=5)
+    with ServerProcess(command, cwd=ROOT, env=env, log=log, what="flask run").start(ready):
+        assert (tmp_path / "signing.key").exists()
+        body = {"client_secret": "s3cret", "email": "agent@interieur.gouv.fr", "send_attempt": 1}
+        r = requests.post(f"{base}{V1}/validate/email/requestToken", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+    output = log.read_text()
     assert "MAIL_SERVER is not set" in output and "To: agent@interieur.gouv.fr" in output
     assert "Generated a new signing key" in output
 
