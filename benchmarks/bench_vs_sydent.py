@@ -15,6 +15,12 @@ mail to an SMTP sink started here. Every temporary database, file and process is
 at the end.
 
 Writes its section of docs/performance.md (between the sydent markers) and prints it.
+
+    .venv/bin/python benchmarks/bench_vs_sydent.py --only bulk_lookup --sizes 100000 --rounds 3
+
+compares only the named lookup workloads, the three servers running side by side and
+taking turns, `--rounds` times; it prints each round and the median ratios, and writes
+nothing (the section needs every measure).
 """
 
 import argparse
@@ -28,6 +34,7 @@ import random
 import re
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -459,7 +466,7 @@ class Bench:
         self.databases: list[str] = []
         self.servers: list = []
         self.results: dict = {"lookups": {}, "light": {}, "request_token": {}, "memory": {},
-                              "workers": {}, "load_seconds": {}}  # fmt: skip
+                              "workers": {}, "load_seconds": {}, "rounds": {}}  # fmt: skip
         self.sydent_python = ensure_venv()
 
     def close(self) -> None:
@@ -522,6 +529,9 @@ class Bench:
         return Ours(stores[label]["env"], stores["folder"], worker)
 
     def run(self) -> None:
+        if self.args.only:
+            self.compare()
+            return
         sizes = self.args.sizes
         load = Load({}, self.args.seconds, self.args.warmup)
         for count in sizes:
@@ -562,6 +572,31 @@ class Bench:
                 database = stores["ours, PostgreSQL"]["database"]
                 self.results["plans"] = plan_times(database, count)
                 self.workers(stores, load)
+            self.drop(stores)
+
+    def compare(self) -> None:
+        """`--only`: the named lookups, the three servers up at once and taking turns, so
+        that a change in the machine's load falls on all three alike."""
+        load = Load({}, self.args.seconds, self.args.warmup)
+        labels = (*OURS, "Sydent")
+        for count in self.args.sizes:
+            log(f"{count:,} bindings: filling the stores")
+            stores = self.stores(count)
+            load.files = write_requests(stores["folder"], count)
+            servers = {label: self.started(self.server(stores, label)) for label in labels}
+            for server in servers.values():
+                check_answers(server.base, load.files, count)
+            for workload in self.args.only:
+                for round_ in range(self.args.rounds):
+                    for label, server in servers.items():
+                        log(f"{count:,} bindings, round {round_ + 1}, {label}: {workload}")
+                        one = load.run(server.base, workload, 1, seconds=self.args.seconds // 2)
+                        many = load.run(server.base, workload, LOOKUP_CONNECTIONS)
+                        self.results["rounds"].setdefault((count, workload, label), []).append(
+                            {"one": one, "many": many}
+                        )
+            for server in servers.values():
+                self.stopped(server)
             self.drop(stores)
 
     def workers(self, stores: dict, load: Load) -> None:
@@ -833,6 +868,40 @@ def best_worker(workers: dict, classes: list[str], workload: str) -> str:
     )
 
 
+def rounds_report(rounds: dict, args: argparse.Namespace, elapsed: float) -> str:
+    """`--only`: each round's figures, then per server the medians and the median of the
+    per-round ratios to Sydent (req/s at 8 connections, p50 at 1)."""
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine()}; load average"
+        f" {os.getloadavg()[0]:.1f} at the end. {args.rounds} rounds, the three servers"
+        f" taking turns; {args.seconds // 2} s at 1 connection, {args.seconds} s at"
+        f" {LOOKUP_CONNECTIONS}, after a {args.warmup} s warm-up. {elapsed / 60:.0f} minutes.",
+        "",
+        f"| bindings | endpoint | server | p50 ms (1 conn) | req/s ({LOOKUP_CONNECTIONS} conns)"
+        " | ratio p50 | ratio req/s | req/s per round |",
+        "|---:|---|---|---:|---:|---:|---:|---|",
+    ]
+    for count in args.sizes:
+        for workload in args.only:
+            theirs = rounds[(count, workload, "Sydent")]
+            for label in (*OURS, "Sydent"):
+                runs = rounds[(count, workload, label)]
+                p50 = statistics.median(r["one"]["p50"] for r in runs)
+                rps = statistics.median(r["many"]["rps"] for r in runs)
+                ratios = "|"
+                if label != "Sydent":
+                    pairs = list(zip(runs, theirs, strict=True))
+                    p50s = [r["one"]["p50"] / t["one"]["p50"] for r, t in pairs]
+                    rpss = [r["many"]["rps"] / t["many"]["rps"] for r, t in pairs]
+                    ratios = f"{statistics.median(p50s):.2f} | {statistics.median(rpss):.2f}"
+                each = ", ".join(f"{r['many']['rps']:,.1f}{errors_note(r['many'])}" for r in runs)
+                lines.append(
+                    f"| {count:,} | {NAMES[workload]} | {label} | {p50:.1f} | {rps:,.1f} |"
+                    f" {ratios} | {each} |"
+                )
+    return "\n".join(lines)
+
+
 def loading_line(loading: dict) -> str:
     return (
         "Bulk loading, seconds (not a served figure; for reference): "
@@ -852,7 +921,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="warm-up run length (3, quick 2)")
     parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")])
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--only",
+        type=lambda v: v.split(","),
+        help="only these lookups (lookup_v2,bulk_lookup), interleaved; prints, writes nothing",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each server (--only)")
     args = parser.parse_args()
+    if args.only and not set(args.only) <= {"lookup_v2", "bulk_lookup"}:
+        parser.error("--only takes lookup_v2, bulk_lookup or both")
     args.sizes = args.sizes or ([10_000] if args.quick else [100_000, 1_000_000])
     args.seconds = args.seconds or (5 if args.quick else 10)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
@@ -865,6 +942,9 @@ def main() -> None:
             bench.run()
         finally:
             bench.close()
+    if args.only:
+        print(rounds_report(bench.results["rounds"], args, time.monotonic() - started))
+        return
     section = report(bench.results, args, time.monotonic() - started)
     if not args.no_write:
         write_section("sydent", section)
