@@ -739,11 +739,15 @@ def introduction(args: argparse.Namespace, elapsed: float) -> list[str]:
     ]
 
 
-def lookups_table(lookups: dict, args: argparse.Namespace) -> list[str]:
+def lookups_table(
+    lookups: dict,
+    args: argparse.Namespace,
+    workloads: tuple[str, ...] = ("lookup_v2", "bulk_lookup"),
+) -> list[str]:
     s = args.seconds
     rows = []
     for count in args.sizes:
-        for workload in ("lookup_v2", "bulk_lookup"):
+        for workload in workloads:
             theirs = lookups[(count, workload, "Sydent")]
             for label in (*OURS, "Sydent"):
                 r = lookups[(count, workload, label)]
@@ -918,7 +922,27 @@ def rounds_report(rounds: dict, args: argparse.Namespace, elapsed: float) -> str
                     f"| {count:,} | {NAMES[workload]} | {label} | {p50:.1f} | {rps:,.1f} |"
                     f" {ratios} | {each} |"
                 )
+    medians = {key: _median_run(runs) for key, runs in rounds.items()}
+    table = lookups_table(medians, args, tuple(args.only))
+    lines += [
+        "",
+        "In the form of the full run's table, the median of each figure:",
+        "",
+        *table[-2 - len(medians) :],
+    ]
     return "\n".join(lines)
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """One run of each figure's median over `runs` (the longest run length, all errors)."""
+    return {
+        part: {
+            **{k: statistics.median(r[part][k] for r in runs) for k in ("p50", "p99", "rps")},
+            "errors": sum(r[part]["errors"] for r in runs),
+            "seconds": max(r[part]["seconds"] for r in runs),
+        }
+        for part in ("one", "many")
+    }
 
 
 def loading_line(loading: dict) -> str:
