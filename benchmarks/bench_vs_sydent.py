@@ -15,6 +15,12 @@ mail to an SMTP sink started here. Every temporary database, file and process is
 at the end.
 
 Writes its section of docs/performance.md (between the sydent markers) and prints it.
+
+    .venv/bin/python benchmarks/bench_vs_sydent.py --only bulk_lookup --sizes 100000 --rounds 3
+
+compares only the named lookup workloads, the three servers running side by side and
+taking turns, `--rounds` times; it prints each round and the median ratios, and writes
+nothing (the section needs every measure).
 """
 
 import argparse
@@ -28,6 +34,7 @@ import random
 import re
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,15 +42,19 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 from docs_section import markers
 from docs_section import write_section
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
 from identity.accounts import token_hash
 from identity.lookup import lookup_hash
+from identity.storage.associations import _BOUND_TO  # the statement, to plan it as sent
 from testing.servers import Gunicorn
 from testing.servers import migrate
 from testing.smtp import SmtpSink
@@ -306,29 +317,36 @@ def check_answers(base: str, files: dict[str, Path], count: int) -> None:
 
 
 def plan_times(database: str, count: int) -> dict[str, dict[str, float]]:
-    """PostgreSQL's planning and execution times of one batch (500) of each lookup query,
-    written as our storage layer sends them (identity/storage/associations.py)."""
+    """PostgreSQL's planning and execution times of each lookup statement, as our storage
+    layer sends them (identity/storage/associations.py), with half the addresses bound;
+    then two shapes for comparison, not our code."""
     rng = random.Random(0)
-    picked = rng.sample(range(count), 250) + list(range(count + 1, count + 251))
-    pairs = [x for i in picked for x in ("email", address(i))]
-    hashes = [lookup_hash("email", address(i), PEPPER) for i in picked]
+    picked = rng.sample(range(count), 500) + list(range(count + 1, count + 501))
+    addresses = [address(i) for i in picked]
+    hashes = [lookup_hash("email", address(i), PEPPER) for i in picked[::2]]
+    bulk = _BOUND_TO["postgresql"].compile(dialect=psycopg_dialect())
+    now = datetime.now(UTC)
+    values = {"medium": "email", "addresses": json.dumps(addresses), "now": now}
+    in_list = ", ".join(["%s"] * 500)
     queries = {
-        "bulk_lookup: (medium, address) IN (500 pairs)": (
-            "SELECT * FROM association WHERE (medium, address) IN ("  # noqa: S608
-            + ", ".join(["(%s, %s)"] * 250 * 2)
-            + ") AND not_after > now()",
-            pairs,
+        "bulk_lookup: one probe per address (LATERAL … LIMIT 1), 1,000 addresses": (
+            str(bulk),
+            bulk.construct_params(values),
         ),
-        "v2 lookup: lookup_hash IN (500 hashes)": (
-            "SELECT lookup_hash, mxid FROM association WHERE lookup_hash IN ("  # noqa: S608
-            + ", ".join(["%s"] * 500)
-            + ") AND not_after > now()",
-            hashes,
+        "v2 lookup: lookup_hash IN (500 hashes), two per request": (
+            f"SELECT lookup_hash, mxid FROM association WHERE lookup_hash IN ({in_list})"  # noqa: S608
+            " AND not_after > %s",
+            [*hashes, now],
         ),
-        "for comparison: medium = 'email' AND address = ANY(500 addresses)": (
+        "for comparison, bulk_lookup until 2026-11: address IN (500 addresses), two per request": (
+            "SELECT * FROM association WHERE medium = 'email'"  # noqa: S608
+            f" AND address IN ({in_list}) AND not_after > %s",
+            [*addresses[::2], now],
+        ),
+        "for comparison: address = ANY(1,000 addresses)": (
             "SELECT * FROM association WHERE medium = 'email' AND address = ANY(%s)"
-            " AND not_after > now()",
-            [[address(i) for i in picked]],
+            " AND not_after > %s",
+            [addresses, now],
         ),
     }
     times = {}
@@ -459,7 +477,7 @@ class Bench:
         self.databases: list[str] = []
         self.servers: list = []
         self.results: dict = {"lookups": {}, "light": {}, "request_token": {}, "memory": {},
-                              "workers": {}, "load_seconds": {}}  # fmt: skip
+                              "workers": {}, "load_seconds": {}, "rounds": {}}  # fmt: skip
         self.sydent_python = ensure_venv()
 
     def close(self) -> None:
@@ -522,6 +540,9 @@ class Bench:
         return Ours(stores[label]["env"], stores["folder"], worker)
 
     def run(self) -> None:
+        if self.args.only:
+            self.compare()
+            return
         sizes = self.args.sizes
         load = Load({}, self.args.seconds, self.args.warmup)
         for count in sizes:
@@ -562,6 +583,38 @@ class Bench:
                 database = stores["ours, PostgreSQL"]["database"]
                 self.results["plans"] = plan_times(database, count)
                 self.workers(stores, load)
+            self.drop(stores)
+
+    def compare(self) -> None:
+        """`--only`: the named lookups, the three servers up at once and taking turns, so
+        that a change in the machine's load falls on all three alike."""
+        load = Load({}, self.args.seconds, self.args.warmup)
+        labels = (*OURS, "Sydent")
+        for count in self.args.sizes:
+            log(f"{count:,} bindings: filling the stores")
+            stores = self.stores(count)
+            load.files = write_requests(stores["folder"], count)
+            servers = {label: self.started(self.server(stores, label)) for label in labels}
+            for server in servers.values():
+                check_answers(server.base, load.files, count)
+            for workload in self.args.only:
+                for round_ in range(self.args.rounds):
+                    for label, server in servers.items():
+                        log(f"{count:,} bindings, round {round_ + 1}, {label}: {workload}")
+                        # As long as `run` makes them for a slow server.
+                        alone = probe(server.base, workload, load.files)
+                        short = max(self.args.seconds // 2, math.ceil(5 * alone))
+                        one = load.run(server.base, workload, 1, seconds=min(120, short))
+                        long = max(self.args.seconds, math.ceil(16 * alone))
+                        many = load.run(
+                            server.base, workload, LOOKUP_CONNECTIONS, seconds=min(120, long)
+                        )
+                        log(f"p50 {one['p50']:.1f} ms, {many['rps']:.1f} req/s{errors_note(many)}")
+                        self.results["rounds"].setdefault((count, workload, label), []).append(
+                            {"one": one, "many": many}
+                        )
+            for server in servers.values():
+                self.stopped(server)
             self.drop(stores)
 
     def workers(self, stores: dict, load: Load) -> None:
@@ -686,11 +739,15 @@ def introduction(args: argparse.Namespace, elapsed: float) -> list[str]:
     ]
 
 
-def lookups_table(lookups: dict, args: argparse.Namespace) -> list[str]:
+def lookups_table(
+    lookups: dict,
+    args: argparse.Namespace,
+    workloads: tuple[str, ...] = ("lookup_v2", "bulk_lookup"),
+) -> list[str]:
     s = args.seconds
     rows = []
     for count in args.sizes:
-        for workload in ("lookup_v2", "bulk_lookup"):
+        for workload in workloads:
             theirs = lookups[(count, workload, "Sydent")]
             for label in (*OURS, "Sydent"):
                 r = lookups[(count, workload, label)]
@@ -786,10 +843,10 @@ def memory_table(memory: dict, largest: int) -> list[str]:
 
 def plans_table(plans: dict, largest: int) -> list[str]:
     return section(
-        f"PostgreSQL planning and execution of one 500-row batch ({largest:,} bindings)",
-        "`EXPLAIN ANALYZE` of the statements our storage layer sends (each 1,000-address"
-        " request runs two batches), half the rows bound; the third line is a rewrite for"
-        " comparison, not our code.",
+        f"PostgreSQL planning and execution of the lookup statements ({largest:,} bindings)",
+        "`EXPLAIN ANALYZE` of the statements our storage layer sends for a request of 1,000"
+        " addresses or hashes, half of them bound, the last of three runs; the lines"
+        ' "for comparison" are not our code.',
         "| query | planning ms | execution ms |",
         "|---|---:|---:|",
         [f"| {name} | {t['planning']:.1f} | {t['execution']:.1f} |" for name, t in plans.items()],
@@ -833,6 +890,61 @@ def best_worker(workers: dict, classes: list[str], workload: str) -> str:
     )
 
 
+def rounds_report(rounds: dict, args: argparse.Namespace, elapsed: float) -> str:
+    """`--only`: each round's figures, then per server the medians and the median of the
+    per-round ratios to Sydent (req/s at 8 connections, p50 at 1)."""
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine()}; load average"
+        f" {os.getloadavg()[0]:.1f} at the end. {args.rounds} rounds, the three servers"
+        f" taking turns; {args.seconds // 2} s at 1 connection, {args.seconds} s at"
+        f" {LOOKUP_CONNECTIONS} (or longer for a slow server, as in the full run), after a"
+        f" {args.warmup} s warm-up. {elapsed / 60:.0f} minutes.",
+        "",
+        f"| bindings | endpoint | server | p50 ms (1 conn) | req/s ({LOOKUP_CONNECTIONS} conns)"
+        " | ratio p50 | ratio req/s | req/s per round |",
+        "|---:|---|---|---:|---:|---:|---:|---|",
+    ]
+    for count in args.sizes:
+        for workload in args.only:
+            theirs = rounds[(count, workload, "Sydent")]
+            for label in (*OURS, "Sydent"):
+                runs = rounds[(count, workload, label)]
+                p50 = statistics.median(r["one"]["p50"] for r in runs)
+                rps = statistics.median(r["many"]["rps"] for r in runs)
+                ratios = "|"
+                if label != "Sydent":
+                    pairs = list(zip(runs, theirs, strict=True))
+                    p50s = [r["one"]["p50"] / t["one"]["p50"] for r, t in pairs]
+                    rpss = [r["many"]["rps"] / (t["many"]["rps"] or math.nan) for r, t in pairs]
+                    ratios = f"{statistics.median(p50s):.2f} | {statistics.median(rpss):.2f}"
+                each = ", ".join(f"{r['many']['rps']:,.1f}{errors_note(r['many'])}" for r in runs)
+                lines.append(
+                    f"| {count:,} | {NAMES[workload]} | {label} | {p50:.1f} | {rps:,.1f} |"
+                    f" {ratios} | {each} |"
+                )
+    medians = {key: _median_run(runs) for key, runs in rounds.items()}
+    table = lookups_table(medians, args, tuple(args.only))
+    lines += [
+        "",
+        "In the form of the full run's table, the median of each figure:",
+        "",
+        *table[-2 - len(medians) :],
+    ]
+    return "\n".join(lines)
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """One run of each figure's median over `runs` (the longest run length, all errors)."""
+    return {
+        part: {
+            **{k: statistics.median(r[part][k] for r in runs) for k in ("p50", "p99", "rps")},
+            "errors": sum(r[part]["errors"] for r in runs),
+            "seconds": max(r[part]["seconds"] for r in runs),
+        }
+        for part in ("one", "many")
+    }
+
+
 def loading_line(loading: dict) -> str:
     return (
         "Bulk loading, seconds (not a served figure; for reference): "
@@ -852,7 +964,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="warm-up run length (3, quick 2)")
     parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")])
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--only",
+        type=lambda v: v.split(","),
+        help="only these lookups (lookup_v2,bulk_lookup), interleaved; prints, writes nothing",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each server (--only)")
     args = parser.parse_args()
+    if args.only and not set(args.only) <= {"lookup_v2", "bulk_lookup"}:
+        parser.error("--only takes lookup_v2, bulk_lookup or both")
     args.sizes = args.sizes or ([10_000] if args.quick else [100_000, 1_000_000])
     args.seconds = args.seconds or (5 if args.quick else 10)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
@@ -865,6 +985,9 @@ def main() -> None:
             bench.run()
         finally:
             bench.close()
+    if args.only:
+        print(rounds_report(bench.results["rounds"], args, time.monotonic() - started))
+        return
     section = report(bench.results, args, time.monotonic() - started)
     if not args.no_write:
         write_section("sydent", section)

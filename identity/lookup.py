@@ -174,7 +174,8 @@ def association_json(association: Association | CommittedAssociation) -> dict[st
 
 
 def bulk_lookup(threepids: list[Any], *, now: datetime, limit: int) -> list[list[str]]:
-    """The legacy v1 bulk lookup: [[medium, address, mxid], …] for the known pairs.
+    """The legacy v1 bulk lookup: [[medium, address, mxid], …] for the known pairs, by
+    medium and address (as Sydent orders them).
 
     :raises MatrixError: M_TOO_LARGE past `limit`, M_INVALID_PARAM for a malformed pair.
     """
@@ -183,8 +184,11 @@ def bulk_lookup(threepids: list[Any], *, now: datetime, limit: int) -> list[list
     pairs = []
     for pair in threepids:
         if not (
-            isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+            isinstance(pair, list)
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and isinstance(pair[1], str)
         ):
             raise InvalidParam("threepids must be [medium, address] pairs")
         pairs.append((pair[0], lookup_form(pair[1])))
-    return [[a.medium, a.address, a.mxid] for a in associations.find_many(pairs, now=now)]
+    return [list(row) for row in associations.bound_to(pairs, now=now)]

@@ -3,6 +3,7 @@
 import base64
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 import requests
@@ -14,8 +15,10 @@ from sqlalchemy import text
 
 from identity import keys
 from identity.accounts import token_hash
+from identity.extensions import db
 from identity.storage.models import AccessToken
 from identity.storage.models import Account
+from identity.storage.models import Association
 from testing.servers import Gunicorn
 from testing.servers import migrate
 from testing.servers import service_env
@@ -80,6 +83,50 @@ def test_bulk_lookup(client, smtp):
     assert r.json == {"threepids": [["email", ADDRESS, MXID]]}
     r = client.post(f"{V1}/bulk_lookup", json={"threepids": [["email"]]})
     assert (r.status_code, r.json["errcode"]) == (400, "M_INVALID_PARAM")
+
+
+def test_bulk_lookup_answers_each_binding_once_in_sydent_order(app, client, clock):
+    """One answer per live binding, ordered by medium and address as Sydent's are, whatever
+    the case, spelling (Unicode or punycode domain) or repetition of the pairs asked; past
+    the 500 addresses a statement once held; with JSON's special characters in an address
+    and several media in one request."""
+    now = clock.now()
+    rows = [
+        ("email", "zoe@ac-lyon.fr", "@zoe:a.fr", 1),
+        ("email", "jean@xn--exmple-cua.fr", "@jean:a.fr", 1),
+        ("email", "ana@ac-lyon.fr", "@ana:a.fr", 1),
+        ("msisdn", "33612345678", "@tel:a.fr", 1),
+        ("email", "parti@ac-lyon.fr", "@parti:a.fr", -1),  # expired
+    ]
+    with app.app_context():
+        db.session.execute(insert(Association), [
+            {"medium": medium, "address": address, "mxid": mxid, "created_at": now,
+             "not_before": now, "not_after": now + timedelta(days=days)}
+            for medium, address, mxid, days in rows
+        ])  # fmt: skip
+        db.session.commit()
+    unknown = [["email", f"agent{i}@ac-lyon.fr"] for i in range(1_200)]
+    threepids = [
+        *unknown[:600],
+        ["email", "ZOE@AC-LYON.FR"],
+        ["msisdn", "33612345678"],
+        ["email", "Jean@EXÄMPLE.fr"],
+        ["email", "jean@xn--exmple-cua.fr"],
+        ["email", " zoe@ac-lyon.fr "],
+        ["email", 'a"b\\c\u00e9@ac-lyon.fr'],
+        ["email", "parti@ac-lyon.fr"],
+        *unknown[600:],
+        ["email", "ana@ac-lyon.fr"],
+    ]
+    r = client.post(f"{V1}/bulk_lookup", json={"threepids": threepids})
+    assert r.json == {
+        "threepids": [
+            ["email", "ana@ac-lyon.fr", "@ana:a.fr"],
+            ["email", "jean@xn--exmple-cua.fr", "@jean:a.fr"],
+            ["email", "zoe@ac-lyon.fr", "@zoe:a.fr"],
+            ["msisdn", "33612345678", "@tel:a.fr"],
+        ]
+    }
 
 
 @pytest.fixture
