@@ -44,6 +44,8 @@ def kill_if_running(pid: int, marker: str) -> None:
 
 
 def test_stop_ends_what_the_leader_left_behind(tmp_path):
+    # Session-wide servers (Synapse, the browser's driver) may run already.
+    running_before = set(leftover_processes())
     server = ServerProcess([sys.executable, "-c", LEADER_AND_CHILD], cwd=tmp_path,
                            env=os.environ, what="a leader and its child")  # fmt: skip
     server.start(lambda: children(server.pid))
@@ -51,7 +53,7 @@ def test_stop_ends_what_the_leader_left_behind(tmp_path):
     try:
         server.stop()
         assert not is_running(child, "os.fork()")
-        assert leftover_processes() == []
+        assert set(leftover_processes()) <= running_before
     finally:
         kill_if_running(child, "os.fork()")
 
