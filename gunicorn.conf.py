@@ -268,12 +268,16 @@ def _close_connections(app) -> None:
         with app.app_context():
             for engine in sqlalchemy.engines.values():
                 engine.dispose()
-    if "redis" in sys.modules:
-        from redis import ConnectionPool
-
-        for pool in gc.get_objects():
-            if issubclass(type(pool), ConnectionPool):  # not isinstance: proxies
-                pool.disconnect()
+    # Those kept outside SQLAlchemy's pools: ours (the Redis limits), redis-py's.
+    kinds = []
+    if idle := sys.modules.get("identity.idle"):
+        kinds.append((idle.IdleConnections, "close_all"))
+    if redis := sys.modules.get("redis"):
+        kinds.append((redis.ConnectionPool, "disconnect"))
+    for holder in gc.get_objects() if kinds else ():
+        for kind, close in kinds:
+            if issubclass(type(holder), kind):  # not isinstance: proxies
+                getattr(holder, close)()
 
 
 # Where installed libraries live; any other module is the application's own.
