@@ -210,12 +210,14 @@ def _release_free_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-# Requests the master answers before forking (`_warm_up`): the hot paths, read-only.
+# Requests the master answers before forking (`_warm_up`): the hot paths, read-only
+# (an unknown token goes as far as the token check).
 _WARM_UP_PATHS = (
     "/_matrix/identity/v2",
     "/_matrix/identity/api/v1/lookup?medium=email&address=warm-up@example.invalid",
     "/_matrix/identity/api/v1/info?medium=email&address=warm-up@example.invalid",
     "/_matrix/identity/v2/hash_details",
+    "/_matrix/identity/v2/hash_details?access_token=warm-up",
     "/_matrix/identity/v2/terms",
     "/health",
 )
