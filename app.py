@@ -32,8 +32,8 @@ from identity.config import check_config
 from identity.config import load_file
 from identity.config import unknown_keys
 from identity.extensions import db
+from identity.extensions import init_migrations
 from identity.extensions import mail
-from identity.extensions import migrate
 from identity.logs import init_logging
 from identity.mailer import MailSettings
 from identity.pages import bp as pages_bp
@@ -82,7 +82,9 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     serving = _serving()
 
     db.init_app(app)
-    migrate.init_app(app, db, directory=MIGRATIONS_DIR)
+    if not serving:
+        # `flask db …`. A server never needs Alembic unless AUTO_MIGRATE (upgrade_schema).
+        init_migrations(app, MIGRATIONS_DIR)
     mail.init_app(app)
     i18n.init_app(app)
     init_services(

@@ -1,10 +1,11 @@
 """Flask extensions, created unbound and bound to the app in `create_app`."""
 
+import logging
 from typing import TYPE_CHECKING
 
+from flask import Flask
 from flask_babel import Babel
 from flask_mail import Mail
-from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
@@ -31,6 +32,23 @@ if TYPE_CHECKING:
     Model = Base
 else:
     Model = db.Model
-migrate = Migrate(render_as_batch=True)
 mail = Mail()
 babel = Babel()
+
+
+def init_migrations(app: Flask, directory: str) -> None:
+    """Bind Flask-Migrate (Alembic) to `app`, for `flask db …` and AUTO_MIGRATE.
+
+    Imported here, not at the top: a process that only serves never migrates, and
+    Alembic with its templates is about 9 MiB of memory (docs/performance.md).
+    """
+    # Alembic logs each of its plugins at INFO while it is first imported, which is now
+    # after the logs are set up: not a line of it.
+    alembic = logging.getLogger("alembic")
+    level = alembic.level
+    alembic.setLevel(logging.WARNING)
+    try:
+        from flask_migrate import Migrate
+    finally:
+        alembic.setLevel(level)
+    Migrate(app, db, directory=directory, render_as_batch=True)

@@ -14,16 +14,14 @@ import logging
 import os
 from collections.abc import Iterator
 
-from alembic.script import ScriptDirectory
 from flask import Flask
-from flask_migrate import upgrade
 from sqlalchemy import Connection
 from sqlalchemy import Engine
 from sqlalchemy import inspect
 from sqlalchemy import text
 
 from identity.extensions import db
-from identity.extensions import migrate
+from identity.extensions import init_migrations
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +31,19 @@ _ADVISORY_LOCK_KEY = 0x1D_5C_4E_3A
 
 def upgrade_schema(app: Flask, directory: str) -> bool:
     """Migrate the database to the latest revision unless it is there; return whether
-    a migration ran."""
+    a migration ran.
+
+    Alembic is imported here, by the processes that migrate only (extensions.py).
+    """
+    if "migrate" not in app.extensions:  # a server's app: Flask-Migrate left out
+        init_migrations(app, directory)
+    from alembic.script import ScriptDirectory  # imported by init_migrations
+    from flask_migrate import upgrade
+
     with app.app_context():
         engine = db.engine
-        heads = set(ScriptDirectory.from_config(migrate.get_config(directory)).get_heads())
+        config = app.extensions["migrate"].migrate.get_config(directory)
+        heads = set(ScriptDirectory.from_config(config).get_heads())
         with _migration_lock(engine):
             if _current_revisions(engine) == heads:
                 return False

@@ -1,6 +1,7 @@
 """gunicorn.conf.py: several workers, one /metrics, scrubbed JSON access log, graceful reload."""
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -165,6 +166,145 @@ def test_cold_starts_migrate_once_and_every_worker_serves(tmp_path, engine):
         assert text.count("Running upgrade  -> 0001") == 1, text
         assert text.count("Generated a new signing key") == 1, text
         assert len(pids) == 4, f"only {len(pids)} of 4 workers answered"
+
+
+# -- The app built in the master: workers share it, SIGHUP loads new code -----------------
+
+_RELOADABLE = """
+def create_app():
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [{body!r}]
+    return app
+"""
+
+
+def _text(log) -> str:
+    """All of a log that a server process writes to (at its own offset)."""
+    log.flush()
+    log.seek(0)
+    return log.read()
+
+
+def test_a_reload_serves_new_code_and_refuses_a_version_that_cannot_load(tmp_path):
+    """The master builds the app before forking (shared memory) yet SIGHUP loads the code
+    on disk again; code that fails to load is refused and the running version serves on."""
+    module = tmp_path / "reloadable.py"
+    module.write_text(_RELOADABLE.format(body=b"version 1"))
+    env = {**_gunicorn_env(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}", WORKERS="2"),
+           "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+    options = ("-c", str(ROOT / "gunicorn.conf.py"), "--chdir", str(tmp_path))
+    with (tmp_path / "gunicorn.log").open("w+") as log:
+        server = Gunicorn(env, options, log=log, app="reloadable:create_app()", ready_path="/")
+
+        def serves(body: bytes) -> None:
+            deadline = time.monotonic() + 60
+            while requests.get(server.base, timeout=30).content != body:
+                assert time.monotonic() < deadline and server.process.poll() is None
+                time.sleep(0.2)
+
+        try:
+            serves(b"version 1")
+            module.write_text(_RELOADABLE.format(body=b"version two"))
+            server.signal(signal.SIGHUP)
+            serves(b"version two")
+            module.write_text("def create_app(:\n")  # a syntax error
+            server.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while "Reload refused" not in _text(log):
+                assert time.monotonic() < deadline and server.process.poll() is None
+                time.sleep(0.2)
+            for _ in range(10):
+                assert requests.get(server.base, timeout=30).content == b"version two"
+            module.write_text(_RELOADABLE.format(body=b"version three"))
+            server.signal(signal.SIGHUP)
+            serves(b"version three")
+        finally:
+            server.stop()
+
+
+def test_workers_build_the_app_themselves_if_the_master_cannot(tmp_path):
+    """The master's build failing where its child's succeeded (a file changed between
+    the two?) costs memory, not the service: each worker builds the app itself."""
+    (tmp_path / "reloadable.py").write_text(
+        "import os\n"
+        f"if os.getppid() == {os.getpid()}:  # gunicorn's master, not its children\n"
+        "    raise RuntimeError('the master fails')\n"
+        + _RELOADABLE.format(body=b"built by a worker")
+    )
+    env = _gunicorn_env(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}", WORKERS="2")
+    options = ("-c", str(ROOT / "gunicorn.conf.py"), "--chdir", str(tmp_path))
+    with (tmp_path / "gunicorn.log").open("w+") as log:
+        server = Gunicorn(env, options, log=log, app="reloadable:create_app()", ready_path="/")
+        try:
+            assert requests.get(server.base, timeout=30).content == b"built by a worker"
+        finally:
+            server.stop()
+        text = _text(log)
+    assert "the master fails" in text and "Each worker builds the app itself" in text
+
+
+_REPORTING_CONFIG = """
+import os, sys
+path = {config!r}
+exec(compile(open(path).read(), path, "exec"))
+_built_in = post_worker_init
+
+
+def post_worker_init(worker):
+    _built_in(worker)
+    with open(os.path.join({directory!r}, f"{{os.getpid()}}.modules"), "w") as out:
+        out.write("\\n".join(sys.modules))
+"""
+
+
+def _established_tcp(pid: int) -> list[str]:
+    """The remote ends (hex address:port) of `pid`'s established TCP connections."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    remotes = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+                remotes.append(fields[2])
+    return remotes
+
+
+@pytest.mark.postgres
+def test_workers_fork_with_the_app_but_no_connection_and_no_alembic(
+    tmp_path, postgres_database, redis_url
+):
+    """What the master builds and answers before forking leaves no connection open in it
+    (workers would share it); a worker imports no Alembic, and SIGHUP makes it reload its
+    rules instead of killing it (docs/domains.md)."""
+    env = service_env(postgres_database, tmp_path, WORKERS="2", AUTO_MIGRATE="true",
+                      DELIVERY_WORKER_ENABLED="true", MAIL_PRINT_TO_LOG="true",
+                      RATELIMIT_STORAGE_URI=redis_url)  # fmt: skip
+    config = tmp_path / "reporting.conf.py"
+    config.write_text(_REPORTING_CONFIG.format(config=str(ROOT / "gunicorn.conf.py"),
+                                               directory=str(tmp_path)))  # fmt: skip
+    with (tmp_path / "gunicorn.log").open("w+") as log:
+        server = Gunicorn(env, ("-c", str(config)), log=log)
+        try:
+            for _ in range(10):
+                assert _lookup(server.base) == 200
+            assert _established_tcp(server.pid) == []
+            workers = server.workers()
+            for pid in workers:
+                modules = (tmp_path / f"{pid}.modules").read_text().split()
+                assert "identity.api" in modules and "app" in modules
+                assert not [m for m in modules if m.split(".")[0] in ("alembic", "mako")]
+                os.kill(pid, signal.SIGHUP)
+            time.sleep(1)
+            assert server.workers() == workers
+            assert _lookup(server.base) == 200
+        finally:
+            server.stop()
 
 
 # -- Request sizes: the body limit fits the lookups' documented maxima ---------------------
