@@ -21,20 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg
-import redis
 from bench_small_requests import BINDINGS
-from bench_small_requests import REDIS_URL
 from bench_small_requests import WORKLOADS
 from bench_small_requests import Server
 from bench_small_requests import load
-from bench_vs_sydent import PG
-from bench_vs_sydent import fill_our_sqlite
-from bench_vs_sydent import fill_postgres
+from bench_small_requests import production_setups
 from docs_section import markers
 from docs_section import write_section
-
-from testing.servers import migrate
 
 START, END, NOTES = markers("memory")
 RELOADS = 3
@@ -143,45 +136,11 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print, do not edit the docs")
     args = parser.parse_args()
     loads = [f"{os.getloadavg()[0]:.1f}"]
-    database = f"bench_memory_{os.getpid()}"
     runs = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        base_env = {
-            **os.environ,
-            "IDENTITY_SIGNING_KEY_PATH": str(tmp / "signing.key"),
-            "IDENTITY_AUTO_MIGRATE": "false",
-            "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
-            "IDENTITY_MAIL_PRINT_TO_LOG": "true",
-            "IDENTITY_LOG_LEVEL": "WARNING",
-            # wrk is one client: counted on every request, never refused.
-            "IDENTITY_RATELIMIT_PER_IP": "100000000/minute;1000000000/hour",
-            "IDENTITY_RATELIMIT_PER_USER": "100000000/minute",
-        }
-        if args.only != "sqlite":
-            with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{database}"')
-            try:
-                redis.Redis.from_url(REDIS_URL).flushdb()
-                env = {**base_env, "IDENTITY_SQLALCHEMY_DATABASE_URI": f"{PG}/{database}"
-                       .replace("postgresql://", "postgresql+psycopg://"),
-                       "IDENTITY_RATELIMIT_STORAGE_URI": REDIS_URL}  # fmt: skip
-                migrate(env)
-                fill_postgres(database, BINDINGS)
-                runs["PostgreSQL, rate limits in Redis"] = measure(
-                    "postgresql", env, tmp, args.seconds
-                )
-            finally:
-                with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        if args.only != "postgresql":
-            sqlite = tmp / "identity.sqlite3"
-            env = {**base_env, "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{sqlite}"}
-            migrate(env)
-            fill_our_sqlite(sqlite, BINDINGS)
-            runs["Embedded SQLite, rate limits in memory"] = measure(
-                "sqlite", env, tmp, args.seconds
-            )
+        for label, name, env in production_setups(tmp, args.only):
+            runs[label] = measure(name, env, tmp, args.seconds)
     loads.append(f"{os.getloadavg()[0]:.1f}")
     section = report(runs, args.seconds, loads)
     print(section)

@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -200,6 +201,44 @@ def cpu_table(results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def production_setups(tmp: Path, only: str | None) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """(label, name, environment) of each set-up measured, its database filled with the
+    bindings: PostgreSQL with limits in Redis, dropped after its measurement; then the
+    embedded SQLite with limits in memory. `only` names one of them."""
+    base_env = {
+        **os.environ,
+        "IDENTITY_SIGNING_KEY_PATH": str(tmp / "signing.key"),
+        "IDENTITY_AUTO_MIGRATE": "false",
+        "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
+        "IDENTITY_MAIL_PRINT_TO_LOG": "true",
+        "IDENTITY_LOG_LEVEL": "WARNING",
+        # wrk is one client: counted on every request, never refused.
+        "IDENTITY_RATELIMIT_PER_IP": "100000000/minute;1000000000/hour",
+        "IDENTITY_RATELIMIT_PER_USER": "100000000/minute",
+    }
+    if only != "sqlite":
+        database = f"bench_{os.getpid()}"
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{database}"')
+        try:
+            redis.Redis.from_url(REDIS_URL).flushdb()
+            env = {**base_env, "IDENTITY_SQLALCHEMY_DATABASE_URI": f"{PG}/{database}"
+                   .replace("postgresql://", "postgresql+psycopg://"),
+                   "IDENTITY_RATELIMIT_STORAGE_URI": REDIS_URL}  # fmt: skip
+            migrate(env)
+            fill_postgres(database, BINDINGS)
+            yield "PostgreSQL, rate limits in Redis", "postgresql", env
+        finally:
+            with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    if only != "postgresql":
+        sqlite = tmp / "identity.sqlite3"
+        env = {**base_env, "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{sqlite}"}
+        migrate(env)
+        fill_our_sqlite(sqlite, BINDINGS)
+        yield "Embedded SQLite, rate limits in memory", "sqlite", env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -208,44 +247,13 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print, do not edit the docs")
     parser.add_argument("--profile", action="store_true", help="and where the CPU goes")
     args = parser.parse_args()
-    loads = [" ".join(os.getloadavg().__repr__().strip("()").split(", ")[:1])]
-    database = f"bench_small_{os.getpid()}"
+    loads = [f"{os.getloadavg()[0]:.1f}"]
     runs = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        base_env = {
-            **os.environ,
-            "IDENTITY_SIGNING_KEY_PATH": str(tmp / "signing.key"),
-            "IDENTITY_AUTO_MIGRATE": "false",
-            "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
-            "IDENTITY_MAIL_PRINT_TO_LOG": "true",
-            "IDENTITY_LOG_LEVEL": "WARNING",
-            # wrk is one client: counted on every request, never refused.
-            "IDENTITY_RATELIMIT_PER_IP": "100000000/minute;1000000000/hour",
-            "IDENTITY_RATELIMIT_PER_USER": "100000000/minute",
-        }
-        if args.only != "sqlite":
-            with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{database}"')
-            try:
-                redis.Redis.from_url(REDIS_URL).flushdb()
-                env = {**base_env, "IDENTITY_SQLALCHEMY_DATABASE_URI": f"{PG}/{database}"
-                       .replace("postgresql://", "postgresql+psycopg://"),
-                       "IDENTITY_RATELIMIT_STORAGE_URI": REDIS_URL}  # fmt: skip
-                migrate(env)
-                fill_postgres(database, BINDINGS)
-                runs["PostgreSQL, rate limits in Redis"] = run("postgresql", env, tmp, args)
-            finally:
-                with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        if args.only != "postgresql":
-            sqlite = tmp / "identity.sqlite3"
-            env = {**base_env, "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{sqlite}"}
-            migrate(env)
-            fill_our_sqlite(sqlite, BINDINGS)
-            runs["Embedded SQLite, rate limits in memory"] = run("sqlite", env, tmp, args)
+        for label, name, env in production_setups(tmp, args.only):
+            runs[label] = run(name, env, tmp, args)
     loads.append(f"{os.getloadavg()[0]:.1f}")
-    loads[0] = f"{float(loads[0]):.1f}"
     section = report(runs, args, loads)
     print(section)
     if not args.no_write:
