@@ -41,6 +41,7 @@ from identity.schema_upgrade import upgrade_schema
 from identity.services import Services
 from identity.services import init_app as init_services
 from identity.storage import models  # noqa: F401  (registers the tables)
+from identity.wsgi import Application
 from identity.wsgi import ResponseEnvelope
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,7 +72,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, clock: Clock | None =
 
 
 def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
-    app = Flask(__name__, instance_relative_config=True)
+    app = Application(__name__, instance_relative_config=True)
     given = _load_config(app, config)
     init_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
     # A gunicorn worker whose master has checked the configuration and the rules.

@@ -191,6 +191,19 @@ def test_a_valid_token_counts_against_its_user_on_every_endpoint(make_app, fake_
     assert_limited(client.get(f"{V2}/account", headers=alice), 60_000)
 
 
+def test_a_token_in_a_percent_encoded_query_counts_against_its_user(make_app, fake_homeserver):
+    # Synapse may send its token in /hash_details's query string; the limiter reads it
+    # however the name is spelled, as the view does.
+    client = make_app(
+        RATELIMIT_ENABLED=True, RATELIMIT_PER_IP="2/minute", RATELIMIT_PER_USER="6/minute"
+    ).test_client()
+    token = register_user(client, fake_homeserver, "alice")  # 1 request from the IP
+    statuses = [
+        client.get(f"{V2}/hash_details?access%5Ftoken={token}").status_code for _ in range(4)
+    ]
+    assert statuses == [200] * 4  # beyond the per-IP limit: counted as alice's
+
+
 TRUSTED_HOMESERVER = "10.20.0.5"
 
 

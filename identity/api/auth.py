@@ -28,10 +28,21 @@ def bearer_token(*, allow_query: bool = False) -> str | None:
         specification no longer allows but Synapse still sends on /hash_details
         (access logs never show query strings).
     """
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    environ = request.environ
+    # The header as the environ holds it: what `request.headers` would read, without
+    # building the headers view on every request.
+    scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() == "bearer":
         return token.strip() or None
-    return (request.args.get("access_token") or None) if allow_query else None
+    if not allow_query or not _may_carry_token(environ.get("QUERY_STRING", "")):
+        return None
+    return request.args.get("access_token") or None
+
+
+def _may_carry_token(query: str) -> bool:
+    """Whether a query string may name access_token, spelled out or percent-encoded:
+    most requests carry none, and are spared parsing theirs here."""
+    return "access_token" in query or "%" in query
 
 
 def require_user(check_terms: bool = True, *, allow_query_token: bool = False) -> str:

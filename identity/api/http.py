@@ -125,36 +125,45 @@ def parse(model: type[M], data: dict[str, Any]) -> M:
     :raises MatrixError: M_MISSING_PARAMS listing every missing field,
         M_INVALID_PARAM naming the first field of the wrong type.
     """
-    hints, fields = _shape(typing.cast(type, model))
+    fields = _fields(typing.cast(type, model))
     missing = [
-        f.name
-        for f in fields
-        if data.get(f.name) in (None, "")
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
+        field.name for field in fields if field.required and data.get(field.name) in (None, "")
     ]
     if missing:
         raise MissingParams("Missing parameters: " + ", ".join(missing))
     values = {}
-    for f in fields:
-        if f.name in data and data[f.name] is not None:
-            values[f.name] = _coerce(f.name, data[f.name], hints[f.name])
+    for field in fields:
+        value = data.get(field.name)
+        if value is None:
+            continue
+        if field.expected is int:
+            values[field.name] = _integer(field.name, value)
+        elif isinstance(value, field.expected):
+            values[field.name] = value
+        else:
+            raise InvalidParam(f"{field.name} must be of type {field.expected.__name__}")
     return model(**values)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    name: str
+    expected: type  # the type its value must have (int: see `_integer`)
+    required: bool  # no default
+
+
 @functools.cache
-def _shape(model: type) -> tuple[dict[str, Any], tuple[dataclasses.Field, ...]]:
-    """A model's type hints and fields, worked out once (every request parses)."""
-    return typing.get_type_hints(model), dataclasses.fields(model)
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    expected = _concrete_type(hint)
-    if expected is int:
-        return _integer(name, value)
-    if not isinstance(value, expected):
-        raise InvalidParam(f"{name} must be of type {expected.__name__}")
-    return value
+def _fields(model: type) -> tuple[_Field, ...]:
+    """A model's fields, worked out once (every request parses)."""
+    hints = typing.get_type_hints(model)
+    return tuple(
+        _Field(
+            field.name,
+            _concrete_type(hints[field.name]),
+            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING,
+        )
+        for field in dataclasses.fields(model)
+    )
 
 
 def _integer(name: str, value: Any) -> int:

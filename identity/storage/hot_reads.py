@@ -19,7 +19,6 @@ sees it. On SQLite the connections are made by the ORM's engine.
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from typing import cast
 
 from flask import current_app
 from sqlalchemy import Engine
@@ -40,6 +39,7 @@ class _Prepared:
     compiled: Compiled
     sql: str
     positions: tuple[str, ...] | None  # parameter order for positional paramstyles
+    defaults: dict[str, Any]  # the statement's own values (a LIMIT, say), by bind name
     processors: dict[str, Any]  # bind name → the column type's conversion
     results: tuple[Any, ...] | None  # per selected column, its conversion (None: none)
 
@@ -62,8 +62,16 @@ def _prepare(statement: Select, dialect: Dialect) -> _Prepared:
             column.type._cached_result_processor(dialect, None)
             for column in statement.selected_columns
         )
+        defaults = {
+            name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required
+        }
         prepared = _prepared[key] = _Prepared(
-            compiled, str(compiled), positions, processors, results if any(results) else None
+            compiled,
+            str(compiled),
+            positions,
+            defaults,
+            processors,
+            results if any(results) else None,
         )
     return prepared
 
@@ -107,14 +115,12 @@ def _close(connection: Any) -> None:
     connection.close()
 
 
-
 def fetch_one(statement: Select, **values: Any) -> tuple | None:
     """The first row of a module-level `statement` with bindparams named as `values`."""
     reads = _reads()
     dialect = reads.dialect
     prepared = _prepare(statement, dialect)
-    # Our values, and the statement's own (a LIMIT, say).
-    values = cast(dict[str, Any], prepared.compiled.construct_params(values))
+    values = {**prepared.defaults, **values}  # what `Compiled.construct_params` gives
     for name, convert in prepared.processors.items():
         values[name] = convert(values[name])
     params: Any = values
