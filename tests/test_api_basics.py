@@ -2,6 +2,8 @@
 
 import pytest
 
+from tests.helpers import V1
+
 CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
@@ -76,3 +78,43 @@ def test_a_token_checked_while_the_database_is_out_fails_only_what_needs_it(make
     assert client.get("/_matrix/identity/v2", headers=token).status_code == 200
     r = client.get("/_matrix/identity/v2/account", headers=token)
     assert (r.status_code, r.json["errcode"]) == (500, "M_UNKNOWN")
+
+
+NUL = "\u0000"
+# Where a NUL character can arrive: the query string, a JSON body (a field the view
+# parses, a list inside one, a field stored as it came), a form body.
+NUL_REQUESTS = {
+    "v1 lookup": ("GET", f"{V1}/lookup?medium=email&address=a%00b@x.fr", {}),
+    "v1 lookup medium": ("GET", f"{V1}/lookup?medium=e%00mail&address=ab@x.fr", {}),
+    "info": ("GET", f"{V1}/info?medium=email&address=a%00b@x.fr", {}),
+    "pubkey isvalid": ("GET", f"{V1}/pubkey/isvalid?public_key=AA%00AA", {}),
+    "ephemeral isvalid": ("GET", f"{V1}/pubkey/ephemeral/isvalid?public_key=AA%00AA", {}),
+    "getValidated3pid": ("GET", f"{V1}/3pid/getValidated3pid?sid=1%00&client_secret=ab", {}),
+    "bulk_lookup": ("POST", f"{V1}/bulk_lookup", {"json": {"threepids": [["email", f"a{NUL}@x.fr"]]}}),
+    "submitToken": ("POST", f"{V1}/validate/email/submitToken",
+                    {"json": {"sid": f"1{NUL}", "client_secret": "ab", "token": "x"}}),
+    "submitToken form": ("POST", f"{V1}/validate/email/submitToken",
+                         {"data": {"sid": f"1{NUL}", "client_secret": "ab", "token": "x"}}),
+    "bind": ("POST", f"{V1}/3pid/bind", {"json": {"sid": f"1{NUL}", "client_secret": "ab",
+                                                  "mxid": "@a:agent.tchap.gouv.fr"}}),
+    "store-invite room name": ("POST", f"{V1}/store-invite", {"json": {
+        "medium": "email", "address": "guest@exemple.fr", "room_id": "!r:agent.tchap.gouv.fr",
+        "sender": "@s:agent.tchap.gouv.fr", "room_name": f"Salle{NUL}"}}),
+    "sign-ed25519": ("POST", f"{V1}/sign-ed25519",
+                     {"json": {"private_key": "x", "token": f"t{NUL}", "mxid": "@a:b"}}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("request_", NUL_REQUESTS.values(), ids=NUL_REQUESTS.keys())
+def test_a_nul_character_is_a_clear_400_on_every_database(client, request_):
+    # PostgreSQL refuses U+0000 in text: once a 500 from the query.
+    method, path, kwargs = request_
+    r = client.open(path, method=method, **kwargs)
+    assert (r.status_code, r.json["errcode"]) == (400, "M_INVALID_PARAM")
+    assert "NUL" in r.json["error"]
+
+
+def test_an_escaped_backslash_before_u0000_is_no_nul(client):
+    # The text "\u0000" (a backslash, then u0000) is not a NUL character.
+    r = client.post(f"{V1}/bulk_lookup", json={"threepids": [["email", "a\\u0000@x.fr"]]})
+    assert (r.status_code, r.json) == (200, {"threepids": []})
