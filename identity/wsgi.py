@@ -17,14 +17,15 @@ import secrets
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Iterator
 from inspect import iscoroutinefunction
 from typing import Any
 
 import orjson
 from flask import Flask
-from flask import Response
 from flask import request
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.sansio.response import Response as BaseResponse
 
 # The CORS headers the identity specification recommends on every response.
 CORS_HEADERS = (
@@ -71,6 +72,10 @@ def current_request_id() -> str:
 # Request ids: a random prefix drawn once per process (again in a forked child) and a
 # counter. Unique, 16 hex digits, without a call to the system's random source per
 # request (an id names a request, it guards nothing); `next` on a count is atomic.
+_prefix: str
+_counter: Iterator[int]
+
+
 def _draw_prefix() -> None:
     global _prefix, _counter
     _prefix = secrets.token_hex(5)
@@ -98,7 +103,7 @@ class _JSONProvider(DefaultJSONProvider):
         | orjson.OPT_PASSTHROUGH_DATACLASS
     )
 
-    def response(self, *args: Any, **kwargs: Any) -> Response:
+    def response(self, *args: Any, **kwargs: Any) -> BaseResponse:
         if self.compact is False or (self.compact is None and self._app.debug):
             return super().response(*args, **kwargs)  # indented, for a person
         obj = self._prepare_response_obj(args, kwargs)
@@ -106,7 +111,8 @@ class _JSONProvider(DefaultJSONProvider):
             body = orjson.dumps(obj, default=self.default, option=self._OPTIONS)
         except orjson.JSONEncodeError:  # beyond orjson (an integer past 64 bits, say)
             return super().response(*args, **kwargs)
-        return self._app.response_class(body + b"\n", mimetype=self.mimetype)
+        response_class: Any = self._app.response_class  # the app's, a Flask Response
+        return response_class(body + b"\n", mimetype=self.mimetype)
 
 
 class Application(Flask):

@@ -89,6 +89,7 @@ def json_body(*, allow_form: bool = False) -> dict[str, Any]:
     :raises MatrixError: M_NOT_JSON when the body is not JSON, M_BAD_JSON when it
         is not an object, M_INVALID_PARAM when a string in it holds a NUL character.
     """
+    body: Any
     if allow_form and request.mimetype in (
         "application/x-www-form-urlencoded",
         "multipart/form-data",
@@ -151,7 +152,7 @@ def parse(model: type[M], data: dict[str, Any]) -> M:
     ]
     if missing:
         raise MissingParams("Missing parameters: " + ", ".join(missing))
-    values = {}
+    values: dict[str, Any] = {}
     for field in fields:
         value = data.get(field.name)
         if value is None:
