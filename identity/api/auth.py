@@ -14,8 +14,10 @@ from identity import accounts
 from identity import limits
 from identity.api.http import settings
 from identity.config import Network
+from identity.config import Settings
 from identity.errors import Forbidden
 from identity.errors import Unrecognized
+from identity.services import services
 from identity.terms import current_terms
 
 logger = logging.getLogger(__name__)
@@ -68,8 +70,9 @@ def limit_request() -> None:
 
     :raises MatrixError: 429 M_LIMIT_EXCEEDED.
     """
+    current = services()  # looked up once: this runs on every request
     token = bearer_token()
-    if _is_trusted(token):
+    if _is_trusted(token, current.settings):
         return
     token = token or bearer_token(allow_query=True)
     try:
@@ -80,9 +83,9 @@ def limit_request() -> None:
         logger.warning("Token check failed, the request counted against its IP")
         user_id = None
     if user_id is None:
-        limits.current().check("per_ip", request.remote_addr or "unknown")
+        current.limits.check("per_ip", request.remote_addr or "unknown")
         return
-    limits.current().check("per_user", user_id)
+    current.limits.check("per_user", user_id)
     g.identity_counted_user = user_id
 
 
@@ -109,11 +112,10 @@ def is_trusted_caller() -> bool:
     They call from INTERNAL_API_TRUSTED_NETWORKS, or present INTERNAL_API_SECRET as
     their bearer token (in the Authorization header, never the query string).
     """
-    return _is_trusted(bearer_token())
+    return _is_trusted(bearer_token(), settings())
 
 
-def _is_trusted(token: str | None) -> bool:
-    config = settings()
+def _is_trusted(token: str | None, config: Settings) -> bool:
     secret = config.internal_api_secret
     if secret and token and hmac.compare_digest(token.encode(), secret.encode()):
         return True

@@ -1,0 +1,120 @@
+"""The small requests without gunicorn: our app and the bare one called as WSGI apps in
+this process, alone on one thread, then on four threads at once (as a gthread worker
+runs them), in CPU time per request.
+
+    .venv/bin/python benchmarks/bench_in_process.py
+    .venv/bin/python benchmarks/bench_in_process.py --only sqlite --threads 1 2 4
+
+What it separates: the Python work a request costs (one thread: nothing else runs), and
+what running it among other threads adds (every blocking call, a SQLite step, a socket
+read, lets another thread take the interpreter, and each hand-over costs both threads
+CPU). The same workloads and set-ups as bench_small_requests.py, with the same
+environment (metrics in multiprocess mode, rate limits counted); prints a table, writes
+nothing.
+"""
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench_small_requests import TOKEN
+from bench_small_requests import WORKLOADS
+from bench_small_requests import production_setups
+
+BATCH = 1000  # requests per measured batch; the best batch of each is kept
+BATCHES = 8
+
+
+def environ(path: str, token: bool) -> dict:
+    path_info, _, query = path.partition("?")
+    env = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": path_info, "QUERY_STRING": query,
+        "SERVER_NAME": "localhost", "SERVER_PORT": "8090", "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "localhost", "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr, "wsgi.multithread": True,
+        "wsgi.multiprocess": True, "wsgi.run_once": False,
+    }  # fmt: skip
+    if token:
+        env["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    return env
+
+
+def _serve(app, environs: list[dict], count: int) -> None:
+    statuses = []
+
+    def start_response(status, headers, exc_info=None):
+        statuses.append(status)
+
+    for i in range(count):
+        body = app(dict(environs[i % len(environs)]), start_response)
+        for _ in body:
+            pass
+        if hasattr(body, "close"):
+            body.close()
+    if not all(status.startswith("200") for status in statuses):
+        raise RuntimeError(f"unexpected answers: {set(statuses)}")
+
+
+def cpu_per_request(app, environs: list[dict], threads: int) -> float:
+    """µs of this process's CPU per request, `threads` threads serving at once."""
+    per_thread = BATCH // threads
+    workers = [threading.Thread(target=_serve, args=(app, environs, per_thread))
+               for _ in range(threads)]  # fmt: skip
+    started = time.process_time()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return (time.process_time() - started) / (per_thread * threads) * 1e6
+
+
+def measure(ours, bare, environs: list[dict], threads: int) -> tuple[float, float]:
+    """The best batch of each, batches of ours and the bare app alternating."""
+    for app in (ours, bare):
+        _serve(app, environs, 200)  # warm-up
+    runs: dict[str, list[float]] = {"ours": [], "bare": []}
+    for _ in range(BATCHES):
+        runs["ours"].append(cpu_per_request(ours, environs, threads))
+        runs["bare"].append(cpu_per_request(bare, environs, threads))
+    return min(runs["ours"]), min(runs["bare"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=["postgresql", "sqlite"])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 4])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for label, _, env in production_setups(tmp, args.only):
+            os.environ.update(env)
+            os.environ["SERVER_SOFTWARE"] = "gunicorn/bench"  # as a worker builds the app
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=tmp)
+            from app import create_app  # after the environment: metrics read it on import
+            from benchmarks.bare_app import create_app as create_bare_app
+
+            ours, bare = create_app(), create_bare_app()
+            print(f"\n### {label}\n")
+            columns = [f"{n} thread{'s' * (n > 1)}: ours / bare / extra" for n in args.threads]
+            print("| endpoint | " + " | ".join(columns) + " |")
+            print("|---" + "|---:" * len(columns) + "|")
+            for name, (paths, token) in WORKLOADS.items():
+                environs = [environ(path, token) for path in paths]
+                cells = []
+                for threads in args.threads:
+                    o, b = measure(ours, bare, environs, threads)
+                    cells.append(f"{o:.0f} / {b:.0f} / **{o - b:.0f}**")
+                print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+            with ours.app_context():
+                from identity.extensions import db
+
+                db.engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
