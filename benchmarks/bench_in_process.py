@@ -27,7 +27,7 @@ from bench_small_requests import WORKLOADS
 from bench_small_requests import production_setups
 
 BATCH = 1000  # requests per measured batch; the best batch of each is kept
-BATCHES = 8
+BATCHES = 12
 
 
 def environ(path: str, token: bool) -> dict:
@@ -92,11 +92,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for label, _, env in production_setups(tmp, args.only):
-            os.environ.update(env)
+            os.environ.clear()
+            os.environ.update(env)  # its own: nothing left from the set-up before
             os.environ["SERVER_SOFTWARE"] = "gunicorn/bench"  # as a worker builds the app
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=tmp)
+            from bare_app import create_app as create_bare_app
+
             from app import create_app  # after the environment: metrics read it on import
-            from benchmarks.bare_app import create_app as create_bare_app
 
             ours, bare = create_app(), create_bare_app()
             print(f"\n### {label}\n")

@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from identity.accounts import token_hash
 from identity.extensions import db
+from identity.storage.libpq import LibpqReader
 from identity.storage.models import Association
 from testing.servers import Gunicorn
 from testing.servers import migrate
@@ -40,7 +41,8 @@ def statements(monkeypatch):
     class Sent(list):
         def start(self):
             for cls, name in ((psycopg.Cursor, "execute"), (psycopg.Connection, "rollback"),
-                              (psycopg.Connection, "commit")):  # fmt: skip
+                              (psycopg.Connection, "commit"), (LibpqReader, "execute"),
+                              (LibpqReader, "prepare")):  # fmt: skip
                 real = getattr(cls, name)
 
                 def counting(conn, *args, _real=real, _name=name, **kwargs):

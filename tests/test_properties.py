@@ -13,7 +13,7 @@ Each answer must be:
   pages reached from links in mails answer their errors in HTML, for people);
 - when it is refused (4xx), without effect on the database: no table gains or loses a row.
 
-The run is in-process (Flask's test client), on SQLite, seeded per route (the same
+The run is in-process (Flask's test client), on SQLite and on PostgreSQL, seeded per route (the same
 examples on every run, so CI is reproducible, and different ones for each route) and
 bounded by `EXAMPLES` per route.
 """
@@ -50,6 +50,7 @@ from app import create_app
 from identity.extensions import db
 from identity.federation.client import FederationClient
 from identity.services import services
+from tests.conftest import _empty_postgres
 from tests.fake_homeserver import CA_FILE
 from tests.fake_homeserver import FakeHomeserver
 from tests.helpers import V1
@@ -186,19 +187,31 @@ def loopback_only():
         yield
 
 
-@pytest.fixture(scope="module")
-def world(smtp, tmp_path_factory):
-    """One application, on SQLite, with a user, sessions and an invitation in it."""
-    with loopback_only():
-        yield from _world(smtp, tmp_path_factory.mktemp("properties"))
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def world(request, smtp, tmp_path_factory):
+    """One application with a user, sessions and an invitation in it, on SQLite and on
+    PostgreSQL (which refuses what SQLite stores: a NUL character, say)."""
+    tmp = tmp_path_factory.mktemp("properties")
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp / 'identity.sqlite3'}"
+    else:
+        url = request.getfixturevalue("postgres_database")
+    try:
+        with loopback_only():
+            yield from _world(smtp, tmp, url)
+    finally:
+        if request.param == "postgres":
+            _empty_postgres(url)
 
 
-def _world(smtp, tmp):
+def _world(smtp, tmp, database_url: str):
     homeserver = FakeHomeserver().start()
     app = create_app(
         {
             "TESTING": True,
-            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp / 'identity.sqlite3'}",
+            "SQLALCHEMY_DATABASE_URI": database_url,
             "AUTO_MIGRATE": True,
             "MAIL_SERVER": smtp.host,
             "MAIL_PORT": smtp.port,

@@ -16,9 +16,12 @@ closes every idle connection and runs once more on a new one, so the caller neve
 sees it. On SQLite the connections are made by the ORM's engine.
 """
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from typing import Protocol
 
 from flask import current_app
 from sqlalchemy import Engine
@@ -35,19 +38,20 @@ from identity.idle import IdleConnections
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
     compiled: Compiled
     sql: str
     positions: tuple[str, ...] | None  # parameter order for positional paramstyles
     defaults: dict[str, Any]  # the statement's own values (a LIMIT, say), by bind name
     processors: dict[str, Any]  # bind name → the column type's conversion
     results: tuple[Any, ...] | None  # per selected column, its conversion (None: none)
+    name: bytes  # of the statement prepared on a PostgreSQL connection (storage.libpq)
 
 
-_prepared: dict[tuple[int, str], _Prepared] = {}
+_prepared: dict[tuple[int, str], Prepared] = {}
 
 
-def _prepare(statement: Select, dialect: Dialect) -> _Prepared:
+def _prepare(statement: Select, dialect: Dialect) -> Prepared:
     key = (id(statement), dialect.name)
     prepared = _prepared.get(key)
     if prepared is None:
@@ -57,7 +61,7 @@ def _prepare(statement: Select, dialect: Dialect) -> _Prepared:
             for name, bind in compiled.binds.items()
             if (processor := bind.type.bind_processor(dialect)) is not None
         }
-        positions = tuple(compiled.positiontup) if compiled.positiontup else None
+        positions = tuple(compiled.positiontup or ()) if compiled.positional else None
         results = tuple(
             column.type._cached_result_processor(dialect, None)
             for column in statement.selected_columns
@@ -65,13 +69,14 @@ def _prepare(statement: Select, dialect: Dialect) -> _Prepared:
         defaults = {
             name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required
         }
-        prepared = _prepared[key] = _Prepared(
+        prepared = _prepared[key] = Prepared(
             compiled,
             str(compiled),
             positions,
             defaults,
             processors,
             results if any(results) else None,
+            f"identity_hot_read_{len(_prepared)}".encode(),
         )
     return prepared
 
@@ -91,28 +96,57 @@ def _reads() -> "_Reads":
             engine = create_engine(
                 main.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False, hide_parameters=True
             )
+        dialect = engine.dialect
+        reader: Callable[[Any], _Reader] = _CursorReader
+        if dialect.driver == "psycopg":
+            from identity.storage.libpq import LibpqReader  # PostgreSQL deployments only
+
+            # libpq's numbered parameters ($1), each statement prepared once per connection.
+            dialect = copy.copy(dialect)
+            dialect.paramstyle, dialect.positional = "numeric_dollar", True
+            reader = LibpqReader
         reads = current_app.extensions[_EXTENSION] = _Reads(
-            engine.dialect, IdleConnections(partial(_detached, engine), _close)
+            dialect, IdleConnections(partial(_detached, engine, reader), _close)
         )
         # Closed with the ORM's (a test's app torn down, say).
         event.listen(main, "engine_disposed", lambda _: reads.idle.close_all())
     return reads
 
 
+class _Reader(Protocol):
+    connection: Any  # the DB-API connection
+
+    def fetch_one(self, prepared: "Prepared", params: Any) -> tuple | None: ...
+
+
 @dataclass(frozen=True)
 class _Reads:
     dialect: Dialect
-    idle: IdleConnections[Any]
+    idle: IdleConnections[_Reader]
 
 
-def _detached(engine: Engine) -> Any:
+class _CursorReader:
+    """Reads through the driver's DB-API cursor (SQLite)."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def fetch_one(self, prepared: Prepared, params: Any) -> tuple | None:
+        cursor = self.connection.cursor()
+        cursor.execute(prepared.sql, params)
+        row = cursor.fetchone()
+        cursor.close()
+        return row
+
+
+def _detached(engine: Engine, reader: Callable[[Any], _Reader]) -> _Reader:
     fairy = engine.raw_connection()
     fairy.detach()
-    return fairy.dbapi_connection
+    return reader(fairy.dbapi_connection)
 
 
-def _close(connection: Any) -> None:
-    connection.close()
+def _close(reader: _Reader) -> None:
+    reader.connection.close()
 
 
 def fetch_one(statement: Select, **values: Any) -> tuple | None:
@@ -130,15 +164,12 @@ def fetch_one(statement: Select, **values: Any) -> tuple | None:
         connection = None
         try:
             connection = reads.idle.take()
-            cursor = connection.cursor()
-            cursor.execute(prepared.sql, params)
-            row = cursor.fetchone()
-            cursor.close()
+            row = connection.fetch_one(prepared, params)
         except dialect.loaded_dbapi.Error as e:
             if connection is None:  # could not connect
                 raise _as_orm_raises(e, prepared.sql, dialect) from e
             reads.idle.discard(connection)
-            if attempt == 2 or not dialect.is_disconnect(e, connection, None):
+            if attempt == 2 or not dialect.is_disconnect(e, connection.connection, None):
                 raise _as_orm_raises(e, prepared.sql, dialect) from e
             # Dropped: so are, most likely, its idle siblings (a server restart).
             reads.idle.close_all()
