@@ -9,8 +9,8 @@ What it separates: the Python work a request costs (one thread: nothing else run
 what running it among other threads adds (every blocking call, a SQLite step, a socket
 read, lets another thread take the interpreter, and each hand-over costs both threads
 CPU). The same workloads and set-ups as bench_small_requests.py, with the same
-environment (metrics in multiprocess mode, rate limits counted); prints a table, writes
-nothing.
+environment (metrics in multiprocess mode, rate limits counted). Writes its section of
+docs/performance.md (the in-process markers).
 """
 
 import argparse
@@ -25,7 +25,10 @@ from pathlib import Path
 from bench_small_requests import TOKEN
 from bench_small_requests import WORKLOADS
 from bench_small_requests import production_setups
+from docs_section import markers
+from docs_section import write_section
 
+START, END, NOTES = markers("in-process")
 BATCH = 1000  # requests per measured batch; the best batch of each is kept
 BATCHES = 12
 
@@ -88,7 +91,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=["postgresql", "sqlite"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--no-write", action="store_true", help="print, do not edit the docs")
     args = parser.parse_args()
+    lines = [
+        START,
+        "## Small requests in-process (`benchmarks/bench_in_process.py`)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores. Our app and the bare"
+        " app called as WSGI apps in one process (no gunicorn, no sockets but ours to"
+        " PostgreSQL and Redis), with the environment of `bench_small_requests.py`; CPU time"
+        f" of the process per request (all its threads), the best of {BATCHES} batches of"
+        f" {BATCH:,}, batches of ours and the bare app alternating. extra = ours − bare.",
+    ]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for label, _, env in production_setups(tmp, args.only):
@@ -101,21 +115,26 @@ def main() -> None:
             from app import create_app  # after the environment: metrics read it on import
 
             ours, bare = create_app(), create_bare_app()
-            print(f"\n### {label}\n")
-            columns = [f"{n} thread{'s' * (n > 1)}: ours / bare / extra" for n in args.threads]
-            print("| endpoint | " + " | ".join(columns) + " |")
-            print("|---" + "|---:" * len(columns) + "|")
+            columns = [f"{n} thread{'s' * (n > 1)}: ours / bare / extra µs" for n in args.threads]
+            lines += ["", f"### {label}", "", "| endpoint | " + " | ".join(columns) + " |",
+                      "|---" + "|---:" * len(columns) + "|"]  # fmt: skip
             for name, (paths, token) in WORKLOADS.items():
                 environs = [environ(path, token) for path in paths]
                 cells = []
                 for threads in args.threads:
                     o, b = measure(ours, bare, environs, threads)
                     cells.append(f"{o:.0f} / {b:.0f} / **{o - b:.0f}**")
-                print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+                print(lines[-1], file=sys.stderr, flush=True)
             with ours.app_context():
                 from identity.extensions import db
 
                 db.engine.dispose()
+    lines += ["", NOTES, END]
+    section = "\n".join(lines)
+    print(section)
+    if not args.no_write:
+        write_section("in-process", section)
 
 
 if __name__ == "__main__":
