@@ -152,3 +152,15 @@ def test_under_load_terminated_backends_fail_no_request(postgres_database, redis
     assert killed >= 8
     assert len(statuses) > 100
     assert set(statuses) == {200}
+
+
+def test_a_statement_the_server_forgot_is_prepared_again(app, client, statements):
+    assert client.get(f"{V1}/info", query_string=INFO).status_code == 200  # prepared
+    with app.app_context():
+        reads = app.extensions["identity.hot_reads"]
+        idle = list(reads.idle._idle)
+        for reader in idle:
+            reader.connection.pgconn.exec_(b"DEALLOCATE ALL")  # as a pooler's DISCARD ALL
+    statements.start()
+    assert client.get(f"{V1}/info", query_string=INFO).status_code == 200
+    assert statements == ["execute", "prepare", "execute"]

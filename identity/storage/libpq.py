@@ -31,7 +31,12 @@ class LibpqReader:
             self.prepare(prepared.name, prepared.sql.encode())
             self.prepared.add(prepared.name)
         values = self.transformer.dump_sequence(params, [PyFormat.TEXT] * len(params))
-        result = self.execute(prepared.name, values)
+        try:
+            result = self.execute(prepared.name, values)
+        except psycopg.errors.InvalidSqlStatementName:
+            # The server forgot it (`DEALLOCATE ALL`, a pooler's `DISCARD ALL`): again.
+            self.prepare(prepared.name, prepared.sql.encode())
+            result = self.execute(prepared.name, values)
         if not result.ntuples:
             return None
         self.transformer.set_pgresult(result)
