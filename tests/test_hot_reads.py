@@ -10,9 +10,11 @@ import psycopg
 import pytest
 import requests
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from identity.accounts import token_hash
 from identity.extensions import db
+from identity.storage.associations import find_committed
 from identity.storage.libpq import LibpqReader
 from identity.storage.models import Association
 from testing.servers import Gunicorn
@@ -164,3 +166,13 @@ def test_a_statement_the_server_forgot_is_prepared_again(app, client, statements
     statements.start()
     assert client.get(f"{V1}/info", query_string=INFO).status_code == 200
     assert statements == ["execute", "prepare", "execute"]
+
+
+def test_a_failing_read_is_not_tried_again(app, client, statements):
+    # Only a dropped connection is worth a second try. PostgreSQL text refuses a NUL.
+    assert client.get(f"{V1}/info", query_string=INFO).status_code == 200
+    with app.app_context():
+        statements.start()
+        with pytest.raises(DBAPIError):
+            find_committed("email", "a\x00b@ac-versailles.fr")
+    assert statements == ["prepare"]  # then its parameter is refused: no new connection

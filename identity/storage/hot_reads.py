@@ -168,8 +168,10 @@ def fetch_one(statement: Select, **values: Any) -> tuple | None:
         except dialect.loaded_dbapi.Error as e:
             if connection is None:  # could not connect
                 raise _as_orm_raises(e, prepared.sql, dialect) from e
+            # Asked before it is closed: a closed connection always looks dropped.
+            dropped = dialect.is_disconnect(e, connection.connection, None)
             reads.idle.discard(connection)
-            if attempt == 2 or not dialect.is_disconnect(e, connection.connection, None):
+            if attempt == 2 or not dropped:
                 raise _as_orm_raises(e, prepared.sql, dialect) from e
             # Dropped: so are, most likely, its idle siblings (a server restart).
             reads.idle.close_all()
