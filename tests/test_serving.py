@@ -253,9 +253,19 @@ _built_in = post_worker_init
 
 def post_worker_init(worker):
     _built_in(worker)
-    with open(os.path.join({directory!r}, f"{{os.getpid()}}.modules"), "w") as out:
+    path = os.path.join({directory!r}, f"{{os.getpid()}}.modules")
+    with open(path + ".part", "w") as out:
         out.write("\\n".join(sys.modules))
+    os.replace(path + ".part", path)  # whole when it appears
 """
+
+
+def _written(path: Path, seconds: float = 15) -> Path:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} was never written"
+        time.sleep(0.05)
+    return path
 
 
 def _established_tcp(pid: int) -> list[str]:
@@ -296,7 +306,8 @@ def test_workers_fork_with_the_app_but_no_connection_and_no_alembic(
             assert _established_tcp(server.pid) == []
             workers = server.workers()
             for pid in workers:
-                modules = (tmp_path / f"{pid}.modules").read_text().split()
+                # Written by the worker once it is up: the master may list it before.
+                modules = _written(tmp_path / f"{pid}.modules").read_text().split()
                 assert "identity.api" in modules and "app" in modules
                 assert not [m for m in modules if m.split(".")[0] in ("alembic", "mako")]
                 os.kill(pid, signal.SIGHUP)
