@@ -17,15 +17,15 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from bench_small_requests import BINDINGS
 from bench_small_requests import WORKLOADS
 from bench_small_requests import Server
 from bench_small_requests import load
-from bench_small_requests import production_setups
+from bench_small_requests import on_each_setup
 from docs_section import markers
 from docs_section import write_section
 
@@ -135,13 +135,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["postgresql", "sqlite"])
     parser.add_argument("--no-write", action="store_true", help="print, do not edit the docs")
     args = parser.parse_args()
-    loads = [f"{os.getloadavg()[0]:.1f}"]
-    runs = {}
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        for label, name, env in production_setups(tmp, args.only):
-            runs[label] = measure(name, env, tmp, args.seconds)
-    loads.append(f"{os.getloadavg()[0]:.1f}")
+    runs, loads = on_each_setup(args.only, partial(measure, seconds=args.seconds))
     section = report(runs, args.seconds, loads)
     print(section)
     if not args.no_write:

@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -244,6 +245,21 @@ def production_setups(tmp: Path, only: str | None) -> Iterator[tuple[str, str, d
         yield "Embedded SQLite, rate limits in memory", "sqlite", env
 
 
+def on_each_setup(
+    only: str | None, measure: Callable[[str, dict[str, str], Path], dict]
+) -> tuple[dict[str, dict], list[str]]:
+    """`measure(name, environment, directory)` on each set-up (`production_setups`): the
+    results by label, and the load averages before and after."""
+    loads = [f"{os.getloadavg()[0]:.1f}"]
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for label, name, env in production_setups(tmp, only):
+            runs[label] = measure(name, env, tmp)
+    loads.append(f"{os.getloadavg()[0]:.1f}")
+    return runs, loads
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
@@ -252,13 +268,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print, do not edit the docs")
     parser.add_argument("--profile", action="store_true", help="and where the CPU goes")
     args = parser.parse_args()
-    loads = [f"{os.getloadavg()[0]:.1f}"]
-    runs = {}
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        for label, name, env in production_setups(tmp, args.only):
-            runs[label] = run(name, env, tmp, args)
-    loads.append(f"{os.getloadavg()[0]:.1f}")
+    runs, loads = on_each_setup(args.only, partial(run, args=args))
     section = report(runs, args, loads)
     print(section)
     if not args.no_write:

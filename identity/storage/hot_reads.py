@@ -28,7 +28,6 @@ from sqlalchemy import Engine
 from sqlalchemy import Select
 from sqlalchemy import create_engine
 from sqlalchemy import event
-from sqlalchemy.engine import Compiled
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import StatementError
@@ -39,7 +38,6 @@ from identity.idle import IdleConnections
 
 @dataclass(frozen=True)
 class Prepared:
-    compiled: Compiled
     sql: str
     positions: tuple[str, ...] | None  # parameter order for positional paramstyles
     defaults: dict[str, Any]  # the statement's own values (a LIMIT, say), by bind name
@@ -70,7 +68,6 @@ def _prepare(statement: Select, dialect: Dialect) -> Prepared:
             name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required
         }
         prepared = _prepared[key] = Prepared(
-            compiled,
             str(compiled),
             positions,
             defaults,

@@ -29,7 +29,6 @@ class LibpqReader:
     def fetch_one(self, prepared: "Prepared", params: Any) -> tuple | None:
         if prepared.name not in self.prepared:
             self.prepare(prepared.name, prepared.sql.encode())
-            self.prepared.add(prepared.name)
         values = self.transformer.dump_sequence(params, [PyFormat.TEXT] * len(params))
         try:
             result = self.execute(prepared.name, values)
@@ -46,6 +45,7 @@ class LibpqReader:
 
     def prepare(self, name: bytes, sql: bytes) -> None:
         self._check(self.connection.pgconn.prepare(name, sql))
+        self.prepared.add(name)
 
     def execute(self, name: bytes, values: Any) -> Any:
         return self._check(self.connection.pgconn.exec_prepared(name, values))
