@@ -1,5 +1,6 @@
 """Small requests against the floor: our service and a bare one-route Flask app under the
-same gunicorn settings, in the same run, interleaved (bare, ours, bare, ours…).
+same gunicorn settings, in the same run, interleaved (bare, floor, ours, bare…); the
+floor is the bare app making the Redis and database round trips ours makes.
 
     .venv/bin/python benchmarks/bench_small_requests.py            # 6 rounds of 3 s
     .venv/bin/python benchmarks/bench_small_requests.py --rounds 1 --seconds 3
@@ -7,8 +8,8 @@ same gunicorn settings, in the same run, interleaved (bare, ours, bare, ours…)
 
 Our service runs in its production configuration: gunicorn with gunicorn.conf.py,
 PostgreSQL, rate limits on in Redis (db 11, or BENCH_REDIS_URL), access log and metrics on;
-and on the embedded SQLite default (limits in memory). The bare app
-(benchmarks/bare_app.py) runs with the same gunicorn.conf.py, so the same workers,
+and on the embedded SQLite default (limits in memory). The bare apps
+(benchmarks/bare_app.py) run with the same gunicorn.conf.py, so the same workers,
 threads and access log. The per-IP limit is raised so that wrk, one address, is never
 refused: every request still counts against it. Needs wrk, PostgreSQL and Redis as the
 tests do. Writes its section of docs/performance.md (the small markers).
@@ -69,6 +70,14 @@ WORKLOADS = {
     "`/info`": ([f"{V1}/info?medium=email&address={address(i)}" for i in range(0, 2000, 3)], False),
 }
 
+# Run in this order in every round: the bare app, the bare app making the round trips
+# ours makes (the floor), ours.
+APPS = {
+    "bare": "benchmarks.bare_app:create_app()",
+    "floor": "benchmarks.bare_app:create_app(round_trips=True)",
+    "ours": "app:create_app()",
+}
+
 
 class Server(Gunicorn):
     """gunicorn -c gunicorn.conf.py on `app`, output to a file."""
@@ -96,53 +105,67 @@ def load(server: Server, lines: Path, token: bool, seconds: float) -> dict[str, 
     return result
 
 
-def compare(ours: Server, bare: Server, tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
+def compare(servers: dict[str, Server], tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """Each endpoint on each server (bare, floor, ours), in interleaved rounds."""
     results = {}
     for name, (paths, token) in WORKLOADS.items():
         lines = tmp / f"{abs(hash(name))}.txt"
         lines.write_text("\n".join(paths) + "\n")
-        runs: dict[str, list] = {"bare": [], "ours": []}
-        for server in (bare, ours):  # warm-up, discarded
+        runs: dict[str, list] = {label: [] for label in servers}
+        for server in servers.values():  # warm-up, discarded
             load(server, lines, token, 1)
         for _ in range(args.rounds):
-            for label, server in (("bare", bare), ("ours", ours)):
+            for label, server in servers.items():
                 runs[label].append(load(server, lines, token, args.seconds))
-        bare_rps = statistics.mean(r["rps"] for r in runs["bare"])
-        ours_rps = statistics.mean(r["rps"] for r in runs["ours"])
-        bare_p99 = statistics.median(r["p99"] for r in runs["bare"])
-        ours_p99 = statistics.median(r["p99"] for r in runs["ours"])
-        pairs = list(zip(runs["ours"], runs["bare"], strict=True))
-        ratios = [o["rps"] / b["rps"] for o, b in pairs]
-        results[name] = {
-            "bare": bare_rps, "ours": ours_rps, "bare_p99": bare_p99, "ours_p99": ours_p99,
-            "ratios": ratios, "ratio": statistics.median(ratios),
-            "p99_ratio": statistics.median(o["p99"] / b["p99"] for o, b in pairs),
-        }  # fmt: skip
-        print(f"{name}: ours {ours_rps:,.0f} / bare {bare_rps:,.0f}, ratio"
-              f" {results[name]['ratio']:.2f} ({', '.join(f'{x:.2f}' for x in ratios)}),"
-              f" p99 {ours_p99:.1f} / {bare_p99:.1f} ms", file=sys.stderr, flush=True)  # fmt: skip
+        results[name] = r = summary(runs)
+        rounds = ", ".join(f"{x:.2f}" for x in r["ratios"])
+        print(f"{name}: ours {r['ours']:,.0f} / floor {r['floor']:,.0f} / bare {r['bare']:,.0f}"
+              f" req/s; ours / bare {r['ratio']:.2f} ({rounds}),"
+              f" floor / bare {r['floor_ratio']:.2f}, ours / floor {r['ours_over_floor']:.2f};"
+              f" p99 {r['ours_p99']:.1f} / {r['bare_p99']:.1f} ms", file=sys.stderr)  # fmt: skip
         if args.profile:
             results[name]["cpu"] = {
-                label: profile(server.workers(), partial(load, server, lines, token, args.seconds),
+                label: profile(servers[label].workers(),
+                               partial(load, servers[label], lines, token, args.seconds),
                                args.seconds, Path(tempfile.mkdtemp(dir=tmp)))
-                for label, server in (("bare", bare), ("ours", ours))
+                for label in ("bare", "ours")
             }  # fmt: skip
     return results
+
+
+def summary(runs: dict[str, list[dict]]) -> dict:
+    """Means of requests/s, medians of p99, and ratios between servers: the median over
+    the rounds, each run set against the other server's run of the same round."""
+
+    def ratios(a: str, b: str, key: str = "rps") -> list[float]:
+        return [x[key] / y[key] for x, y in zip(runs[a], runs[b], strict=True)]
+
+    return {
+        **{label: statistics.mean(r["rps"] for r in rounds) for label, rounds in runs.items()},
+        "bare_p99": statistics.median(r["p99"] for r in runs["bare"]),
+        "ours_p99": statistics.median(r["p99"] for r in runs["ours"]),
+        "ratios": ratios("ours", "bare"),
+        "ratio": statistics.median(ratios("ours", "bare")),
+        "floor_ratio": statistics.median(ratios("floor", "bare")),
+        "ours_over_floor": statistics.median(ratios("ours", "floor")),
+        "p99_ratio": statistics.median(ratios("ours", "bare", "p99")),
+    }
 
 
 def run(label: str, env: dict[str, str], tmp: Path, args: argparse.Namespace) -> dict:
     print(f"-- {label}", file=sys.stderr, flush=True)
     migrate(env)
-    bare = Server("benchmarks.bare_app:create_app()", env, tmp / f"bare-{label}.log")
-    ours = Server("app:create_app()", env, tmp / f"ours-{label}.log")
+    servers: dict[str, Server] = {}
     try:
-        results = compare(ours, bare, tmp, args)
-        memory = {"ours": ours.pss_mib(), "bare": bare.pss_mib()}
-        started = {"ours": len(ours.seen_workers), "bare": len(bare.seen_workers)}
+        for name, app in APPS.items():
+            servers[name] = Server(app, env, tmp / f"{name}-{label}.log")
+        results = compare(servers, tmp, args)
+        memory = {name: servers[name].pss_mib() for name in ("ours", "bare")}
+        started = {name: len(servers[name].seen_workers) for name in ("ours", "bare")}
         return {"results": results, "memory": memory, "workers_seen": started}
     finally:
-        ours.stop()
-        bare.stop()
+        for server in servers.values():
+            server.stop()
 
 
 def report(runs: dict[str, dict], args: argparse.Namespace, loads: list[str]) -> str:
@@ -151,26 +174,30 @@ def report(runs: dict[str, dict], args: argparse.Namespace, loads: list[str]) ->
         "## Small requests against a bare Flask app (`benchmarks/bench_small_requests.py`)",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores shared with other"
-        f" work (load average before / after: {loads[0]} / {loads[1]}). Both servers run"
-        " under gunicorn with `gunicorn.conf.py` (same workers, threads, access log); the bare"
-        " app answers `{}` on any path. wrk, 2 threads, 16 connections, requests taken in turn"
-        f" from a file (`rotate_lines.lua`); {args.rounds} rounds of {args.seconds} s per"
-        " endpoint, bare and ours alternating, after a 1 s warm-up of each. ratio = median of"
-        " the rounds' requests/s of ours / bare (each round's in brackets: the host's speed"
-        " drifts between rounds, so each of ours is set against the bare run just before it);"
-        " p99 ratio likewise; req/s are means and p99 medians of the rounds."
-        f" {BINDINGS:,} bindings.",
+        f" work (load average before / after: {loads[0]} / {loads[1]}). The three servers run"
+        " under gunicorn with `gunicorn.conf.py` (same workers, threads, access log): the bare"
+        " app answers `{}` on any path; the floor is the bare app making the round trips ours"
+        " cannot do without, the plain way (`benchmarks/bare_app.py`: one Redis command when"
+        " the limits are in Redis, one read of a binding but for status); ours. wrk, 2"
+        " threads, 16 connections, requests taken in turn from a file (`rotate_lines.lua`);"
+        f" {args.rounds} rounds of {args.seconds} s per endpoint, the three servers in turn,"
+        " after a 1 s warm-up of each. ours / bare = median of the rounds' requests/s of ours"
+        " / bare (each round's in brackets: the host's speed drifts between rounds, so each"
+        " run is set against the runs next to it); the other ratios likewise; req/s are"
+        f" means and p99 medians of the rounds. {BINDINGS:,} bindings.",
         "",
     ]
     for label, run_ in runs.items():
         lines += [f"### {label}", "",
-                  "| endpoint | bare req/s | ours req/s | ratio | bare p99 ms | ours p99 ms"
-                  " | p99 ratio |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+                  "| endpoint | bare req/s | floor req/s | ours req/s | ours / bare"
+                  " | floor / bare | ours / floor | bare p99 ms | ours p99 ms | p99 ratio |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for name, r in run_["results"].items():
             rounds = ", ".join(f"{x:.2f}" for x in r["ratios"])
             lines.append(
-                f"| {name} | {r['bare']:,.0f} | {r['ours']:,.0f} | **{r['ratio']:.2f}**"
-                f" ({rounds}) | {r['bare_p99']:.1f} | {r['ours_p99']:.1f}"
+                f"| {name} | {r['bare']:,.0f} | {r['floor']:,.0f} | {r['ours']:,.0f}"
+                f" | **{r['ratio']:.2f}** ({rounds}) | {r['floor_ratio']:.2f}"
+                f" | **{r['ours_over_floor']:.2f}** | {r['bare_p99']:.1f} | {r['ours_p99']:.1f}"
                 f" | {r['p99_ratio']:.2f} |"
             )
         if all("cpu" in r for r in run_["results"].values()):
