@@ -1,15 +1,16 @@
-"""The small requests without gunicorn: our app and the bare one called as WSGI apps in
-this process, alone on one thread, then on four threads at once (as a gthread worker
-runs them), in CPU time per request.
+"""The small requests without gunicorn: our app, the bare one and the floor (the bare one
+making our round trips) called as WSGI apps in this process, alone on one thread, then
+on four threads at once (as a gthread worker runs them), in CPU time per request.
 
     .venv/bin/python benchmarks/bench_in_process.py
     .venv/bin/python benchmarks/bench_in_process.py --only sqlite --threads 1 2 4
 
-What it separates: the Python work a request costs (one thread: nothing else runs), and
-what running it among other threads adds (every blocking call, a SQLite step, a socket
-read, lets another thread take the interpreter, and each hand-over costs both threads
-CPU). The same workloads and set-ups as bench_small_requests.py, with the same
-environment (metrics in multiprocess mode, rate limits counted). Writes its section of
+What it separates: the Python work a request costs beyond the round trips (ours − floor;
+one thread: nothing else runs), and what running it among other threads adds (every
+blocking call, a SQLite step, a socket read, lets another thread take the interpreter,
+and each hand-over costs both threads CPU). The same workloads and set-ups as
+bench_small_requests.py, with the same environment (metrics in multiprocess mode, rate
+limits counted). Writes its section of
 docs/performance.md (the in-process markers).
 """
 
@@ -76,15 +77,15 @@ def cpu_per_request(app, environs: list[dict], threads: int) -> float:
     return (time.process_time() - started) / (per_thread * threads) * 1e6
 
 
-def measure(ours, bare, environs: list[dict], threads: int) -> tuple[float, float]:
-    """The best batch of each, batches of ours and the bare app alternating."""
-    for app in (ours, bare):
+def measure(apps: dict, environs: list[dict], threads: int) -> dict[str, float]:
+    """The best batch of each app, batches of the apps alternating."""
+    for app in apps.values():
         _serve(app, environs, 200)  # warm-up
-    runs: dict[str, list[float]] = {"ours": [], "bare": []}
+    runs: dict[str, list[float]] = {name: [] for name in apps}
     for _ in range(BATCHES):
-        runs["ours"].append(cpu_per_request(ours, environs, threads))
-        runs["bare"].append(cpu_per_request(bare, environs, threads))
-    return min(runs["ours"]), min(runs["bare"])
+        for name, app in apps.items():
+            runs[name].append(cpu_per_request(app, environs, threads))
+    return {name: min(batches) for name, batches in runs.items()}
 
 
 def main() -> None:
@@ -97,11 +98,13 @@ def main() -> None:
         START,
         "## Small requests in-process (`benchmarks/bench_in_process.py`)",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores. Our app and the bare"
-        " app called as WSGI apps in one process (no gunicorn, no sockets but ours to"
-        " PostgreSQL and Redis), with the environment of `bench_small_requests.py`; CPU time"
-        f" of the process per request (all its threads), the best of {BATCHES} batches of"
-        f" {BATCH:,}, batches of ours and the bare app alternating. extra = ours − bare.",
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores. Our app, the bare"
+        " app and the floor (the bare app making the same round trips as ours,"
+        " `bare_app.py`) called as WSGI apps in one process (no gunicorn, no sockets but"
+        " those to PostgreSQL and Redis), with the environment of `bench_small_requests.py`;"
+        f" CPU time of the process per request (all its threads), the best of {BATCHES}"
+        f" batches of {BATCH:,}, batches of the three apps alternating. extra = ours − floor:"
+        " what our code costs beyond the round trips.",
     ]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -114,19 +117,22 @@ def main() -> None:
 
             from app import create_app  # after the environment: metrics read it on import
 
-            ours, bare = create_app(), create_bare_app()
-            columns = [f"{n} thread{'s' * (n > 1)}: ours / bare / extra µs" for n in args.threads]
+            apps = {"ours": create_app(), "floor": create_bare_app(round_trips=True),
+                    "bare": create_bare_app()}  # fmt: skip
+            columns = [f"{n} thread{'s' * (n > 1)}: ours / floor / bare / extra µs"
+                       for n in args.threads]  # fmt: skip
             lines += ["", f"### {label}", "", "| endpoint | " + " | ".join(columns) + " |",
                       "|---" + "|---:" * len(columns) + "|"]  # fmt: skip
             for name, (paths, token) in WORKLOADS.items():
                 environs = [environ(path, token) for path in paths]
                 cells = []
                 for threads in args.threads:
-                    o, b = measure(ours, bare, environs, threads)
-                    cells.append(f"{o:.0f} / {b:.0f} / **{o - b:.0f}**")
+                    cpu = measure(apps, environs, threads)
+                    cells.append(f"{cpu['ours']:.0f} / {cpu['floor']:.0f} / {cpu['bare']:.0f}"
+                                 f" / **{cpu['ours'] - cpu['floor']:.0f}**")  # fmt: skip
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
                 print(lines[-1], file=sys.stderr, flush=True)
-            with ours.app_context():
+            with apps["ours"].app_context():
                 from identity.extensions import db
 
                 db.engine.dispose()
