@@ -61,10 +61,12 @@ V2 = "/_matrix/identity/v2"
 WORKLOADS = {
     "status (`GET /v2`)": ([V2], False),
     "v1 lookup, bound address": (
-        [f"{V1}/lookup?medium=email&address={address(i)}" for i in range(0, 2000, 3)], False
+        [f"{V1}/lookup?medium=email&address={address(i)}" for i in range(0, 2000, 3)],
+        False,
     ),
     "v1 lookup, unknown address": (
-        [f"{V1}/lookup?medium=email&address=nobody{i}@justice.fr" for i in range(700)], False
+        [f"{V1}/lookup?medium=email&address=nobody{i}@justice.fr" for i in range(700)],
+        False,
     ),
     "`hash_details`": ([f"{V2}/hash_details"], True),
     "`/info`": ([f"{V1}/info?medium=email&address={address(i)}" for i in range(0, 2000, 3)], False),

@@ -50,6 +50,7 @@ class _FixedClock:
     def now(self) -> datetime:
         return self.at
 
+
 NOW_MS = 1_790_000_000_000  # 2026-09-21, the clock of our side
 CREATED_MS = NOW_MS - 365 * 86_400_000
 NOT_AFTER_MS = CREATED_MS + 100 * 365 * 86_400_000  # Sydent's 100 years

@@ -75,9 +75,24 @@ def profile(workers: list[int], run: Callable[[], dict], seconds: float, out: Pa
     before = {name: total_cpu(pids) for name, pids in groups.items()}
     spies = [
         subprocess.Popen(
-            [str(PY_SPY), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", str(RATE),
-             "--gil", "--nonblocking", "-f", "raw", "-o", str(out / f"{pid}.txt")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(PY_SPY),
+                "record",
+                "-p",
+                str(pid),
+                "-d",
+                str(int(seconds)),
+                "-r",
+                str(RATE),
+                "--gil",
+                "--nonblocking",
+                "-f",
+                "raw",
+                "-o",
+                str(out / f"{pid}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )  # fmt: skip
         for pid in workers
     ]

@@ -115,9 +115,7 @@ def bind_address(
             f"This address belongs on {platform.server}: it cannot be bound to a Matrix ID"
             f" on {server_of(mxid)}"
         )
-    association = associations.find(medium, address) or Association(
-        medium=medium, address=address
-    )
+    association = associations.find(medium, address) or Association(medium=medium, address=address)
     association.mxid = mxid
     hash_association(association, now=now)
     association.created_at = association.not_before = now

@@ -33,9 +33,7 @@ def lookup_hash(medium: str, address: str, pepper: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def hash_details(
-    *, now: datetime, known_pepper: tuple[str, int] | None = None
-) -> dict[str, Any]:
+def hash_details(*, now: datetime, known_pepper: tuple[str, int] | None = None) -> dict[str, Any]:
     """The algorithms and the current pepper.
 
     :param known_pepper: the current pepper and slot, when the caller has read them.

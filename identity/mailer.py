@@ -59,6 +59,7 @@ class MailSettings:
             ca_file=config["MAIL_CA_FILE"] or None,
         )
 
+
 # Our template names → the file a Sydent-layout brand folder holds for them.
 SYDENT_FILES = {
     "verification": "verification_template.eml.j2",

@@ -367,6 +367,8 @@ def test_operators_can_switch_off_v1_families(make_app, smtp, switch):
     assert off.post(f"{V2}/store-invite", json={}).json["errcode"] == "M_UNAUTHORIZED"
     # What homeservers still call on v1 stays too (the key validity URLs we hand out).
     assert off.get(f"{V1}/pubkey/isvalid?public_key=AAAA").json == {"valid": False}
+
+
 # -- one invitation, one person ------------------------------------------------------
 
 

@@ -96,9 +96,7 @@ def test_every_key_is_documented():
 
 
 def _env(tmp_path, **variables: str) -> dict[str, str]:
-    env = {
-        name: value for name, value in os.environ.items() if not name.startswith("IDENTITY_")
-    }
+    env = {name: value for name, value in os.environ.items() if not name.startswith("IDENTITY_")}
     return {
         **env,
         "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db.sqlite3'}",

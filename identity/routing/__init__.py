@@ -47,9 +47,7 @@ def init_app(app: Flask, *, strict: bool = True) -> RoutingSource:
             app.config["DOMAINS_PATH"],
             check_seconds=app.config["DOMAINS_CHECK_SECONDS"],
             strict=strict,
-            last_good=os.path.join(
-                app.instance_path, last_good_file(app.config["DOMAINS_PATH"])
-            ),
+            last_good=os.path.join(app.instance_path, last_good_file(app.config["DOMAINS_PATH"])),
         )
     except RoutingError as e:
         raise ConfigError(f"DOMAINS_PATH: {e}") from None

@@ -348,7 +348,10 @@ class Synapse:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.process = ServerProcess(
             [str(self.python), "-m", "synapse.app.homeserver", "-c", str(self.config_file)],
-            cwd=self.directory, env=env, log=self.directory / "stdout.log", what="Synapse",
+            cwd=self.directory,
+            env=env,
+            log=self.directory / "stdout.log",
+            what="Synapse",
             also_show=[self.log_file],
         ).start(answers(f"{self.client_base}/_matrix/client/versions"), timeout=90, interval=0.3)
         return self
