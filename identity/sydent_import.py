@@ -59,8 +59,13 @@ from identity.storage import ephemeral_keys
 from identity.storage import invites
 from identity.storage import peer_keys
 from identity.storage import peppers
+from identity.storage.models import AcceptedTerms
+from identity.storage.models import AccessToken
+from identity.storage.models import Account
 from identity.storage.models import Association
+from identity.storage.models import EphemeralKey
 from identity.storage.models import Invitation
+from identity.storage.models import PeerKey
 from identity.storage.models import Pepper
 
 # The kinds of rows, in the order they are imported and reported.
@@ -75,6 +80,9 @@ KINDS = (
     "access tokens",
     "accepted terms",
 )
+# The tables an import fills.
+MODELS = (PeerKey, Pepper, Association, Invitation, EphemeralKey, Account, AccessToken,
+          AcceptedTerms)  # fmt: skip
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Column sizes of our tables (identity/storage/models.py).
 _MAX_PEPPER = 64

@@ -23,7 +23,9 @@ import pytest
 import signedjson.key
 import signedjson.sign
 from sqlalchemy import event
+from sqlalchemy import func
 from sqlalchemy import select
+from sqlalchemy import text
 
 from identity import deliveries
 from identity.extensions import db
@@ -274,6 +276,21 @@ def test_imported_bindings_answer_v1_lookups_with_their_timestamps(
             not_after,
         )
         assert r.json["signatures"]
+
+
+def test_the_planner_has_statistics_on_what_was_imported(sydent_deployment, app, runner):
+    # Without them a v2 lookup's `lookup_hash IN (…)` reads the whole table, until
+    # autovacuum comes (PostgreSQL) or for good (SQLite).
+    assert run_import(runner, sydent_deployment).exit_code == 0
+    with app.app_context():
+        count = db.session.scalar(select(func.count()).select_from(Association))
+        assert count == len(sydent_deployment.bindings)
+        if db.engine.dialect.name == "postgresql":
+            rows = "SELECT reltuples FROM pg_class WHERE relname = 'association'"
+            assert db.session.scalar(text(rows)) == count
+        else:
+            stats = "SELECT stat FROM sqlite_stat1 WHERE tbl = 'association'"
+            assert str(count) in {stat.split()[0] for stat in db.session.scalars(text(stats))}
 
 
 def test_v2_lookups_work_with_sydents_pepper(sydent_deployment, terms_config, app, client, runner):

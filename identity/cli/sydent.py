@@ -8,6 +8,7 @@ from flask.cli import AppGroup
 from identity import sydent_import
 from identity.extensions import db
 from identity.services import services
+from identity.storage import planner
 
 group = AppGroup("sydent", help="Moving from Sydent.")
 
@@ -60,6 +61,8 @@ def import_command(
         db.session.rollback()
         raise click.ClickException(str(e)) from None
     db.session.commit()
+    # The planner has no statistics on what was just loaded: lookups would scan.
+    planner.analyze(*sydent_import.MODELS)
     if report.written_key is not None:
         # This process signs with the imported key from now on; restart the workers.
         current.signing_key = report.written_key
