@@ -1,9 +1,9 @@
 """Statistics for the query planner after a bulk load.
 
-PostgreSQL and SQLite choose their plans from statistics that autovacuum (PostgreSQL)
-gathers some time after a table changes, and SQLite only when asked. A table just
-filled by an import has none: a v2 lookup's `lookup_hash IN (…)` then reads the whole
-table (53 ms instead of 2.7 at 100,000 bindings, docs/performance.md).
+PostgreSQL and SQLite choose their plans from statistics, which PostgreSQL's autovacuum
+gathers some time after a table changes and SQLite only when asked. On a table just
+filled by an import PostgreSQL has none: a v2 lookup's `lookup_hash IN (…)` then reads
+the whole table (53 ms instead of 2.7 at 100,000 bindings, docs/performance.md).
 """
 
 from sqlalchemy import text
