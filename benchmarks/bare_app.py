@@ -12,11 +12,13 @@ or SQLite). Set against it, ours shows what our own code costs beyond the round 
 
 import os
 import sqlite3
-import threading
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask
 from flask import request
+
+from identity.idle import IdleConnections
 
 STATUS_PATH = "/_matrix/identity/v2"
 READ = "SELECT mxid FROM association WHERE medium = 'email' AND address = {}"
@@ -50,28 +52,30 @@ def _redis_command() -> Callable[[str], object] | None:
 
 
 def _read() -> Callable[[str], object]:
-    """A read on a connection per thread and process, opened on first use (the master
-    answers a few requests before it forks: its connections stay its own)."""
+    """A read on a connection kept idle between requests (one per thread reading at once,
+    as ours keeps them: `identity.idle`), opened on first use in each process."""
     url = os.environ["IDENTITY_SQLALCHEMY_DATABASE_URI"]
-    local = threading.local()
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1]
         statement = READ.format("?")
+        idle = IdleConnections(lambda: sqlite3.connect(path, check_same_thread=False), _close)
+        prepare: dict = {}
+    else:
+        import psycopg
 
-        def read(address: str) -> object:
-            if getattr(local, "pid", None) != os.getpid():
-                local.conn, local.pid = sqlite3.connect(path), os.getpid()
-            return local.conn.execute(statement, (address,)).fetchone()
-
-        return read
-    import psycopg
-
-    dsn = url.replace("postgresql+psycopg://", "postgresql://")
-    statement = READ.format("%s")
+        dsn = url.replace("postgresql+psycopg://", "postgresql://")
+        statement = READ.format("%s")
+        idle = IdleConnections(lambda: psycopg.connect(dsn, autocommit=True), _close)
+        prepare = {"prepare": True}
 
     def read(address: str) -> object:
-        if getattr(local, "pid", None) != os.getpid():
-            local.conn, local.pid = psycopg.connect(dsn, autocommit=True), os.getpid()
-        return local.conn.execute(statement, (address,), prepare=True).fetchone()
+        connection = idle.take()
+        row = connection.execute(statement, (address,), **prepare).fetchone()
+        idle.give(connection)
+        return row
 
     return read
+
+
+def _close(connection: Any) -> None:
+    connection.close()

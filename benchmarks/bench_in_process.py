@@ -10,8 +10,7 @@ one thread: nothing else runs), and what running it among other threads adds (ev
 blocking call, a SQLite step, a socket read, lets another thread take the interpreter,
 and each hand-over costs both threads CPU). The same workloads and set-ups as
 bench_small_requests.py, with the same environment (metrics in multiprocess mode, rate
-limits counted). Writes its section of
-docs/performance.md (the in-process markers).
+limits counted). Writes its section of docs/performance.md (the in-process markers).
 """
 
 import argparse

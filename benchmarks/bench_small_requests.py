@@ -142,12 +142,13 @@ def summary(runs: dict[str, list[dict]]) -> dict:
     def ratios(a: str, b: str, key: str = "rps") -> list[float]:
         return [x[key] / y[key] for x, y in zip(runs[a], runs[b], strict=True)]
 
+    per_round = ratios("ours", "bare")
     return {
         **{label: statistics.mean(r["rps"] for r in rounds) for label, rounds in runs.items()},
         "bare_p99": statistics.median(r["p99"] for r in runs["bare"]),
         "ours_p99": statistics.median(r["p99"] for r in runs["ours"]),
-        "ratios": ratios("ours", "bare"),
-        "ratio": statistics.median(ratios("ours", "bare")),
+        "ratios": per_round,
+        "ratio": statistics.median(per_round),
         "floor_ratio": statistics.median(ratios("floor", "bare")),
         "ours_over_floor": statistics.median(ratios("ours", "floor")),
         "p99_ratio": statistics.median(ratios("ours", "bare", "p99")),

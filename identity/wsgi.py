@@ -115,6 +115,9 @@ class _JSONProvider(DefaultJSONProvider):
         return response_class(body + b"\n", mimetype=self.mimetype)
 
 
+_MAX_REMEMBERED = 1024  # functions whose answer `Application.ensure_sync` keeps
+
+
 class Application(Flask):
     """Flask for a busy API: JSON answers encoded by orjson, and whether each hook and
     view is a coroutine function looked up once.
@@ -140,6 +143,3 @@ class Application(Flask):
             with contextlib.suppress(TypeError):
                 self._sync[func] = sync
         return sync
-
-
-_MAX_REMEMBERED = 1024

@@ -13,9 +13,9 @@ Each answer must be:
   pages reached from links in mails answer their errors in HTML, for people);
 - when it is refused (4xx), without effect on the database: no table gains or loses a row.
 
-The run is in-process (Flask's test client), on SQLite and on PostgreSQL, seeded per route (the same
-examples on every run, so CI is reproducible, and different ones for each route) and
-bounded by `EXAMPLES` per route.
+The run is in-process (Flask's test client), on SQLite and on PostgreSQL, seeded per
+route (the same examples on every run, so CI is reproducible, and different ones for
+each route) and bounded by `EXAMPLES` per route.
 """
 
 import contextlib

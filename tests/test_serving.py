@@ -19,6 +19,7 @@ import requests
 from testing.processes import ServerProcess
 from testing.processes import answers
 from testing.processes import free_port
+from testing.processes import wait_until
 from testing.servers import Gunicorn
 from testing.servers import migrate
 from testing.servers import service_env
@@ -260,14 +261,6 @@ def post_worker_init(worker):
 """
 
 
-def _written(path: Path, seconds: float = 15) -> Path:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path.name} was never written"
-        time.sleep(0.05)
-    return path
-
-
 def _established_tcp(pid: int) -> list[str]:
     """The remote ends (hex address:port) of `pid`'s established TCP connections."""
     inodes = set()
@@ -307,7 +300,9 @@ def test_workers_fork_with_the_app_but_no_connection_and_no_alembic(
             workers = server.workers()
             for pid in workers:
                 # Written by the worker once it is up: the master may list it before.
-                modules = _written(tmp_path / f"{pid}.modules").read_text().split()
+                path = tmp_path / f"{pid}.modules"
+                wait_until(path.exists, timeout=15, interval=0.05, what=f"{path.name}")
+                modules = path.read_text().split()
                 assert "identity.api" in modules and "app" in modules
                 assert not [m for m in modules if m.split(".")[0] in ("alembic", "mako")]
                 os.kill(pid, signal.SIGHUP)
