@@ -8,6 +8,7 @@ servers are ServerProcesses (stopped at exit at the latest), the mounts are undo
 exit too.
 """
 
+import asyncio
 import atexit
 import contextlib
 import glob
@@ -21,6 +22,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -30,6 +32,7 @@ import redis
 from testing.processes import ServerProcess
 from testing.processes import free_port
 from testing.processes import wait_until
+from testing.smtp import SmtpSink
 
 # -- PostgreSQL ----------------------------------------------------------------------------
 
@@ -355,6 +358,18 @@ class HangingSmtp:
             self._open.clear()
         self._selector.close()
         self._listener.close()
+
+
+@dataclass
+class SlowSmtp(SmtpSink):
+    """An SMTP sink that takes `delay` seconds to accept each message: requests that
+    send a mail stay in flight that long."""
+
+    delay: float = 3.0
+
+    async def handle_DATA(self, server, session, envelope):
+        await asyncio.sleep(self.delay)
+        return await super().handle_DATA(server, session, envelope)
 
 
 # -- A small tmpfs -------------------------------------------------------------------------
