@@ -103,6 +103,7 @@ class PostgresCluster:
     user = "postgres"
 
     def __init__(self, *, port: int | None = None) -> None:
+        _clusters.add(self)
         self.port = port or free_port()
         self.root = Path(tempfile.mkdtemp(prefix="identity-faults-pg-"))
         self.data = self.root / "data"
@@ -213,6 +214,19 @@ class PostgresCluster:
             self.stop()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+            _clusters.discard(self)
+
+
+# Clusters not destroyed yet: stopped at exit whatever skipped it, before testing.processes
+# stops what remains (a SIGTERM there would wait for clients: a smart shutdown).
+_clusters: set[PostgresCluster] = set()
+
+
+@atexit.register
+def _destroy_clusters() -> None:
+    for cluster in list(_clusters):
+        with contextlib.suppress(Exception):  # on to the next one
+            cluster.destroy()
 
 
 # -- Redis -----------------------------------------------------------------------------------
