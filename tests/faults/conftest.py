@@ -7,6 +7,7 @@ copied from a template migrated once (with a v2 account and its token), and an e
 Redis, both running and thawed whatever the previous test left them in.
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,8 @@ def keys_dir() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def cluster(keys_dir) -> Iterator[PostgresCluster]:
     _require("PostgreSQL's initdb and postgres", postgres_installed())
+    # The server refuses root, and only root runs it as another user.
+    _require("root, to run PostgreSQL as its own user", os.geteuid() == 0)
     cluster = PostgresCluster()
     try:
         cluster.start()

@@ -113,7 +113,7 @@ def test_slow_clients_do_not_take_every_thread(cluster, database, serve):
         time.sleep(1)  # every one accepted by a worker by now
         answers: list[Answer] = []
         for _ in range(5):
-            answers += [service.status(timeout=10), service.info(timeout=10)]
+            answers += [service.status(timeout=5), service.info(timeout=5)]
     finally:
         for connection in slow:
             connection.close()
