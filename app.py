@@ -11,6 +11,7 @@ from typing import Any
 import click
 from flask import Flask
 from flask import request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from identity import deliveries
@@ -40,7 +41,13 @@ from identity.pages import bp as pages_bp
 from identity.schema_upgrade import upgrade_schema
 from identity.services import Services
 from identity.services import init_app as init_services
+from identity.services import services
 from identity.storage import models  # noqa: F401  (registers the tables)
+from identity.storage.schema import AHEAD
+from identity.storage.schema import BEHIND
+from identity.storage.schema import Revisions
+from identity.storage.schema import applied_revisions
+from identity.storage.timeouts import DatabaseTimeouts
 from identity.wsgi import Application
 from identity.wsgi import ResponseEnvelope
 
@@ -103,6 +110,7 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
             ),
             limits=limits.init_app(app),
             deliveries=deliveries.init_app(app),
+            revisions=Revisions.of_directory(MIGRATIONS_DIR),
         ),
     )
 
@@ -121,11 +129,40 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
         )
     if app.config["AUTO_MIGRATE"]:
         upgrade_schema(app, MIGRATIONS_DIR)
+    elif serving and not checked:
+        _refuse_another_schema(app)
     if serving:
         # Created at start, not on the first request that signs: the gunicorn master
         # does it before forking, and concurrent creators agree (keys.generate).
         keys.init_app(app)
     return app
+
+
+def _refuse_another_schema(app: Flask) -> None:
+    """A server does not start on a database whose schema is not the code's: every
+    request would fail while a load balancer saw it up.
+
+    :raises ConfigError: naming the command to run.
+    """
+    with app.app_context():
+        try:
+            state = services(app).revisions.state_of(applied_revisions())
+        except SQLAlchemyError as e:
+            # Down for now: start, answer 503 until it is back (/health says why).
+            logger.warning("Could not check the database schema at start: %s", type(e).__name__)
+            return
+        finally:
+            db.session.remove()
+    if state == BEHIND:
+        raise ConfigError(
+            "The database schema is behind the code: run `flask --app app db upgrade`"
+            " (with the same configuration), then start again"
+        )
+    if state == AHEAD:
+        raise ConfigError(
+            "The database schema is ahead of the code: a newer version migrated it;"
+            " run that version (docs/operations.md, upgrades)"
+        )
 
 
 def _serving() -> bool:
@@ -159,6 +196,11 @@ def _load_config(app: Flask, config: Mapping[str, Any] | None) -> list[str]:
         app.config["SIGNING_KEY_PATH"] = os.path.join(app.instance_path, "signing.key")
     if not app.config["DOMAINS_PATH"]:
         app.config["DOMAINS_PATH"] = os.path.join(HERE, "domains.yaml")
+    if app.config.get("AUTO_MIGRATE") is None:
+        # The embedded SQLite mode needs no set-up step; PostgreSQL deployments run
+        # `flask db upgrade` before starting, as any migration should be run once.
+        app.config["AUTO_MIGRATE"] = app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite")
+    check_config(app.config)
     options = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
     # Bound parameters (sids, client secrets, codes, addresses) never reach a log, even
     # when an operator passes engine options of their own.
@@ -166,12 +208,10 @@ def _load_config(app: Flask, config: Mapping[str, Any] | None) -> list[str]:
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         # A file has no connection to lose: pinging it before each request is waste.
         options.pop("pool_pre_ping", None)
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
-    if app.config.get("AUTO_MIGRATE") is None:
-        # The embedded SQLite mode needs no set-up step; PostgreSQL deployments run
-        # `flask db upgrade` before starting, as any migration should be run once.
-        app.config["AUTO_MIGRATE"] = app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite")
-    check_config(app.config)
+    timeouts = DatabaseTimeouts.from_config(app.config, serving=_serving())
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = timeouts.engine_options(
+        app.config["SQLALCHEMY_DATABASE_URI"], options
+    )
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_REQUEST_BYTES"]
     if (
         os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")

@@ -23,7 +23,9 @@ bind = os.environ.get("IDENTITY_BIND", "0.0.0.0:8090")
 
 # Threads overlap the waits on PostgreSQL, SMTP and homeservers; processes use the
 # cores. See docs/performance.md for the measurements behind these defaults.
-worker_class = "gthread"
+# gthread, except that a thread is given to a request once its head has arrived: slow
+# or idle clients wait in the worker's main loop, not in its threads (identity/http_worker.py).
+worker_class = "identity.http_worker.HeadFirstWorker"
 workers = int(os.environ.get("IDENTITY_WORKERS", multiprocessing.cpu_count() + 1))
 threads = int(os.environ.get("IDENTITY_THREADS", 4))
 

@@ -23,6 +23,17 @@ DEFAULTS: dict[str, Any] = {
     "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True, "hide_parameters": True},
     # Run migrations at start-up; by default only in the embedded SQLite mode.
     "AUTO_MIGRATE": None,
+    # When a dependency fails, a request answers 503 in bounded time instead of hanging
+    # (docs/operations.md, "When a dependency fails"). Seconds, all well under
+    # gunicorn's worker timeout.
+    "DATABASE_CONNECT_TIMEOUT_SECONDS": 3,
+    # Each statement of a serving process: on the server (statement_timeout) and in the
+    # client, which also covers a server that stopped answering altogether.
+    "DATABASE_STATEMENT_TIMEOUT_SECONDS": 5,
+    "DATABASE_POOL_TIMEOUT_SECONDS": 3,
+    "REDIS_TIMEOUT_SECONDS": 1,
+    # What a 503 tells clients to wait (Retry-After).
+    "UNAVAILABLE_RETRY_AFTER_SECONDS": 5,
     "LOG_LEVEL": "INFO",
     # "json" lines for log pipelines, "text" for a person, "auto": text when stderr is
     # a terminal, JSON otherwise.
@@ -38,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "MAIL_PASSWORD": None,
     "MAIL_DEFAULT_SENDER": "Tchap <noreply@tchap.localhost>",
     "MAIL_TIMEOUT": 10,
+    # Requests of one process that may wait on the SMTP server at once; more answer
+    # M_EMAIL_SEND_ERROR at once, so a stuck mail server never holds every thread.
+    "MAIL_MAX_CONCURRENT": 2,
     # A CA bundle to trust for the SMTP server's certificate (else the system's).
     "MAIL_CA_FILE": None,
     # Rate limits (counted with the `limits` library; RATELIMIT_* as Flask-Limiter names them).
@@ -142,6 +156,8 @@ _BOOL_KEYS = (
 _POSITIVE_INT_KEYS = (
     "MAIL_PORT",
     "MAIL_TIMEOUT",
+    "MAIL_MAX_CONCURRENT",
+    "UNAVAILABLE_RETRY_AFTER_SECONDS",
     "MAX_REQUEST_BYTES",
     "SESSION_LIFETIME_SECONDS",
     "TOKEN_MAX_ATTEMPTS",
@@ -154,6 +170,15 @@ _POSITIVE_INT_KEYS = (
     "INVITE_MAX_PER_ADDRESS_PER_DAY",
     "INVITE_MAX_PER_SENDER_PER_DAY",
     "DELIVERY_MAX_BACKOFF_SECONDS",
+)
+_SECONDS_KEYS = (
+    "DOMAINS_CHECK_SECONDS",
+    "PURGE_INTERVAL_SECONDS",
+    "DELIVERY_POLL_SECONDS",
+    "DATABASE_CONNECT_TIMEOUT_SECONDS",
+    "DATABASE_STATEMENT_TIMEOUT_SECONDS",
+    "DATABASE_POOL_TIMEOUT_SECONDS",
+    "REDIS_TIMEOUT_SECONDS",
 )
 _CIDR_LIST_KEYS = (
     "FEDERATION_IP_ALLOWLIST",
@@ -207,7 +232,7 @@ def check_config(config: Any) -> None:
         raise ConfigError(f"LOG_FORMAT: expected auto, json or text, got {config['LOG_FORMAT']!r}")
     config["LOG_LEVEL"] = _as_log_level(config["LOG_LEVEL"])
     config["SQLALCHEMY_DATABASE_URI"] = _as_database_url(config["SQLALCHEMY_DATABASE_URI"])
-    for key in ("DOMAINS_CHECK_SECONDS", "PURGE_INTERVAL_SECONDS", "DELIVERY_POLL_SECONDS"):
+    for key in _SECONDS_KEYS:
         config[key] = _as_seconds(key, config)
     for key in ("TRUSTED_PROXY_COUNT", "INVITE_REVEAL_LOCAL", "INVITE_REVEAL_DOMAIN"):
         config[key] = _as_count(key, config[key])
@@ -389,6 +414,7 @@ class Settings:
     signing_key_path: str = ""
     domains_path: str = ""
     refuse_special_use_domains: bool = False
+    unavailable_retry_after_seconds: int = 5
 
     @classmethod
     def from_config(cls, config: Any) -> "Settings":
@@ -410,6 +436,7 @@ class Settings:
             v1_store_invite_enabled=config["V1_STORE_INVITE_ENABLED"],
             v1_lookup_enabled=config["V1_LOOKUP_ENABLED"],
             v1_bind_enabled=config["V1_BIND_ENABLED"],
+            unavailable_retry_after_seconds=config["UNAVAILABLE_RETRY_AFTER_SECONDS"],
             register_homeserver_allowlist=tuple(
                 name.lower() for name in config["REGISTER_HOMESERVER_ALLOWLIST"]
             ),

@@ -21,6 +21,7 @@ from flask import Flask
 from identity import federation
 from identity import keys
 from identity import metrics
+from identity import outages
 from identity import peers
 from identity.addresses import redact
 from identity.extensions import db
@@ -238,7 +239,10 @@ def _work(app: Flask, stop: threading.Event) -> None:
                     deleted = purge(retention, now=now)
                     db.session.commit()
                     logger.info("Purged %s", deleted)
-        except Exception:
+        except Exception as e:
             # The next pass retries; one bad pass must not end deliveries for good.
-            logger.exception("Background pass failed")
+            if (dependency := outages.unavailable_dependency(e)) is not None:
+                outages.warn(dependency, e, effect="deliveries and purges wait")
+            else:
+                logger.exception("Background pass failed")
         stop.wait(interval)

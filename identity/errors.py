@@ -72,5 +72,9 @@ InvalidPepper = _error("InvalidPepper", "M_INVALID_PEPPER", 400, "Unknown or inv
 LimitExceeded = _error("LimitExceeded", "M_LIMIT_EXCEEDED", 429, "Too many requests")
 # A load balancer should take the instance out of rotation.
 Unhealthy = _error("Unhealthy", "M_UNKNOWN", 503, "The service cannot answer")
+# A dependency (database, Redis) cannot answer now: try again after Retry-After.
+Unavailable = _error(
+    "Unavailable", "M_UNKNOWN", 503, "The service is temporarily unavailable, try again shortly"
+)
 ServerNotTrusted = _error("ServerNotTrusted", "M_SERVER_NOT_TRUSTED", 403, "Server not trusted")
 # fmt: on

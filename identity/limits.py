@@ -11,6 +11,14 @@ checked and counted at once, with the moving windows of the library's
 records it. In Redis that is one Lua script, one round trip, on the library's keys; in
 memory, the same steps under a lock (`_MemoryWindows`). Other storages go through the
 library's limiter, one window after the other.
+
+When Redis cannot answer (stopped, frozen: REDIS_TIMEOUT_SECONDS bounds each call), the
+limits that protect the service fail open: requests are served uncounted, with one
+warning per outage. The quota of mails per address fails closed (503): it protects
+people outside the service from being flooded in our name, and a code that cannot be
+sent now can be asked for again in a minute. After a failure the store is not asked
+again for `_RedisWindows.RETRY_SECONDS`, so an outage costs one timeout, not one per
+request.
 """
 
 import hashlib
@@ -31,8 +39,10 @@ from limits.storage import RedisStorage
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+from identity import outages
 from identity.config import ConfigError
 from identity.errors import LimitExceeded
+from identity.errors import Unavailable
 from identity.idle import IdleConnections
 from identity.services import services
 
@@ -71,21 +81,47 @@ class Limits:
     def check(self, kind: str, key: str) -> None:
         """Count one event of `kind` for `key`.
 
-        :raises MatrixError: 429 M_LIMIT_EXCEEDED with retry_after_ms.
+        :raises MatrixError: 429 M_LIMIT_EXCEEDED with retry_after_ms; 503 when the
+            store of a limit that fails closed cannot answer.
         """
         if self.windows is None:
             return
-        retry_after_ms = self.windows.hit(getattr(self, kind), kind, key)
+        try:
+            retry_after_ms = self.windows.hit(getattr(self, kind), kind, key)
+        except Exception as e:
+            if outages.unavailable_dependency(e) != outages.REDIS:
+                raise
+            if kind in _FAIL_CLOSED:
+                outages.report(outages.REDIS, e)
+                raise Unavailable("Mail cannot be sent right now, try again shortly") from None
+            outages.report(outages.REDIS, e, effect="requests are served without rate limits")
+            return
         if retry_after_ms is not None:
             raise LimitExceeded("Too many requests", retry_after_ms=retry_after_ms)
+
+    def store_state(self) -> str:
+        """Where the counts are kept, for /health: "off" (nowhere, or in memory), else
+        "ok" or "unreachable" (Redis)."""
+        if not isinstance(self.windows, _RedisWindows):
+            return "off"
+        return "ok" if self.windows.storage.check() else "unreachable"
+
+
+# Kinds of limits whose store being down refuses the request rather than letting it by.
+_FAIL_CLOSED = frozenset({"mails_per_address"})
 
 
 def init_app(app: Flask) -> "Limits":
     config = app.config
     windows: _Windows | None = None
     if config["RATELIMIT_ENABLED"]:
+        uri = config["RATELIMIT_STORAGE_URI"]
+        options: dict[str, float] = {}
+        if uri.startswith(("redis", "rediss")) and config["REDIS_TIMEOUT_SECONDS"]:
+            timeout = config["REDIS_TIMEOUT_SECONDS"]
+            options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
         try:
-            storage = storage_from_string(config["RATELIMIT_STORAGE_URI"], key_prefix="identity")
+            storage = storage_from_string(uri, key_prefix="identity", **options)
         except Exception as e:  # the limits library raises several types for a bad URI
             raise ConfigError(f"RATELIMIT_STORAGE_URI: {e}") from None
         if isinstance(storage, RedisStorage):
@@ -215,20 +251,42 @@ class _RedisWindows:
         self.connections = IdleConnections(
             partial(pool.connection_class, **pool.connection_kwargs), _disconnect
         )
+        self.down_until = 0.0
+        self.down_error: type[Exception] | None = None
+
+    # After Redis failed to answer, requests do not ask it again for this long.
+    RETRY_SECONDS = 1.0
 
     def _evalsha(self, keys: list[str], args: list) -> bytes | None:
         """EVALSHA straight on a connection of our own: a third of redis-py's CPU per
         call. Anything unusual (script not loaded yet, a connection to re-open) goes
         through redis-py's full path, which loads the script and retries."""
+        if self.down_error is not None and time.monotonic() < self.down_until:
+            # As the last try failed (a new error: the last one keeps its traceback).
+            raise self.down_error("Redis did not answer a moment ago: not asked again yet")
         connection = self.connections.take()
         try:
             connection.send_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
             answer = connection.read_response()
-        except Exception:
+        except Exception as e:
             self.connections.discard(connection)
-            return self.script(keys=keys, args=args)
-        self.connections.give(connection)
+            if _timed_out(e):  # asking again would wait as long again
+                self._mark_down(e)
+                raise
+            try:
+                answer = self.script(keys=keys, args=args)
+            except Exception as again:
+                if outages.unavailable_dependency(again) is not None:
+                    self._mark_down(again)
+                raise
+        else:
+            self.connections.give(connection)
+        self.down_error = None
         return answer
+
+    def _mark_down(self, error: Exception) -> None:
+        self.down_until = time.monotonic() + self.RETRY_SECONDS
+        self.down_error = type(error)
 
     def hit(self, windows: tuple[Window, ...], kind: str, key: str) -> int | None:
         """Count a hit in every window; None, or the milliseconds until one has room."""
@@ -242,6 +300,10 @@ class _RedisWindows:
         if wait is None:
             return None
         return max(0, math.ceil(float(wait) * 1000))
+
+
+def _timed_out(error: Exception) -> bool:
+    return "Timeout" in type(error).__name__  # redis-py's TimeoutError, socket.timeout
 
 
 def _disconnect(connection: Any) -> None:

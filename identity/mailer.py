@@ -15,9 +15,11 @@ import re
 import smtplib
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field
 from functools import cache
 from typing import Any
 
@@ -29,6 +31,7 @@ from flask_mail import Message
 from identity import i18n
 from identity import limits
 from identity import metrics
+from identity import outages
 from identity.addresses import redact
 from identity.brands import is_brand
 from identity.clock import new_token
@@ -48,6 +51,8 @@ class MailSettings:
     default_sender: str
     timeout: float
     ca_file: str | None
+    # The process's requests that may wait on the SMTP server at once (MAIL_MAX_CONCURRENT).
+    slots: threading.BoundedSemaphore = field(compare=False)
 
     @classmethod
     def from_config(cls, config: Any) -> "MailSettings":
@@ -57,6 +62,7 @@ class MailSettings:
             default_sender=config["MAIL_DEFAULT_SENDER"],
             timeout=config["MAIL_TIMEOUT"],
             ca_file=config["MAIL_CA_FILE"] or None,
+            slots=threading.BoundedSemaphore(config["MAIL_MAX_CONCURRENT"]),
         )
 
 
@@ -206,6 +212,26 @@ def _deliver(to: str, *, message: Message | None = None, raw: bytes | None = Non
     if not state.server:
         _print_for_development(message.as_bytes() if message else raw or b"")
         return
+    slots = services().mail.slots
+    if not slots.acquire(blocking=False):
+        # The SMTP server is slow: those already waiting on it are enough. Answer now
+        # rather than hold one more thread that status, lookups and /info need.
+        metrics.MAILS.labels("busy").inc()
+        outages.warn(outages.SMTP, effect="mails beyond MAIL_MAX_CONCURRENT are refused at once")
+        raise EmailSendError("The mail server is busy, try again shortly")
+    try:
+        _send(state, to, message, raw, smtputf8)
+    finally:
+        slots.release()
+    metrics.MAILS.labels("sent").inc()
+    logger.info("Mail sent to %s", redact(to))
+
+
+def _send(state: Any, to: str, message: Message | None, raw: bytes | None, smtputf8: bool) -> None:
+    """Hand the mail to the SMTP server.
+
+    :raises MatrixError: M_INVALID_EMAIL, M_EMAIL_SEND_ERROR.
+    """
     try:
         with VerifiedConnection(state) as connection:
             if message is not None:
@@ -225,9 +251,9 @@ def _deliver(to: str, *, message: Message | None = None, raw: bytes | None = Non
     except (OSError, smtplib.SMTPException) as e:
         logger.warning("Could not send mail to %s: %s", redact(to), type(e).__name__)
         metrics.MAILS.labels("failed").inc()
+        if isinstance(e, OSError | smtplib.SMTPServerDisconnected):  # not a refusal
+            outages.UNAVAILABLE.labels(outages.SMTP).inc()
         raise EmailSendError("Failed to send email") from None
-    metrics.MAILS.labels("sent").inc()
-    logger.info("Mail sent to %s", redact(to))
 
 
 def _smtputf8_bytes(message: Message, to: str) -> bytes:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from identity.limits import Limits
     from identity.mailer import MailSettings
     from identity.routing.source import RoutingSource
+    from identity.storage.schema import Revisions
     from identity.terms import Terms
 
 EXTENSION = "identity"
@@ -39,6 +40,7 @@ class Services:
     terms: "Terms"
     limits: "Limits"
     deliveries: "WorkerSettings"
+    revisions: "Revisions"  # the migrations the code ships (/health, start-up checks)
     # Loaded at start by a server, on first use by commands and tests (keys.py).
     signing_key: "SigningKey | None" = None
     # Set once this process's delivery thread runs (deliveries.start).

@@ -69,7 +69,7 @@ def test_unexpected_exception_is_m_unknown_500(app, client):
 
 def test_a_token_checked_while_the_database_is_out_fails_only_what_needs_it(make_app, tmp_path):
     """The limit hook reads the token of every request: a database outage must not turn
-    requests that need no token into 500s. Those that do get a Matrix error."""
+    requests that need no token into errors. Those that do get a 503 to retry."""
     unreachable = f"sqlite:///{tmp_path / 'missing' / 'db.sqlite3'}"
     app = make_app(SQLALCHEMY_DATABASE_URI=unreachable, AUTO_MIGRATE=False,
                    PROPAGATE_EXCEPTIONS=False, RATELIMIT_ENABLED=True)  # fmt: skip
@@ -77,7 +77,8 @@ def test_a_token_checked_while_the_database_is_out_fails_only_what_needs_it(make
     token = {"Authorization": "Bearer someToken"}
     assert client.get("/_matrix/identity/v2", headers=token).status_code == 200
     r = client.get("/_matrix/identity/v2/account", headers=token)
-    assert (r.status_code, r.json["errcode"]) == (500, "M_UNKNOWN")
+    assert (r.status_code, r.json["errcode"]) == (503, "M_UNKNOWN")
+    assert r.headers["Retry-After"] == "5"
 
 
 NUL = "\u0000"

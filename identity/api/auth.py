@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from identity import accounts
 from identity import limits
+from identity import outages
 from identity.api.http import settings
 from identity.config import Network
 from identity.config import Settings
@@ -77,10 +78,12 @@ def limit_request() -> None:
     token = token or bearer_token(allow_query=True)
     try:
         user_id = _known_user(token) if token else None
-    except DBAPIError:
+    except DBAPIError as e:
         # The database is out: count the request against its IP. An endpoint that
         # needs the user fails on its own; one that does not (status, terms) answers.
-        logger.warning("Token check failed, the request counted against its IP")
+        if (dependency := outages.unavailable_dependency(e)) is None:
+            raise
+        outages.warn(dependency, e, effect="tokens counted as unknown by the rate limits")
         user_id = None
     if user_id is None:
         current.limits.check("per_ip", request.remote_addr or "unknown")

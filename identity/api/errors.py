@@ -7,7 +7,10 @@ from flask import json
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 
+from identity import outages
 from identity.errors import MatrixError
+from identity.errors import Unavailable
+from identity.services import services
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +27,24 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(MatrixError, render_matrix_error)
     app.register_error_handler(InternalServerError, render_internal_error)
     app.register_error_handler(HTTPException, render_http_error)
+    app.register_error_handler(Exception, render_outage)
 
 
 def render_matrix_error(e: MatrixError):
+    if e.status == 503:
+        retry_after = services().settings.unavailable_retry_after_seconds
+        return e.to_json(), e.status, {"Retry-After": str(retry_after)}
     return e.to_json(), e.status
+
+
+def render_outage(e: Exception):
+    """A dependency that cannot answer (outages.py): 503 with Retry-After, one warning
+    per outage. Any other exception goes on to the 500 path (or to a test)."""
+    dependency = outages.unavailable_dependency(e)
+    if dependency is None:
+        raise e
+    outages.report(dependency, e)
+    return render_matrix_error(Unavailable(f"The {dependency} is unavailable, try again shortly"))
 
 
 def render_http_error(e: HTTPException):

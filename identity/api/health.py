@@ -4,11 +4,14 @@ from flask import Blueprint
 
 from identity import health as checks
 from identity import routing
+from identity.services import services
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/health")
 def health():
-    """200 while the service can answer, 503 M_UNKNOWN when its database cannot."""
-    return checks.check(routing.source())
+    """200 while the service can answer, 503 M_UNKNOWN when its database cannot (or
+    has another schema than the code's)."""
+    current = services()
+    return checks.check(routing.source(), current.revisions, current.limits)

@@ -90,20 +90,30 @@ def _reads() -> "_Reads":
         main = db.engine
         engine = main
         if main.dialect.name != "sqlite":
+            # The ORM engine's connect arguments: its time limits (storage.timeouts).
+            connect_args = current_app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("connect_args", {})
             engine = create_engine(
-                main.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False, hide_parameters=True
+                main.url,
+                isolation_level="AUTOCOMMIT",
+                pool_pre_ping=False,
+                hide_parameters=True,
+                connect_args=connect_args,
             )
         dialect = engine.dialect
         reader: Callable[[Any], _Reader] = _CursorReader
+        final: tuple[type[Exception], ...] = ()
         if dialect.driver == "psycopg":
             from identity.storage.libpq import LibpqReader  # PostgreSQL deployments only
+            from identity.storage.libpq import NoAnswer
+
+            final = (NoAnswer,)
 
             # libpq's numbered parameters ($1), each statement prepared once per connection.
             dialect = copy.copy(dialect)
             dialect.paramstyle, dialect.positional = "numeric_dollar", True
             reader = LibpqReader
         reads = current_app.extensions[_EXTENSION] = _Reads(
-            dialect, IdleConnections(partial(_detached, engine, reader), _close)
+            dialect, IdleConnections(partial(_detached, engine, reader), _close), final
         )
         # Closed with the ORM's (a test's app torn down, say).
         event.listen(main, "engine_disposed", lambda _: reads.idle.close_all())
@@ -120,6 +130,8 @@ class _Reader(Protocol):
 class _Reads:
     dialect: Dialect
     idle: IdleConnections[_Reader]
+    # Failures not worth a second try: the server did not answer within the deadline.
+    final: tuple[type[Exception], ...]
 
 
 class _CursorReader:
@@ -166,7 +178,9 @@ def fetch_one(statement: Select, **values: Any) -> tuple | None:
             if connection is None:  # could not connect
                 raise _as_orm_raises(e, prepared.sql, dialect) from e
             # Asked before it is closed: a closed connection always looks dropped.
-            dropped = dialect.is_disconnect(e, connection.connection, None)
+            dropped = not isinstance(e, reads.final) and dialect.is_disconnect(
+                e, connection.connection, None
+            )
             reads.idle.discard(connection)
             if attempt == 2 or not dropped:
                 raise _as_orm_raises(e, prepared.sql, dialect) from e

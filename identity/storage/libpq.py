@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 import psycopg
+from psycopg import errors
 from psycopg import pq
 from psycopg.adapt import PyFormat
 from psycopg.adapt import Transformer
+from psycopg.generators import execute
 
 if TYPE_CHECKING:
     from identity.storage.hot_reads import Prepared
@@ -41,16 +43,40 @@ class LibpqReader:
         self.transformer.set_pgresult(result)
         return self.transformer.load_row(0, tuple)
 
-    # Each a round trip to the server.
+    # Each a round trip to the server, waited for as psycopg waits (within the
+    # connection's deadline, storage.timeouts), not in libpq's blocking calls.
 
     def prepare(self, name: bytes, sql: bytes) -> None:
-        self._check(self.connection.pgconn.prepare(name, sql))
+        self.connection.pgconn.send_prepare(name, sql)
+        self._check(self._result())
         self.prepared.add(name)
 
     def execute(self, name: bytes, values: Any) -> Any:
-        return self._check(self.connection.pgconn.exec_prepared(name, values))
+        self.connection.pgconn.send_query_prepared(name, values)
+        return self._check(self._result())
+
+    def _result(self) -> Any:
+        return self.connection.wait(execute(self.connection.pgconn))[-1]
 
     def _check(self, result: Any) -> Any:
         if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
             raise psycopg.errors.error_from_result(result, encoding=self.connection.info.encoding)
         return result
+
+
+class NoAnswer(psycopg.OperationalError):
+    """The server did not answer within the connection's deadline."""
+
+
+class DeadlineConnection(psycopg.Connection):
+    """A psycopg connection whose every wait on the server ends after `deadline`."""
+
+    deadline: float | None = None
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        try:
+            return super().wait(gen, interval, timeout if timeout is not None else self.deadline)
+        except errors._WaitTimeout:  # psycopg's own: no answer within the time given
+            # Mid-statement, the connection's state is unknown: it is not used again.
+            self.close()
+            raise NoAnswer(f"the database did not answer within {self.deadline:g} s") from None
