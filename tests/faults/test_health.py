@@ -20,12 +20,12 @@ def set_revision(cluster, database: str, revision: str) -> None:
         connection.execute("UPDATE alembic_version SET version_num = %s", (revision,))
 
 
-def health_says(service: Service, status: int, **fields: str):
-    """A wait_until predicate: /health answers `status` with `fields` in its body."""
+def health_says(service: Service, code: int, **fields: str):
+    """A wait_until predicate: /health answers HTTP `code` with `fields` in its body."""
 
     def check() -> bool:
         answer = service.health()
-        return answer.status == status and all(
+        return answer.status == code and all(
             answer.body.get(key) == value for key, value in fields.items()
         )
 
