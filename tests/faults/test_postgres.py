@@ -224,7 +224,7 @@ def test_postgres_restarted_under_load(cluster, database, service, smtp):
     load.run(8, restart)
 
     answers = load.answers
-    assert len(answers) >= 1500, f"only {len(answers)} requests"
+    assert len(answers) >= 1000, f"only {len(answers)} requests"  # about 1,500 on 2 cores
     failed = [answer for answer in answers if answer.status is None]
     assert not failed, f"{len(failed)} requests got no answer: {failed[:10]}"
     errors = [answer for answer in answers if answer.status >= 500 and not answer.is_unavailable()]
