@@ -29,9 +29,10 @@ from typing import IO
 import psycopg
 import redis
 
+from testing.processes import OWNER
+from testing.processes import OWNER_VARIABLE
 from testing.processes import ServerProcess
 from testing.processes import free_port
-from testing.processes import wait_until
 from testing.smtp import SmtpSink
 
 # -- PostgreSQL ----------------------------------------------------------------------------
@@ -72,9 +73,6 @@ class _AsUser(ServerProcess):
         self.user = pwd.getpwnam(user)
 
     def _popen(self, output: IO | int) -> subprocess.Popen:
-        from testing.processes import OWNER
-        from testing.processes import OWNER_VARIABLE
-
         return subprocess.Popen(
             self.command, cwd=self.cwd, env={**self.env, OWNER_VARIABLE: OWNER}, stdout=output,
             stderr=subprocess.STDOUT, start_new_session=True, user=self.user.pw_uid,
@@ -318,11 +316,6 @@ class HangingSmtp:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def open(self) -> int:
-        with self._lock:
-            return len(self._open)
-
     def start(self) -> "HangingSmtp":
         self._listener = socket.create_server((self.host, 0), backlog=128)
         self._listener.setblocking(False)
@@ -441,14 +434,3 @@ def fill(directory: Path) -> Path:
                 while True:
                     out.write(b"\0" * size)
     return filler
-
-
-def wait_for_port_closed(port: int, *, timeout: float = 10) -> None:
-    """Wait until nothing accepts connections on `port` (a stopped server's)."""
-
-    def closed() -> bool:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            return s.connect_ex(("127.0.0.1", port)) != 0
-
-    wait_until(closed, timeout=timeout, what=f"port {port} to close")

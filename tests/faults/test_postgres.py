@@ -130,11 +130,15 @@ def test_postgres_frozen(cluster, service):
         with ThreadPoolExecutor(max_workers=7) as pool:
             futures = [pool.submit(keep_asking, kind) for kind in range(7)]
             time.sleep(12)
+            health = service.health(timeout=BOUND + 4)
             stop.set()
             answers = [answer for future in futures for answer in future.result()]
     finally:
         lines = service.log_lines_since(offset)
         cluster.thaw()
+
+    assert health.seconds < BOUND, health
+    assert (health.status, health.body.get("database")) == (503, "unreachable"), health.body
 
     slow = [answer for answer in answers if answer.seconds >= BOUND]
     assert not slow, f"{len(slow)} of {len(answers)} answers took {BOUND} s or more: {slow[:10]}"

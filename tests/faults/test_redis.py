@@ -108,10 +108,16 @@ def test_redis_frozen(redis_server, service):
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = [pool.submit(keep_asking, mail) for mail in (False, False, False, True)]
             time.sleep(8)
+            health = service.health(timeout=BOUND + 7)
             stop.set()
             answers = [answer for future in futures for answer in future.result()]
     finally:
         redis_server.thaw()
+
+    assert health.seconds < BOUND, health
+    assert health.status == 200, health.body
+    fields = ("status", "database", "redis")
+    assert [health.body.get(key) for key in fields] == ["degraded", "ok", "unreachable"]
 
     slow = [answer for answer in answers if answer.seconds >= BOUND]
     assert not slow, f"{len(slow)} of {len(answers)} answers took {BOUND} s or more: {slow[:10]}"
