@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import requests
+import signedjson.key
 import trustme
+import yaml
 
 from testing.processes import ServerProcess
 from testing.processes import answers
@@ -25,6 +27,7 @@ from testing.servers import migrate
 from testing.servers import service_env
 from tests.conftest import IN_CI
 from tests.helpers import V1
+from tests.interop.synapse import ensure_synapse
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -233,3 +236,71 @@ def test_the_service_sees_the_clients_address_not_the_proxys_nor_a_forged_one(ng
     # The internal API is closed to all but the homeservers' networks, by nginx itself.
     r = requests.get(f"{base}{V1}/internal-info", params=query, verify=ca_file, timeout=10)
     assert r.status_code == 403 and "<html>" in r.text
+
+
+# Run by Synapse's Python: load a homeserver.yaml as Synapse does (a bad value is a
+# ConfigError), then print what Synapse makes of it and its /.well-known/matrix/client.
+SYNAPSE_READS = """
+import asyncio, json, os, sys
+import synapse.config
+from synapse.config.homeserver import HomeServerConfig
+from synapse.rest.well_known import WellKnownBuilder
+
+config = HomeServerConfig.load_config("check", ["-c", sys.argv[1]])
+hs = type("HomeServer", (), {"config": config, "get_auth": lambda self: None})()
+sources = ""
+folder = os.path.dirname(synapse.config.__file__)
+for name in sorted(os.listdir(folder)):
+    if name.endswith(".py"):
+        with open(os.path.join(folder, name)) as f:
+            sources += f.read()
+print(json.dumps({
+    "well_known": asyncio.run(WellKnownBuilder(hs).get_well_known()),
+    "email": {
+        "smtp_host": config.email.email_smtp_host,
+        "invite_client_location": config.email.invite_client_location,
+    },
+    "registrations_require_3pid": config.registration.registrations_require_3pid,
+    "ip_range_whitelist": [str(n) for n in config.server.ip_range_allowlist.iter_cidrs()],
+    "sources": sources,
+}))
+"""
+
+
+@pytest.mark.interop
+def test_synapse_reads_the_snippet_and_serves_the_well_known(tmp_path):
+    python = ensure_synapse()
+    snippet = yaml.safe_load((DEPLOY / "synapse" / "homeserver.yaml").read_text())
+    signing_key = tmp_path / "signing.key"
+    with signing_key.open("w") as f:
+        signedjson.key.write_signing_keys(f, [signedjson.key.generate_signing_key("a_test")])
+    config = {
+        "server_name": "agent.education.tchap.gouv.fr",
+        "report_stats": False,
+        "signing_key_path": str(signing_key),
+        "media_store_path": str(tmp_path / "media"),
+        "database": {"name": "sqlite3", "args": {"database": str(tmp_path / "hs.db")}},
+        **snippet,
+    }
+    (tmp_path / "homeserver.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run([str(python), "-c", SYNAPSE_READS, str(tmp_path / "homeserver.yaml")],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    read = json.loads(done.stdout.splitlines()[-1])
+
+    # Synapse ignores the keys it does not know: each one must be among those it reads.
+    names = [*snippet, *(f"email.{key}" for key in snippet["email"])]
+    unknown = [n for n in names if f'"{n.rpartition(".")[2]}"' not in read["sources"]]
+    assert not unknown, f"keys Synapse does not read: {unknown}"
+    assert read["email"] == {
+        "smtp_host": snippet["email"]["smtp_host"],
+        "invite_client_location": snippet["email"]["invite_client_location"],
+    }
+    assert read["registrations_require_3pid"] == ["email"]
+    # (Synapse adds each IPv4 range's IPv6-mapped twin.)
+    assert set(snippet["ip_range_whitelist"]) <= set(read["ip_range_whitelist"])
+
+    # The file a web server serves is the one Synapse itself serves with this snippet.
+    well_known = json.loads((DEPLOY / "well-known" / "matrix" / "client").read_text())
+    assert read["well_known"] == well_known
+    assert well_known["m.identity_server"]["base_url"] == snippet["default_identity_server"]
