@@ -34,6 +34,7 @@ from testing.processes import ServerProcess
 from testing.processes import answers
 from testing.processes import free_port
 from tests.conftest import IN_CI
+from tests.conftest import throwaway_postgres
 from tests.helpers import V1
 from tests.helpers import code_from_mail
 from tests.helpers import link_from_mail
@@ -195,10 +196,17 @@ class Container:
 
 
 @pytest.fixture
-def container(image, postgres_database, redis_url, smtp) -> Iterator[Container]:
+def database() -> Iterator[str]:
+    """A database of its own: the session's may have been migrated by other tests."""
+    with throwaway_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def container(image, database, redis_url, smtp) -> Iterator[Container]:
     port = free_port()
     env = {
-        "IDENTITY_SQLALCHEMY_DATABASE_URI": postgres_database,
+        "IDENTITY_SQLALCHEMY_DATABASE_URI": database,
         "IDENTITY_RATELIMIT_STORAGE_URI": redis_url,
         "IDENTITY_MAIL_SERVER": smtp.host,
         "IDENTITY_MAIL_PORT": str(smtp.port),
@@ -209,11 +217,11 @@ def container(image, postgres_database, redis_url, smtp) -> Iterator[Container]:
         # What the test starts is found and stopped by testing.processes, inside too.
         OWNER_VARIABLE: OWNER,
     }
-    id = image.buildah("from", image.name).stdout.strip()
+    name = image.buildah("from", image.name).stdout.strip()
     try:
-        yield Container(image.buildah, id, env)
+        yield Container(image.buildah, name, env)
     finally:
-        image.buildah("rm", id, check=False)
+        image.buildah("rm", name, check=False)
 
 
 def test_the_image_serves_a_whole_round_trip(image, container, smtp, redis_url, tmp_path):
@@ -232,8 +240,8 @@ def test_the_image_serves_a_whole_round_trip(image, container, smtp, redis_url, 
     # The documented one-shot, before the servers start.
     migrated = container.run("flask", "db", "upgrade")
     assert "Running upgrade" in migrated.stdout + migrated.stderr
-    with psycopg.connect(container.env["IDENTITY_SQLALCHEMY_DATABASE_URI"].replace(
-            "postgresql+psycopg://", "postgresql://")) as conn:  # fmt: skip
+    database = container.env["IDENTITY_SQLALCHEMY_DATABASE_URI"]
+    with psycopg.connect(database.replace("postgresql+psycopg://", "postgresql://")) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone()
 
     assert container.run(*healthcheck[1:], check=False).returncode != 0  # nothing serves yet
