@@ -19,6 +19,7 @@ import signedjson.key
 import trustme
 import yaml
 
+from identity.routing.schema import load_file
 from testing.processes import ServerProcess
 from testing.processes import answers
 from testing.processes import free_port
@@ -307,3 +308,21 @@ def test_synapse_reads_the_snippet_and_serves_the_well_known(tmp_path):
     well_known = json.loads((DEPLOY / "well-known" / "matrix" / "client").read_text())
     assert read["well_known"] == well_known
     assert well_known["m.identity_server"]["base_url"] == snippet["default_identity_server"]
+
+
+def test_the_snippets_registration_patterns_follow_domains_yaml():
+    """The example homeserver admits at registration only addresses that the shipped
+    domains.yaml routes to it."""
+    snippet = yaml.safe_load((DEPLOY / "synapse" / "homeserver.yaml").read_text())
+    patterns = [re.compile(rule["pattern"]) for rule in snippet["allowed_local_3pids"]]
+    table = load_file(str(ROOT / "domains.yaml"))
+    server = "agent.education.tchap.gouv.fr"  # the homeserver the snippet configures
+    admitted = ["a.b@education.gouv.fr", "a@ac-versailles.fr", "a@dgesco.education.gouv.fr",
+                "a@enseignementsup-recherche.gouv.fr"]  # fmt: skip
+    refused = ["a@interieur.gouv.fr", "a@ac-normandie.fr", "a@education.gouv.fr.example.com",
+               "a@noteducation.gouv.fr", "a@gmail.com"]  # fmt: skip
+    for address in admitted + refused:
+        matches = any(pattern.search(address) for pattern in patterns)
+        assert matches == (address in admitted), address
+        routed_here = table.resolve(address).platform.server == server
+        assert matches == routed_here, address
