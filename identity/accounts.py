@@ -77,12 +77,6 @@ def issue_token(user_id: str, *, now: datetime) -> str:
     return token
 
 
-def user_for(token: str) -> str | None:
-    """The user an access token belongs to, or None for an unknown token."""
-    check = check_token(token)
-    return check.user_id if check is not None else None
-
-
 def check_token(token: str) -> accounts.TokenCheck | None:
     """The token's user and the current pepper (one read), None for an unknown token."""
     return accounts.check_token(token_hash(token))
@@ -93,11 +87,12 @@ def authenticate(
     terms: Terms,
     *,
     check_terms: bool = True,
-    user_for: Callable[[str], str | None] = user_for,
+    user_for: Callable[[str], str | None],
 ) -> str:
     """Return the user an access token belongs to.
 
-    :param user_for: looks a token up (a request may have done it already).
+    :param user_for: looks a token up (`check_token`, which a request may have done
+        already), None for an unknown token.
     :raises MatrixError: M_UNAUTHORIZED for a missing or unknown token,
         M_TERMS_NOT_SIGNED when the user has not accepted every current document.
     """

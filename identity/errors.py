@@ -41,7 +41,6 @@ def _error(name: str, errcode: str, status: int, message: str) -> type[MatrixErr
 
 # fmt: off
 Unrecognized = _error("Unrecognized", "M_UNRECOGNIZED", 404, "Unrecognized request")
-MethodNotAllowed = _error("MethodNotAllowed", "M_UNRECOGNIZED", 405, "Method not allowed")
 NotFound = _error("NotFound", "M_NOT_FOUND", 404, "Not found")
 NotJson = _error("NotJson", "M_NOT_JSON", 400, "Content not JSON")
 BadJson = _error("BadJson", "M_BAD_JSON", 400, "The body must be a JSON object")
@@ -76,5 +75,4 @@ Unhealthy = _error("Unhealthy", "M_UNKNOWN", 503, "The service cannot answer")
 Unavailable = _error(
     "Unavailable", "M_UNKNOWN", 503, "The service is temporarily unavailable, try again shortly"
 )
-ServerNotTrusted = _error("ServerNotTrusted", "M_SERVER_NOT_TRUSTED", 403, "Server not trusted")
 # fmt: on

@@ -35,7 +35,6 @@ from identity.errors import Forbidden
 from identity.errors import InvalidParam
 from identity.errors import ThreepidInUse
 from identity.errors import Unrecognized
-from identity.presentation import WEB_CLIENT_LOCATION_ARG
 from identity.routing import RoutingTable
 from identity.storage import associations
 from identity.storage import deliveries
@@ -45,6 +44,9 @@ from identity.storage.models import Delivery
 from identity.storage.models import Invitation
 
 logger = logging.getLogger(__name__)
+
+# The store-invite argument naming the web client (the policy decides whether to use it).
+WEB_CLIENT_LOCATION_ARG = "org.matrix.web_client_location"
 
 # The arguments of store-invite that are not kept in Invitation.details.
 REQUIRED_FIELDS = ("medium", "address", "room_id", "sender")

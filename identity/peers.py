@@ -55,10 +55,6 @@ def read_private_key(signing_key_path: str, server_name: str) -> SigningKey | No
         return None
 
 
-def save_private_key(signing_key_path: str, server_name: str, key: SigningKey) -> None:
-    keys.write(key_path(signing_key_path, server_name), key)
-
-
 def record_public_key(server_name: str, public_key: str, *, now: datetime) -> bool:
     """Record `server_name`'s public key; False when it is already recorded as is.
 

@@ -7,7 +7,6 @@ templates and their catalogues, never from here.
 
 import re
 from email.header import Header
-from typing import TYPE_CHECKING
 from typing import Any
 from urllib.parse import quote
 from urllib.parse import urlencode
@@ -15,11 +14,10 @@ from urllib.parse import urlencode
 from identity import i18n
 from identity import landing
 from identity import mailer
+from identity.invitations import WEB_CLIENT_LOCATION_ARG
+from identity.invitations import InvitationMail
+from identity.invitations import Policy
 from identity.storage.models import Invitation
-
-if TYPE_CHECKING:
-    from identity.invitations import InvitationMail
-    from identity.invitations import Policy
 
 # Optional arguments of store-invite the mail and the web client link use; empty when absent.
 OPTIONAL_FIELDS = (
@@ -39,15 +37,11 @@ OPTIONAL_FIELDS = (
 SYDENT_ROOM_NAME_LIMIT = 30
 SYDENT_SENDER_LIMIT = 20
 DISPLAY_LIMIT = 40
-# The store-invite argument naming the web client (the policy decides whether to use it).
-WEB_CLIENT_LOCATION_ARG = "org.matrix.web_client_location"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 _LINKABLE = re.compile(r"[.:/@]")
 
 
-def send_invitation(
-    to: str, mail: "InvitationMail", *, brand: str | None, policy: "Policy"
-) -> None:
+def send_invitation(to: str, mail: InvitationMail, *, brand: str | None, policy: Policy) -> None:
     """Word the invitation `mail` and send it to the mailbox `to` (an `InviteSender`)."""
     context = invitation_context(
         mail.invitation,
@@ -63,7 +57,7 @@ def send_invitation(
 def invitation_context(
     invitation: Invitation,
     ephemeral_private_key: str,
-    policy: "Policy",
+    policy: Policy,
     *,
     web_client_location: str,
     guest: bool = False,
@@ -138,7 +132,7 @@ def inviter_name(details: dict[str, str]) -> str:
     return details.get("sender_display_name", "")
 
 
-def landing_url(invitation: Invitation, ephemeral_private_key: str, policy: "Policy") -> str:
+def landing_url(invitation: Invitation, ephemeral_private_key: str, policy: Policy) -> str:
     token = landing.landing_token(invitation, ephemeral_private_key, policy.landing_secret)
     return f"{policy.base_url}{landing.LANDING_PATH}/{token}"
 

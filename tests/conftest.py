@@ -1,7 +1,9 @@
 """Fixtures: the app on SQLite and PostgreSQL, its client, a fake clock, a real SMTP sink."""
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -56,9 +58,9 @@ def clock():
     return FakeClock()
 
 
-@pytest.fixture(scope="session")
-def postgres_database():
-    """A throwaway database on the PostgreSQL server, dropped at the end."""
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """The URL of a new, empty database on the PostgreSQL server, dropped at the end."""
     admin_url = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
     name = f"identity_test_{uuid.uuid4().hex[:12]}"
     try:
@@ -68,9 +70,18 @@ def postgres_database():
             pytest.fail(f"PostgreSQL is required in CI and unreachable at {admin_url}: {e}")
         pytest.skip(f"PostgreSQL unreachable at {admin_url}: {e}")
     admin.execute(f'CREATE DATABASE "{name}"')
-    yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.close()
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A throwaway database for the session; each test leaves it empty (`db_url`)."""
+    with throwaway_postgres() as url:
+        yield url
 
 
 @pytest.fixture

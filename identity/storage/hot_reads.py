@@ -34,17 +34,7 @@ from sqlalchemy.exc import StatementError
 
 from identity.extensions import db
 from identity.idle import IdleConnections
-
-
-@dataclass(frozen=True)
-class Prepared:
-    sql: str
-    positions: tuple[str, ...] | None  # parameter order for positional paramstyles
-    defaults: dict[str, Any]  # the statement's own values (a LIMIT, say), by bind name
-    processors: dict[str, Any]  # bind name → the column type's conversion
-    results: tuple[Any, ...] | None  # per selected column, its conversion (None: none)
-    name: bytes  # of the statement prepared on a PostgreSQL connection (storage.libpq)
-
+from identity.storage.prepared import Prepared
 
 _prepared: dict[tuple[int, str], Prepared] = {}
 

@@ -3,7 +3,6 @@
 Imported only where the database is PostgreSQL: SQLite deployments never load psycopg.
 """
 
-from typing import TYPE_CHECKING
 from typing import Any
 
 import psycopg
@@ -13,8 +12,7 @@ from psycopg.adapt import PyFormat
 from psycopg.adapt import Transformer
 from psycopg.generators import execute
 
-if TYPE_CHECKING:
-    from identity.storage.hot_reads import Prepared
+from identity.storage.prepared import Prepared
 
 
 class LibpqReader:
@@ -28,7 +26,7 @@ class LibpqReader:
         self.transformer = Transformer(connection)
         self.prepared: set[bytes] = set()
 
-    def fetch_one(self, prepared: "Prepared", params: Any) -> tuple | None:
+    def fetch_one(self, prepared: Prepared, params: Any) -> tuple | None:
         if prepared.name not in self.prepared:
             self.prepare(prepared.name, prepared.sql.encode())
         values = self.transformer.dump_sequence(params, [PyFormat.TEXT] * len(params))

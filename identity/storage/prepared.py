@@ -1,0 +1,14 @@
+"""A statement of the hot reads, compiled once (storage.hot_reads, storage.libpq)."""
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Prepared:
+    sql: str
+    positions: tuple[str, ...] | None  # parameter order for positional paramstyles
+    defaults: dict[str, Any]  # the statement's own values (a LIMIT, say), by bind name
+    processors: dict[str, Any]  # bind name → the column type's conversion
+    results: tuple[Any, ...] | None  # per selected column, its conversion (None: none)
+    name: bytes  # of the statement prepared on a PostgreSQL connection (storage.libpq)
