@@ -35,9 +35,12 @@ from identity.config import unknown_keys
 from identity.extensions import db
 from identity.extensions import init_migrations
 from identity.extensions import mail
+from identity.headers import ResponseHeaders
+from identity.headers import response_headers
 from identity.logs import init_logging
 from identity.mailer import MailSettings
 from identity.pages import bp as pages_bp
+from identity.pages import inline_styles
 from identity.schema_upgrade import upgrade_schema
 from identity.services import Services
 from identity.services import init_app as init_services
@@ -119,8 +122,10 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     register_api(app)
     app.register_blueprint(pages_bp)
     register_cli(app)
-    # Request ids and the headers every response carries (identity/wsgi.py).
-    app.wsgi_app = ResponseEnvelope(app.wsgi_app)  # type: ignore[method-assign]
+    # Request ids and the headers each kind of response carries (identity/wsgi.py).
+    app.wsgi_app = ResponseEnvelope(  # type: ignore[method-assign]
+        app.wsgi_app, _response_headers(app)
+    )
     if app.config["TRUSTED_PROXY_COUNT"]:
         # Client IPs (rate limits, trusted networks) come from the proxies' X-Forwarded-For.
         # Flask's documented way to wrap the WSGI app, which mypy sees as a method.
@@ -163,6 +168,15 @@ def _refuse_another_schema(app: Flask) -> None:
             "The database schema is ahead of the code: a newer version migrated it;"
             " run that version (docs/operations.md, upgrades)"
         )
+
+
+def _response_headers(app: Flask) -> ResponseHeaders:
+    settings = services(app).settings
+    return response_headers(
+        public_base_url=settings.public_base_url,
+        hsts_max_age_seconds=settings.hsts_max_age_seconds,
+        page_styles=inline_styles(app),
+    )
 
 
 def _serving() -> bool:

@@ -7,6 +7,10 @@ and refuses a bad value with a message naming the key.
 import ipaddress
 import tomllib
 from dataclasses import dataclass
+from datetime import UTC
+from datetime import date
+from datetime import datetime
+from datetime import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -73,6 +77,14 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_BRAND": "tchap",
     "DOMAINS_PATH": None,
     "MAX_REQUEST_BYTES": 64 * 1024,
+    # Browsers: how long they keep to https once told (sent only when PUBLIC_BASE_URL
+    # is https; 0 sends nothing), and /.well-known/security.txt (RFC 9116), served
+    # only when a contact is set: "mailto:…" or "https://…" URIs, an expiry date, and
+    # optionally the URL of the disclosure policy.
+    "HSTS_MAX_AGE_SECONDS": 365 * 24 * 3600,
+    "SECURITY_TXT_CONTACT": [],
+    "SECURITY_TXT_EXPIRES": None,
+    "SECURITY_TXT_POLICY": None,
     # Validation sessions.
     "SESSION_LIFETIME_SECONDS": 24 * 3600,
     # Expired invitations are kept this long after their expiry, then deleted.
@@ -194,6 +206,7 @@ _STRING_LIST_KEYS = (
     "INVITE_BLOCKED_ROOMS",
     "WEB_CLIENT_LOCATION_ALLOWLIST",
     "REGISTER_HOMESERVER_ALLOWLIST",
+    "SECURITY_TXT_CONTACT",
 )
 
 
@@ -236,9 +249,13 @@ def check_config(config: Any) -> None:
         config[key] = _as_seconds(key, config)
     for key in ("TRUSTED_PROXY_COUNT", "INVITE_REVEAL_LOCAL", "INVITE_REVEAL_DOMAIN"):
         config[key] = _as_count(key, config[key])
+    config["HSTS_MAX_AGE_SECONDS"] = _as_count(
+        "HSTS_MAX_AGE_SECONDS", config["HSTS_MAX_AGE_SECONDS"]
+    )
     for key in _STRING_LIST_KEYS:
         config[key] = _as_strings(key, config[key])
     _check_v1_closed_for_allowlist(config)
+    _check_security_txt(config)
     config["PUBLIC_BASE_URL"] = str(config["PUBLIC_BASE_URL"]).rstrip("/")
     if not config["SERVER_NAME_FOR_SIGNING"]:
         config["SERVER_NAME_FOR_SIGNING"] = base.netloc
@@ -258,6 +275,46 @@ def _check_v1_closed_for_allowlist(config: Any) -> None:
 
 
 _V1_SWITCHES = ("V1_STORE_INVITE_ENABLED", "V1_LOOKUP_ENABLED", "V1_BIND_ENABLED")
+
+
+def _check_security_txt(config: Any) -> None:
+    """Check the fields of security.txt; RFC 9116 requires Contact and Expires together."""
+    contacts = config["SECURITY_TXT_CONTACT"]
+    for contact in contacts:
+        if not contact.startswith(("mailto:", "https://", "tel:")):
+            raise ConfigError(
+                f"SECURITY_TXT_CONTACT: expected mailto:, https:// or tel: URIs, got {contact!r}"
+            )
+    policy = config["SECURITY_TXT_POLICY"] or None
+    if policy is not None and not str(policy).startswith("https://"):
+        raise ConfigError(f"SECURITY_TXT_POLICY: expected an https:// URL, got {policy!r}")
+    config["SECURITY_TXT_POLICY"] = policy
+    expires = config["SECURITY_TXT_EXPIRES"]
+    config["SECURITY_TXT_EXPIRES"] = _as_utc_time("SECURITY_TXT_EXPIRES", expires)
+    if contacts and config["SECURITY_TXT_EXPIRES"] is None:
+        raise ConfigError("SECURITY_TXT_EXPIRES: required with SECURITY_TXT_CONTACT (RFC 9116)")
+    if not contacts and (policy or expires):
+        raise ConfigError("SECURITY_TXT_CONTACT: required for security.txt (RFC 9116)")
+
+
+def _as_utc_time(key: str, value: Any) -> datetime | None:
+    """A date or date-time (TOML's own, or ISO 8601 text), as an aware UTC date-time."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, time(), tzinfo=UTC)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ConfigError(
+                f"{key}: expected a date such as 2027-06-30 or 2027-06-30T12:00:00Z, got {value!r}"
+            ) from None
+    if not isinstance(value, datetime):
+        raise ConfigError(f"{key}: expected a date, got {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 # Keys read by Flask and its extensions rather than by us: known, so not typos.
@@ -412,6 +469,10 @@ class Settings:
     invite_reveal_local: int
     invite_reveal_domain: int
     signing_key_path: str = ""
+    hsts_max_age_seconds: int = 0
+    security_txt_contact: tuple[str, ...] = ()
+    security_txt_expires: datetime | None = None
+    security_txt_policy: str | None = None
     domains_path: str = ""
     refuse_special_use_domains: bool = False
     unavailable_retry_after_seconds: int = 5
@@ -462,6 +523,10 @@ class Settings:
             invite_reveal_local=config["INVITE_REVEAL_LOCAL"],
             invite_reveal_domain=config["INVITE_REVEAL_DOMAIN"],
             signing_key_path=config["SIGNING_KEY_PATH"],
+            hsts_max_age_seconds=config["HSTS_MAX_AGE_SECONDS"],
+            security_txt_contact=tuple(config["SECURITY_TXT_CONTACT"]),
+            security_txt_expires=config["SECURITY_TXT_EXPIRES"],
+            security_txt_policy=config["SECURITY_TXT_POLICY"],
             domains_path=config["DOMAINS_PATH"],
             refuse_special_use_domains=config["REFUSE_SPECIAL_USE_DOMAINS"],
         )

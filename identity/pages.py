@@ -1,9 +1,12 @@
 """HTML pages reached from links in emails: server-rendered, French first, no JavaScript.
 
 The page's language is chosen per request (identity.i18n: ?lang=, then the browser's).
+Every HTML response gets the browser protections of identity.headers (wsgi.py adds
+them): the pages' styles are the one stylesheet `inline_styles` names, nothing else.
 """
 
 from flask import Blueprint
+from flask import Flask
 from flask import render_template
 
 from identity import i18n
@@ -47,5 +50,17 @@ def invitation(token: str):
         android_app_url=config.android_app_url,
         **context,
     )
-    # The link carries the invitation's private key: keep it out of other sites' logs.
-    return page, found.status, {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+    # The link carries the invitation's private key: kept out of caches (and out of
+    # other sites' logs by every page's Referrer-Policy, identity.headers).
+    return page, found.status, {"Cache-Control": "no-store"}
+
+
+STYLESHEET = "pages/style.css"
+
+
+def inline_styles(app: Flask) -> list[str]:
+    """The text of each `<style>` element the pages hold (base.html includes it).
+
+    Rendered as the include renders it, so that its hash is the one the browser computes.
+    """
+    return [app.jinja_env.get_template(STYLESHEET).render()]

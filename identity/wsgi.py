@@ -3,10 +3,10 @@
 `Application` is Flask for a busy API (JSON answers by orjson, hooks and views checked
 once for coroutines). `ResponseEnvelope`, a WSGI middleware, gives each request an id
 for its log lines (the proxy's X-Request-ID when sane, else our own), and each response
-echoes it, with the CORS headers the identity specification recommends on every
-response. The headers are appended to the list handed to the server: set one by one on
-each Response object, with one hook each, they were a tenth of a status request's time
-(docs/performance.md).
+echoes it, with the headers its kind calls for (identity.headers: a browser's
+protections on HTML pages, CORS on the JSON API, nosniff on all). The headers are
+appended to the list handed to the server: set one by one on each Response object, with
+one hook each, they were a tenth of a status request's time (docs/performance.md).
 """
 
 import contextlib
@@ -27,15 +27,7 @@ from flask import request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.sansio.response import Response as BaseResponse
 
-# The CORS headers the identity specification recommends on every response.
-CORS_HEADERS = (
-    ("Access-Control-Allow-Origin", "*"),
-    ("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS"),
-    (
-        "Access-Control-Allow-Headers",
-        "Origin, X-Requested-With, Content-Type, Accept, Authorization",
-    ),
-)
+from identity.headers import ResponseHeaders
 
 REQUEST_ID = "identity.request_id"  # environ keys
 STARTED = "identity.started"
@@ -46,22 +38,41 @@ WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 class ResponseEnvelope:
-    """Wraps a WSGI app: request id and start time in the environ, headers on the way out."""
+    """Wraps a WSGI app: request id and start time in the environ, headers on the way out.
 
-    def __init__(self, app: WsgiApp) -> None:
+    A response's kind is read from its Content-Type: HTML is a page (an OPTIONS answer,
+    empty, is a preflight, never a page), JSON is the API. Pages added later are
+    protected without naming them anywhere.
+    """
+
+    def __init__(self, app: WsgiApp, headers: ResponseHeaders) -> None:
         self.app = app
+        self.headers = headers
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         environ[STARTED] = time.perf_counter()
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = incoming if incoming and _SANE_ID.match(incoming) else _new_request_id()
         environ[REQUEST_ID] = request_id
-        added = [*CORS_HEADERS, ("X-Request-ID", request_id)]
+        preflight = environ.get("REQUEST_METHOD") == "OPTIONS"
+        every = [*self.headers.every, ("X-Request-ID", request_id)]
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            return start_response(status, headers + added, exc_info)
+            kind = _content_type(headers)
+            if preflight or kind.startswith("application/json"):
+                return start_response(status, [*headers, *every, *self.headers.api], exc_info)
+            if kind.startswith("text/html"):
+                return start_response(status, [*headers, *every, *self.headers.page], exc_info)
+            return start_response(status, headers + every, exc_info)
 
         return self.app(environ, start)
+
+
+def _content_type(headers: list[tuple[str, str]]) -> str:
+    for name, value in headers:
+        if name.lower() == "content-type":
+            return value.lower()
+    return ""
 
 
 def current_request_id() -> str:

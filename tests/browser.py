@@ -78,6 +78,27 @@ def axe_violations(page: Page) -> list[dict]:
     )
 
 
+# Installed before any of the page's own content runs (the DevTools protocol, which the
+# page's policy does not govern): every Content-Security-Policy violation the page reports.
+_CSP_WATCH = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+    window.__cspViolations.push(
+        `${e.effectiveDirective} refused ${e.blockedURI || "inline"}: ${e.sample}`);
+});
+"""
+
+
+def watch_csp_violations(page: Page) -> None:
+    """Record the page's Content-Security-Policy violations from its next navigation on."""
+    page.add_init_script(_CSP_WATCH)
+
+
+def csp_violations(page: Page) -> list[str]:
+    """The violations recorded since `watch_csp_violations`, one line each."""
+    return page.evaluate("window.__cspViolations")
+
+
 def format_violations(violations: list[dict]) -> str:
     """A readable list of axe violations, for assertion messages."""
     if not violations:

@@ -1,6 +1,7 @@
 """The landing page in a real headless Chromium: accessibility (axe-core, WCAG 2.1 AA),
-keyboard use and visible focus, without JavaScript, at phone and desktop widths, in
-French and English, for each state of an invitation. Screenshots go to artifacts/."""
+nothing its Content-Security-Policy refuses, keyboard use and visible focus, without
+JavaScript, at phone and desktop widths, in French and English, for each state of an
+invitation. Screenshots go to artifacts/."""
 
 import threading
 from urllib.parse import quote
@@ -15,8 +16,10 @@ from testing.processes import free_port
 from tests.browser import DESKTOP
 from tests.browser import PHONE
 from tests.browser import axe_violations
+from tests.browser import csp_violations
 from tests.browser import format_violations
 from tests.browser import save_screenshot
+from tests.browser import watch_csp_violations
 from tests.helpers import V1
 from tests.helpers import landing_link_from_mail
 from tests.helpers import web_client_link_from_page
@@ -71,13 +74,17 @@ def invite(site, smtp, address="claire.martin@partenaire.example", lang="fr") ->
 
 
 def check_page(browser, url: str, name: str, *, status: int, heading: str) -> None:
-    """Open `url` at each width: status, heading, no axe violation; save screenshots."""
+    """Open `url` at each width: status, heading, nothing its Content-Security-Policy
+    refuses, no axe violation; save screenshots."""
     for width_name, viewport in WIDTHS.items():
         page = browser.new_page(viewport=viewport, locale="fr-FR")
+        watch_csp_violations(page)
         try:
             response = page.goto(url)
             assert response.status == status
+            assert "default-src 'none'" in response.headers["content-security-policy"]
             assert page.locator("h1").inner_text().startswith(heading)
+            assert csp_violations(page) == []
             violations = axe_violations(page)
             save_screenshot(page, f"landing-{name}-{width_name}")
             assert violations == [], format_violations(violations)

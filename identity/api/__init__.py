@@ -12,6 +12,7 @@ from identity.api import invitations
 from identity.api import keys
 from identity.api import status
 from identity.api import validation
+from identity.api import well_known
 from identity.api.auth import limit_request
 from identity.api.errors import register_error_handlers
 
@@ -26,6 +27,7 @@ BLUEPRINTS = [
     info.bp,
     internal.bp,
     health.bp,
+    well_known.bp,
 ]
 
 API_PREFIX = "/_matrix/identity/"
