@@ -52,7 +52,7 @@ class MailSettings:
     timeout: float
     ca_file: str | None
     # The process's requests that may wait on the SMTP server at once (MAIL_MAX_CONCURRENT).
-    slots: threading.BoundedSemaphore = field(compare=False)
+    slots: "MailSlots" = field(compare=False)
 
     @classmethod
     def from_config(cls, config: Any) -> "MailSettings":
@@ -62,8 +62,46 @@ class MailSettings:
             default_sender=config["MAIL_DEFAULT_SENDER"],
             timeout=config["MAIL_TIMEOUT"],
             ca_file=config["MAIL_CA_FILE"] or None,
-            slots=threading.BoundedSemaphore(config["MAIL_MAX_CONCURRENT"]),
+            slots=MailSlots(config["MAIL_MAX_CONCURRENT"]),
         )
+
+
+class MailSlots:
+    """At most `size` mails of this process in the SMTP server's hands at once, so that
+    a stuck server never holds more threads than that.
+
+    When every slot is taken, a request waits for one while the server answers promptly
+    (a burst of codes), for `patience` seconds at most; it gives up at once when the
+    server is slow (a send has lasted longer than `patience`): status, lookups and
+    /info keep their threads.
+    """
+
+    def __init__(self, size: int, patience: float = 1.0) -> None:
+        self.patience = patience
+        self._free = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._started: dict[int, float] = {}  # thread id → when its send began
+
+    def take(self) -> bool:
+        """Take a slot; False when none can be had."""
+        taken = self._free.acquire(blocking=False) or (
+            not self._server_is_slow() and self._free.acquire(timeout=self.patience)
+        )
+        if not taken:
+            return False
+        with self._lock:
+            self._started[threading.get_ident()] = time.monotonic()
+        return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            del self._started[threading.get_ident()]
+        self._free.release()
+
+    def _server_is_slow(self) -> bool:
+        with self._lock:
+            oldest = min(self._started.values(), default=None)
+        return oldest is not None and time.monotonic() - oldest > self.patience
 
 
 # Our template names → the file a Sydent-layout brand folder holds for them.
@@ -213,16 +251,14 @@ def _deliver(to: str, *, message: Message | None = None, raw: bytes | None = Non
         _print_for_development(message.as_bytes() if message else raw or b"")
         return
     slots = services().mail.slots
-    if not slots.acquire(blocking=False):
-        # The SMTP server is slow: those already waiting on it are enough. Answer now
-        # rather than hold one more thread that status, lookups and /info need.
+    if not slots.take():
         metrics.MAILS.labels("busy").inc()
         outages.warn(outages.SMTP, effect="mails beyond MAIL_MAX_CONCURRENT are refused at once")
         raise EmailSendError("The mail server is busy, try again shortly")
     try:
         _send(state, to, message, raw, smtputf8)
     finally:
-        slots.release()
+        slots.give_back()
     metrics.MAILS.labels("sent").inc()
     logger.info("Mail sent to %s", redact(to))
 
