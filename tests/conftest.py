@@ -123,6 +123,8 @@ def config(db_url, tmp_path, smtp):
         "MAIL_DEFAULT_SENDER": "Tchap <noreply@tchap.test>",
         "PUBLIC_BASE_URL": "https://id.tchap.test",
         "SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        # Files the app keeps (domains.yaml's last good copy) stay out of `instance/`.
+        "INSTANCE_PATH": str(tmp_path),
         "RATELIMIT_ENABLED": False,
         "DELIVERY_WORKER_ENABLED": False,
         "FEDERATION_CA_FILE": fake_homeserver_ca_file(),
