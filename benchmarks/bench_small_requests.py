@@ -247,6 +247,8 @@ def production_setups(tmp: Path, only: str | None) -> Iterator[tuple[str, str, d
         "IDENTITY_AUTO_MIGRATE": "false",
         "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
         "IDENTITY_MAIL_PRINT_TO_LOG": "true",
+        # Loopback servers: gunicorn refuses a loopback public URL otherwise.
+        "IDENTITY_DEVELOPMENT_DEPLOYMENT": "true",
         "IDENTITY_LOG_LEVEL": "WARNING",
         # wrk is one client: counted on every request, never refused.
         "IDENTITY_RATELIMIT_PER_IP": "100000000/minute;1000000000/hour",

@@ -25,6 +25,7 @@ def base(tmp_path):
     return {
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        "INSTANCE_PATH": str(tmp_path),
         "DELIVERY_WORKER_ENABLED": False,
     }
 
@@ -104,6 +105,7 @@ def _env(tmp_path, **variables: str) -> dict[str, str]:
         **env,
         "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        "IDENTITY_INSTANCE_PATH": str(tmp_path),
         "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
         **variables,
     }
@@ -239,7 +241,7 @@ def test_a_command_never_creates_a_signing_key(tmp_path):
     assert line.startswith(f"Error: SIGNING_KEY_PATH: no signing key at {mistyped}")
     assert "flask keys generate" in line
     assert not mistyped.exists()
-    embedded = {**_env(tmp_path), "IDENTITY_INSTANCE_PATH": str(tmp_path / "instance")}
+    embedded = _env(tmp_path, IDENTITY_INSTANCE_PATH=str(tmp_path / "instance"))
     del embedded["IDENTITY_SIGNING_KEY_PATH"]
     result = flask(embedded, "keys", "show")
     assert result.returncode == 1 and "no signing key at" in result.stderr
