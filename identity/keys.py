@@ -81,7 +81,9 @@ def load(path: str, *, create: bool = False) -> SigningKey:
             key = generate(path)
         except FileExistsError:  # another worker generated it first
             return read(path)
-    except ValueError as e:
+    except ConfigError:
+        raise
+    except ValueError as e:  # not a valid key
         raise ConfigError(str(e)) from None
     except OSError as e:
         raise ConfigError(f"SIGNING_KEY_PATH: cannot read or create {path}: {e.strerror}") from None

@@ -266,12 +266,13 @@ def _lines_naming(output: str, key: str) -> list[str]:
 
 
 def test_gunicorn_refuses_a_missing_key_outside_the_embedded_mode(tmp_path):
-    result = gunicorn(_production_env(tmp_path))
+    key = tmp_path / "keys" / "signing.key"  # not the instance folder's
+    result = gunicorn(_production_env(tmp_path, IDENTITY_SIGNING_KEY_PATH=str(key)))
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in output, output
     [line] = _lines_naming(output, "SIGNING_KEY_PATH")
-    assert f"no signing key at {tmp_path / 'signing.key'}" in line
-    assert not (tmp_path / "signing.key").exists()
+    assert f"no signing key at {key}" in line
+    assert not key.exists()
 
 
 # -- Production refuses to name this machine's loopback to the world ----------------------
