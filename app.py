@@ -24,12 +24,14 @@ from identity import routing
 from identity import terms
 from identity.api import register_api
 from identity.cli import register_cli
+from identity.cli.db import guard_authoring_commands
 from identity.clock import Clock
 from identity.clock import SystemClock
 from identity.config import DEFAULTS
 from identity.config import ConfigError
 from identity.config import Settings
 from identity.config import check_config
+from identity.config import known_key_like
 from identity.config import load_file
 from identity.config import unknown_keys
 from identity.extensions import db
@@ -89,13 +91,20 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     checked = bool(os.environ.get(CHECKED_AT_START))
     if not checked:
         for key in unknown_keys(given, flask_keys=Flask.default_config):
-            logger.warning("Unknown configuration key %s (a typo?): ignored", key)
+            near = known_key_like(key, flask_keys=Flask.default_config)
+            logger.warning(
+                "Unknown configuration key %s, from %s (a typo%s?): ignored",
+                key,
+                given[key],
+                f" of {near}" if near else "",
+            )
     serving = _serving()
 
     db.init_app(app)
     if not serving:
         # `flask db …`. A server never needs Alembic unless AUTO_MIGRATE (upgrade_schema).
         init_migrations(app, MIGRATIONS_DIR)
+        guard_authoring_commands()
     mail.init_app(app)
     i18n.init_app(app)
     init_services(
@@ -109,11 +118,14 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
             # A server refuses to start on invalid rules. Its later workers (a reload, a
             # recycled worker) and admins' commands start on the last good ones instead.
             routing=routing.init_app(
-                app, strict=not checked and (serving or not _running_a_command())
+                app,
+                strict=not checked and (serving or not _running_a_command()),
+                list_problems=not _running_a_command(),
             ),
             limits=limits.init_app(app),
             deliveries=deliveries.init_app(app),
             revisions=Revisions.of_directory(MIGRATIONS_DIR),
+            create_signing_key=app.testing,
         ),
     )
 
@@ -137,9 +149,10 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     elif serving and not checked:
         _refuse_another_schema(app)
     if serving:
-        # Created at start, not on the first request that signs: the gunicorn master
-        # does it before forking, and concurrent creators agree (keys.generate).
-        keys.init_app(app)
+        # Loaded at start, not on the first request that signs. Only a first start in the
+        # embedded mode creates it: anywhere else a missing key is a mistyped path or a
+        # lost file, and a new key would be a second identity (docs/operations.md).
+        keys.init_app(app, create=app.config["SIGNING_KEY_PATH"] == keys.embedded_path(app))
     return app
 
 
@@ -179,10 +192,15 @@ def _response_headers(app: Flask) -> ResponseHeaders:
     )
 
 
+def _under_gunicorn() -> bool:
+    """Whether this process is gunicorn's (its master, a worker): production serving."""
+    return os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
+
+
 def _serving() -> bool:
     """Whether this process is starting a server: gunicorn (its master or a worker) or
     `flask run`; not a `flask` command, not a test building apps."""
-    if os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
+    if _under_gunicorn():
         return True
     context = click.get_current_context(silent=True)
     return context is not None and context.info_name == "run"
@@ -192,29 +210,38 @@ def _running_a_command() -> bool:
     return click.get_current_context(silent=True) is not None
 
 
-def _load_config(app: Flask, config: Mapping[str, Any] | None) -> list[str]:
-    """Load the layers into `app.config`; return the keys the file and environment set."""
+def _load_config(app: Flask, config: Mapping[str, Any] | None) -> dict[str, str]:
+    """Load the layers into `app.config`; return the keys the file and environment set,
+    each with where it was set (for an operator looking for a typo)."""
     app.config.from_mapping(DEFAULTS)
-    given = []
+    given = {}
     if path := os.environ.get("IDENTITY_CONFIG"):
-        given += load_file(app.config, path)
+        given.update({key: f"the file {path}" for key in load_file(app.config, path)})
     app.config.from_prefixed_env("IDENTITY")
-    given += [name.removeprefix("IDENTITY_") for name in os.environ if name.startswith("IDENTITY_")]
+    given.update(
+        {
+            name.removeprefix("IDENTITY_"): f"the environment variable {name}"
+            for name in os.environ
+            if name.startswith("IDENTITY_")
+        }
+    )
     app.config.update(config or {})
+    if app.config["INSTANCE_PATH"]:
+        app.instance_path = os.path.abspath(app.config["INSTANCE_PATH"])
     os.makedirs(app.instance_path, exist_ok=True)
     if not app.config["SQLALCHEMY_DATABASE_URI"]:
         app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(
             app.instance_path, "identity.sqlite3"
         )
     if not app.config["SIGNING_KEY_PATH"]:
-        app.config["SIGNING_KEY_PATH"] = os.path.join(app.instance_path, "signing.key")
+        app.config["SIGNING_KEY_PATH"] = keys.embedded_path(app)
     if not app.config["DOMAINS_PATH"]:
         app.config["DOMAINS_PATH"] = os.path.join(HERE, "domains.yaml")
     if app.config.get("AUTO_MIGRATE") is None:
         # The embedded SQLite mode needs no set-up step; PostgreSQL deployments run
         # `flask db upgrade` before starting, as any migration should be run once.
         app.config["AUTO_MIGRATE"] = app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite")
-    check_config(app.config)
+    check_config(app.config, production=_under_gunicorn())
     options = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
     # Bound parameters (sids, client secrets, codes, addresses) never reach a log, even
     # when an operator passes engine options of their own.
@@ -227,17 +254,6 @@ def _load_config(app: Flask, config: Mapping[str, Any] | None) -> list[str]:
         app.config["SQLALCHEMY_DATABASE_URI"], options
     )
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_REQUEST_BYTES"]
-    if (
-        os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
-        and not app.config["MAIL_SERVER"]
-        and not app.config["MAIL_PRINT_TO_LOG"]
-    ):
-        # Printing mails suits `flask run` on a laptop; in production it would put
-        # codes and client secrets in the logs.
-        raise ConfigError(
-            "MAIL_SERVER: not set, so mails (codes, links with secrets) would be printed"
-            " to the log; set MAIL_SERVER, or MAIL_PRINT_TO_LOG=true for a test set-up"
-        )
     return given
 
 

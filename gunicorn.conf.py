@@ -45,17 +45,14 @@ max_requests_jitter = 100_000
 # with signals (docs/operations.md), so none is opened.
 control_socket_disable = True
 
-# Access log: JSON, the route without its query string (addresses, codes, secrets)
-# and landing-page tokens scrubbed by identity.logs.GunicornLogger, which scrubs the
-# error log too; `pid` is the worker that answered.
+# One log format for every line (identity.logs.GunicornLogger): gunicorn's own, the
+# access log's and the application's are JSON objects with the same fields and time
+# format (or text lines, LOG_FORMAT), scrubbed of addresses, query strings and
+# landing-page tokens. The access log's fields: remote, request (the route, its query
+# string cut), status, bytes, duration_ms, request_id, and pid, the worker.
 logger_class = "identity.logs.GunicornLogger"
 accesslog = "-"
 errorlog = "-"
-access_log_format = (
-    '{"time": "%(t)s", "remote": "%(h)s", "request": "%(r)s", "status": "%(s)s",'
-    ' "bytes": "%(B)s", "duration_ms": "%(M)s", "request_id": "%({x-request-id}o)s",'
-    ' "pid": "%(p)s"}'
-)
 
 # Behind a reverse proxy, set TRUSTED_PROXY_COUNT in the service's configuration (the
 # app applies Werkzeug's ProxyFix); gunicorn itself needs the proxy's address here.

@@ -83,7 +83,7 @@ def serve(tmp: Path, workers: int) -> Gunicorn:
     env = {
         **os.environ,
         "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp / 'bench.sqlite3'}",
-        "IDENTITY_SIGNING_KEY_PATH": str(tmp / "signing.key"),
+        "IDENTITY_INSTANCE_PATH": str(tmp),  # the server makes its signing key there
         "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
         "IDENTITY_LOG_LEVEL": "WARNING",
         # wrk comes from one address: the per-IP limit would answer 429s.

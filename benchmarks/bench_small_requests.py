@@ -243,10 +243,12 @@ def production_setups(tmp: Path, only: str | None) -> Iterator[tuple[str, str, d
     embedded SQLite with limits in memory. `only` names one of them."""
     base_env = {
         **os.environ,
-        "IDENTITY_SIGNING_KEY_PATH": str(tmp / "signing.key"),
+        "IDENTITY_INSTANCE_PATH": str(tmp),  # the server makes its signing key there
         "IDENTITY_AUTO_MIGRATE": "false",
         "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
         "IDENTITY_MAIL_PRINT_TO_LOG": "true",
+        # Loopback servers: gunicorn refuses a loopback public URL otherwise.
+        "IDENTITY_DEVELOPMENT_DEPLOYMENT": "true",
         "IDENTITY_LOG_LEVEL": "WARNING",
         # wrk is one client: counted on every request, never refused.
         "IDENTITY_RATELIMIT_PER_IP": "100000000/minute;1000000000/hour",

@@ -218,7 +218,7 @@ def our_env(tmp: Path, database_uri: str, sink: SmtpSink) -> dict[str, str]:
     return {
         **os.environ,
         "IDENTITY_SQLALCHEMY_DATABASE_URI": database_uri,
-        "IDENTITY_SIGNING_KEY_PATH": str(tmp / "signing.key"),
+        "IDENTITY_INSTANCE_PATH": str(tmp),  # the server makes its signing key there
         "IDENTITY_AUTO_MIGRATE": "false",
         "IDENTITY_RATELIMIT_ENABLED": "false",
         "IDENTITY_DELIVERY_WORKER_ENABLED": "false",

@@ -113,7 +113,7 @@ def bind_address(
         platform = routing.resolve(address).platform
         raise BindingNotPermitted(
             f"This address belongs on {platform.server}: it cannot be bound to a Matrix ID"
-            f" on {server_of(mxid)}"
+            f" on {server_of(mxid)} (the server's routing rules, RESTRICT_BINDS_TO_ROUTING)"
         )
     association = associations.find(medium, address) or Association(medium=medium, address=address)
     association.mxid = mxid

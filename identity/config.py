@@ -4,6 +4,7 @@ Every key is documented in docs/configuration.md. `check_config` runs at start-u
 and refuses a bad value with a message naming the key.
 """
 
+import difflib
 import ipaddress
 import tomllib
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from sqlalchemy.exc import ArgumentError
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULTS: dict[str, Any] = {
+    # The folder of the embedded mode's files (SQLite database, signing key) and of the
+    # last valid copy of domains.yaml; `instance/` beside app.py when unset.
+    "INSTANCE_PATH": None,
     # Storage: an SQLite file in the instance folder unless told otherwise.
     "SQLALCHEMY_DATABASE_URI": None,
     # hide_parameters: a database error never carries a statement's values (sids,
@@ -46,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     # under gunicorn only if MAIL_PRINT_TO_LOG says so (the mails carry codes).
     "MAIL_SERVER": "",
     "MAIL_PRINT_TO_LOG": False,
+    # Printed mails are summed up in one line (recipient masked, subject, codes and
+    # links); true prints the whole MIME message instead, to check a template.
+    "MAIL_PRINT_RAW": False,
     "MAIL_PORT": 25,
     "MAIL_USE_TLS": False,
     "MAIL_USE_SSL": False,
@@ -70,7 +77,11 @@ DEFAULTS: dict[str, Any] = {
     "TRUSTED_PROXY_COUNT": 0,
     # Service identity.
     "SERVER_NAME_FOR_SIGNING": None,
-    "PUBLIC_BASE_URL": "http://localhost:5000",
+    # Unset: http://localhost:5000 for `flask run`; gunicorn refuses to start without it.
+    "PUBLIC_BASE_URL": None,
+    # A deployment on one host (a trial, tests, benchmarks): gunicorn then accepts a
+    # loopback or unset PUBLIC_BASE_URL and SERVER_NAME_FOR_SIGNING.
+    "DEVELOPMENT_DEPLOYMENT": False,
     "SIGNING_KEY_PATH": None,
     "TERMS_PATH": None,
     "TEMPLATES_PATH": None,
@@ -163,6 +174,8 @@ _BOOL_KEYS = (
     "V1_BIND_ENABLED",
     "INVITE_SINGLE_USE",
     "MAIL_PRINT_TO_LOG",
+    "MAIL_PRINT_RAW",
+    "DEVELOPMENT_DEPLOYMENT",
     "REFUSE_SPECIAL_USE_DOMAINS",
 )
 _POSITIVE_INT_KEYS = (
@@ -225,9 +238,14 @@ def load_file(config: Any, path: str) -> list[str]:
     return list(values)
 
 
-def check_config(config: Any) -> None:
+DEVELOPMENT_BASE_URL = "http://localhost:5000"
+
+
+def check_config(config: Any, *, production: bool = False) -> None:
     """Normalise and validate the configuration in place.
 
+    :param production: the service starts under gunicorn: refuse what only suits a trial
+        on one host (`check_production`).
     :raises ConfigError: naming the first bad key.
     """
     for key in _BOOL_KEYS:
@@ -238,6 +256,10 @@ def check_config(config: Any) -> None:
         config[key] = _as_networks(key, config[key])
     if config["MAIL_USE_TLS"] and config["MAIL_USE_SSL"]:
         raise ConfigError("MAIL_USE_TLS and MAIL_USE_SSL: choose one, not both")
+    if production:
+        check_production(config)
+    if not config["PUBLIC_BASE_URL"]:
+        config["PUBLIC_BASE_URL"] = DEVELOPMENT_BASE_URL
     base = urlsplit(str(config["PUBLIC_BASE_URL"]))
     if base.scheme not in ("http", "https") or not base.hostname:
         raise ConfigError("PUBLIC_BASE_URL: must be an http(s) URL")
@@ -262,6 +284,59 @@ def check_config(config: Any) -> None:
     allowlist = config["NEXT_LINK_DOMAIN_ALLOWLIST"]
     if isinstance(allowlist, str):
         config["NEXT_LINK_DOMAIN_ALLOWLIST"] = [d.strip() for d in allowlist.split(",") if d]
+
+
+def check_production(config: Any) -> None:
+    """Refuse, under gunicorn, what would serve wrongly without an error anywhere: mails
+    printed to the log, and mail links or signatures naming this machine's loopback.
+
+    :raises ConfigError: naming the key, with what to set.
+    """
+    if not config["MAIL_SERVER"] and not config["MAIL_PRINT_TO_LOG"]:
+        # Printing mails suits `flask run` on a laptop; in production it would put
+        # codes and client secrets in the logs.
+        raise ConfigError(
+            "MAIL_SERVER: not set, so mails (codes, links with secrets) would be printed"
+            " to the log; set MAIL_SERVER, or MAIL_PRINT_TO_LOG=true for a test set-up"
+        )
+    if config["DEVELOPMENT_DEPLOYMENT"]:
+        return
+    trial = "or DEVELOPMENT_DEPLOYMENT=true for a deployment on this host only"
+    url = config["PUBLIC_BASE_URL"]
+    if not url:
+        raise ConfigError(
+            "PUBLIC_BASE_URL: not set; set the https URL users reach this service at"
+            f" (mail links use it), {trial}"
+        )
+    if is_loopback(urlsplit(str(url)).hostname or ""):
+        raise ConfigError(
+            f"PUBLIC_BASE_URL: {url} is this machine's loopback, so links in mails would"
+            f" lead nowhere; set the https URL users reach this service at, {trial}"
+        )
+    name = config["SERVER_NAME_FOR_SIGNING"]
+    if not name:
+        # Derived from the URL, it would change with it, and every signature with it.
+        raise ConfigError(
+            "SERVER_NAME_FOR_SIGNING: not set; set the name homeservers know this service"
+            f" by (bindings are signed with it, it must never change), {trial}"
+        )
+    if is_loopback(urlsplit(f"//{name}").hostname or ""):
+        raise ConfigError(
+            f"SERVER_NAME_FOR_SIGNING: {name} is a loopback name, which no homeserver can"
+            f" verify signatures against; set the service's public name, {trial}"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine only: localhost, a loopback or unspecified IP."""
+    host = host.lower().rstrip(".").strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
 
 
 def _check_v1_closed_for_allowlist(config: Any) -> None:
@@ -353,6 +428,12 @@ def unknown_keys(names: Any, *, flask_keys: Any = ()) -> list[str]:
     """
     known = set(DEFAULTS) | _LIBRARY_KEYS | ENVIRONMENT_ONLY | set(flask_keys)
     return sorted(name for name in set(names) if name not in known and not name.startswith("TEST_"))
+
+
+def known_key_like(name: str, *, flask_keys: Any = ()) -> str | None:
+    """The known key `name` most likely misspells, if one is close."""
+    known = set(DEFAULTS) | _LIBRARY_KEYS | ENVIRONMENT_ONLY | set(flask_keys)
+    return next(iter(difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)), None)
 
 
 def _as_log_level(value: Any) -> str:

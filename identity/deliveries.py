@@ -238,7 +238,11 @@ def _work(app: Flask, stop: threading.Event) -> None:
                 if purges.is_due():
                     deleted = purge(retention, now=now)
                     db.session.commit()
-                    logger.info("Purged %s", deleted)
+                    logger.info(
+                        "Purged %s",
+                        ", ".join(f"{count} {kind}" for kind, count in deleted.items()),
+                        extra={"purged": deleted},  # numbers, in a JSON line
+                    )
         except Exception as e:
             # The next pass retries; one bad pass must not end deliveries for good.
             if (dependency := outages.unavailable_dependency(e)) is not None:

@@ -22,42 +22,73 @@ logger = logging.getLogger(__name__)
 DEFAULT_KEY_ID = "0"
 
 
-def init_app(app: Flask) -> None:
-    """Load the signing key at start, generating it when there is none yet.
+EMBEDDED_FILE = "signing.key"
 
-    :raises ConfigError: when SIGNING_KEY_PATH holds no valid key or cannot be written.
+
+def embedded_path(app: Flask) -> str:
+    """Where the embedded mode keeps the key: in the instance folder."""
+    return os.path.join(app.instance_path, EMBEDDED_FILE)
+
+
+class MissingSigningKey(ConfigError):
+    """No key at SIGNING_KEY_PATH, where none may be created."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"SIGNING_KEY_PATH: no signing key at {path}; check the path, restore the key"
+            " from a backup, or create a first one with `flask keys generate`"
+        )
+
+
+def init_app(app: Flask, *, create: bool) -> None:
+    """Load the signing key at start.
+
+    :param create: generate the key when there is none (the embedded mode's first start).
+    :raises ConfigError: when SIGNING_KEY_PATH holds no valid key (or none at all, unless
+        `create`) or cannot be written.
     """
     path = app.config["SIGNING_KEY_PATH"]
-    try:
-        services(app).signing_key = load_or_generate(path)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    except OSError as e:
-        raise ConfigError(f"SIGNING_KEY_PATH: cannot read or create {path}: {e.strerror}") from None
+    services(app).signing_key = load(path, create=create)
 
 
 def current_signing_key() -> SigningKey:
-    """The app's signing key, read (or generated) on first use and then kept."""
+    """The app's signing key, read on first use and then kept (a server's, at start).
+
+    :raises ConfigError: no valid key at SIGNING_KEY_PATH.
+    """
     current = services()
     if current.signing_key is None:
-        current.signing_key = load_or_generate(current.settings.signing_key_path)
+        current.signing_key = load(
+            current.settings.signing_key_path, create=current.create_signing_key
+        )
     return current.signing_key
 
 
-def load_or_generate(path: str) -> SigningKey:
-    """Read the signing key at `path`, generating and saving one when absent.
+def load(path: str, *, create: bool = False) -> SigningKey:
+    """Read the signing key at `path`; generate and save one when absent and `create`.
 
     Accepts Sydent's format, ``ed25519 <version> <unpadded base64 seed>``, so a
     deployment keeps its key and the signatures already in rooms stay valid.
+
+    :raises ConfigError: no key (and not `create`), an invalid one, an unreadable file.
     """
-    if not os.path.exists(path):
+    try:
+        if os.path.exists(path):
+            return read(path)
+        if not create:
+            raise MissingSigningKey(path)
         try:
             key = generate(path)
         except FileExistsError:  # another worker generated it first
             return read(path)
-        logger.info("Generated a new signing key %s:%s in %s", key.alg, key.version, path)
-        return key
-    return read(path)
+    except ConfigError:
+        raise
+    except ValueError as e:  # not a valid key
+        raise ConfigError(str(e)) from None
+    except OSError as e:
+        raise ConfigError(f"SIGNING_KEY_PATH: cannot read or create {path}: {e.strerror}") from None
+    logger.info("Generated a new signing key %s:%s in %s", key.alg, key.version, path)
+    return key
 
 
 def read(path: str) -> SigningKey:

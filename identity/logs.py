@@ -6,11 +6,20 @@ tokens, secrets or keys. As a safety net, every line our handlers write is scrub
 once formatted, tracebacks included: query strings (they carry addresses, sids,
 client secrets and codes), landing-page tokens in paths (they carry an invitation's
 private key) and anything shaped like an email address.
+
+Every line has one shape, whoever writes it (the application, gunicorn's error log,
+the access log): a JSON object with `time` (ISO 8601, UTC, milliseconds), `level`,
+`logger`, `pid`, `request_id` and `message`, numbers as numbers; or, for a person, a
+text line with the same time.
 """
 
 import logging
+import os
 import re
 import sys
+import tomllib
+from datetime import UTC
+from datetime import datetime
 from typing import Any
 
 from flask import has_request_context
@@ -29,6 +38,18 @@ _EMAIL = re.compile(r"([^\s@\"'<>(),;:/=\\]+)(?:@|%40)([A-Za-z0-9-]+(?:\.[A-Za-z
 # Colours Werkzeug's development server puts around status codes.
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _HANDLER_NAME = "identity"
+# A record with this attribute set is written as it is, unscrubbed: only the printed
+# mails of a development set-up (mailer), whose links are what the developer needs.
+UNSCRUBBED = "unscrubbed"
+_JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(request_id)s %(message)s"
+_JSON_NAMES = {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"}
+_TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+
+
+def format_time(record: logging.LogRecord) -> str:
+    """The one time format of every line: ISO 8601 in UTC, to the millisecond."""
+    moment = datetime.fromtimestamp(record.created, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(record.msecs):03d}Z"
 
 
 def scrub(text: str, *, json_line: bool = False) -> str:
@@ -58,7 +79,12 @@ class ScrubbingJsonFormatter(JsonFormatter):
     def format(self, record: logging.LogRecord) -> str:
         return super().format(_without_colours(record))
 
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return format_time(record)
+
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        if log_data.pop(UNSCRUBBED, False):
+            return log_data
         return {key: _scrubbed(value) for key, value in log_data.items()}
 
 
@@ -74,26 +100,30 @@ def _scrubbed(value: Any) -> Any:
 
 class ScrubbingTextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, UNSCRUBBED, False):
+            return super().format(record)
         return scrub(super().format(record))
 
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return format_time(record)
 
-class ScrubbedFormatter(logging.Formatter):
-    """Scrubs whatever another formatter writes (gunicorn's own formatters)."""
 
-    def __init__(self, inner: logging.Formatter, *, json_line: bool = False) -> None:
-        super().__init__()
-        self.inner = inner
-        self.json_line = json_line
-
-    def format(self, record: logging.LogRecord) -> str:
-        return scrub(self.inner.format(record), json_line=self.json_line)
+def formatter(fmt: str) -> logging.Formatter:
+    """The formatter of every line: ``json`` or ``text`` (see `init_logging`)."""
+    if fmt == "json":
+        # UTF-8 as it is: a masked address reads m…@exemple.fr, not m\u2026@exemple.fr.
+        return ScrubbingJsonFormatter(
+            _JSON_FIELDS, rename_fields=_JSON_NAMES, json_ensure_ascii=False
+        )
+    return ScrubbingTextFormatter(_TEXT_FORMAT)
 
 
 class RequestIdFilter(logging.Filter):
     """Give each record the id of the request it was logged in ("-" outside one)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = current_request_id() if has_request_context() else "-"
+        if getattr(record, "request_id", None) is None:  # the access log sets its own
+            record.request_id = current_request_id() if has_request_context() else "-"
         return True
 
 
@@ -103,29 +133,36 @@ def init_logging(level: str, fmt: str = "auto") -> None:
     :param fmt: ``json``, ``text``, or ``auto``: text when stderr is a terminal (someone
         is reading), JSON otherwise (a log pipeline is).
     """
-    if fmt == "auto":
-        fmt = "text" if _is_terminal(sys.stderr) else "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.addFilter(RequestIdFilter())
-    if fmt == "json":
-        handler.setFormatter(
-            ScrubbingJsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-            )
-        )
-    else:
-        handler.setFormatter(
-            ScrubbingTextFormatter(
-                "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
-            )
-        )
+    handler.setFormatter(formatter(_resolved(fmt)))
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def _resolved(fmt: str) -> str:
+    if fmt == "auto":
+        return "text" if _is_terminal(sys.stderr) else "json"
+    return fmt
+
+
+def configured_format() -> str:
+    """LOG_FORMAT as the environment or the configuration file set it, resolved to
+    ``json`` or ``text``: for gunicorn's own lines, written before any app is built.
+    A value the application refuses stops it at start, with its reason."""
+    fmt = os.environ.get("IDENTITY_LOG_FORMAT")
+    if fmt is None and (path := os.environ.get("IDENTITY_CONFIG")):
+        try:
+            with open(path, "rb") as f:
+                fmt = tomllib.load(f).get("LOG_FORMAT")
+        except (OSError, tomllib.TOMLDecodeError):
+            pass
+    fmt = str(fmt or "auto").strip('"')
+    return _resolved(fmt if fmt in ("json", "text") else "auto")
 
 
 def _is_terminal(stream: object) -> bool:
@@ -136,21 +173,48 @@ def _is_terminal(stream: object) -> bool:
 
 
 class GunicornLogger(GunicornBaseLogger):
-    """Gunicorn's logger, every line scrubbed (`logger_class` in gunicorn.conf.py).
+    """Gunicorn's logger writing our lines (`logger_class` in gunicorn.conf.py): its
+    error log and its access log take the application's format, scrubbed.
 
     Gunicorn's error log quotes request lines ("Error handling request /…?sid=…",
-    "Invalid request from ip=…: …"), with their query strings: its handlers write
-    through our scrubbing, as the access log does.
+    "Invalid request from ip=…: …"), with their query strings: they are scrubbed as
+    every line is. The access log is one record per request whose fields (status,
+    bytes, duration) are numbers.
     """
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
-        for log, json_line in ((self.error_log, False), (self.access_log, True)):
+        fmt = configured_format()
+        for log in (self.error_log, self.access_log):
             for handler in log.handlers:
-                if handler.formatter is not None and not isinstance(
-                    handler.formatter, ScrubbedFormatter
-                ):
-                    handler.setFormatter(ScrubbedFormatter(handler.formatter, json_line=json_line))
+                if getattr(handler, "_gunicorn", False):
+                    handler.setFormatter(formatter(fmt))
+                    if not any(isinstance(f, RequestIdFilter) for f in handler.filters):
+                        handler.addFilter(RequestIdFilter())
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if not self.access_log_enabled:
+            return
+        atoms = self.atoms(resp, req, environ, request_time)
+        status = str(atoms["s"])
+        sent = atoms.get("B")
+        request_id = dict((k.lower(), v) for k, v in resp.headers).get("x-request-id", "-")
+        self.access_log.info(
+            '%s "%s" %s %s B %s ms',
+            atoms["h"],
+            atoms["r"],
+            status,
+            sent if sent is not None else "-",
+            atoms["M"],
+            extra={
+                "remote": atoms["h"],
+                "request": atoms["r"],
+                "status": int(status) if status.isdigit() else status,
+                "bytes": sent,
+                "duration_ms": atoms["M"],
+                "request_id": request_id,
+            },
+        )
 
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)

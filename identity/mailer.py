@@ -7,6 +7,7 @@ laid out as Sydent lays them out; those templates are complete messages, and the
 we send are exactly what they render to.
 """
 
+import email.message
 import email.policy
 import email.utils
 import logging
@@ -37,6 +38,7 @@ from identity.brands import is_brand
 from identity.clock import new_token
 from identity.errors import EmailSendError
 from identity.errors import InvalidEmail
+from identity.logs import UNSCRUBBED
 from identity.services import services
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ class MailSettings:
     ca_file: str | None
     # The process's requests that may wait on the SMTP server at once (MAIL_MAX_CONCURRENT).
     slots: "MailSlots" = field(compare=False)
+    # With no MAIL_SERVER: the whole message printed, instead of a one-line summary.
+    print_raw: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> "MailSettings":
@@ -63,6 +67,7 @@ class MailSettings:
             timeout=config["MAIL_TIMEOUT"],
             ca_file=config["MAIL_CA_FILE"] or None,
             slots=MailSlots(config["MAIL_MAX_CONCURRENT"]),
+            print_raw=config["MAIL_PRINT_RAW"],
         )
 
 
@@ -134,11 +139,11 @@ def send_template(
     sydent_template = sydent_template_path(name, brand, settings)
     if sydent_template is not None:
         raw = render_sydent_mail(sydent_template, to, context, settings)
-        _deliver(to, raw=raw.encode("utf-8"))
+        _deliver(to, raw=raw.encode("utf-8"), code=context.get("code"))
         return
     subject, body, html = render_mail(name, context)
     message = Message(subject=subject, recipients=[to], body=body, html=html)
-    _deliver(to, message=message)
+    _deliver(to, message=message, code=context.get("code"))
 
 
 def render_mail(name: str, context: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -242,13 +247,19 @@ class VerifiedConnection(Connection):
         return host
 
 
-def _deliver(to: str, *, message: Message | None = None, raw: bytes | None = None) -> None:
+def _deliver(
+    to: str, *, message: Message | None = None, raw: bytes | None = None, code: str | None = None
+) -> None:
     state = current_app.extensions["mail"]
     smtputf8 = not to.isascii()
     if message is not None and smtputf8:
         raw, message = _smtputf8_bytes(message, to), None
     if not state.server:
-        _print_for_development(message.as_bytes() if message else raw or b"")
+        data = message.as_bytes() if message else raw or b""
+        if services().mail.print_raw:
+            _print_for_development(data)
+        else:
+            _log_for_development(to, data, code)
         return
     slots = services().mail.slots
     if not slots.take():
@@ -285,7 +296,13 @@ def _send(state: Any, to: str, message: Message | None, raw: bytes | None, smtpu
             "This server cannot send mail to an address with non-ASCII characters before the @"
         ) from None
     except (OSError, smtplib.SMTPException) as e:
-        logger.warning("Could not send mail to %s: %s", redact(to), type(e).__name__)
+        logger.warning(
+            "Could not send mail to %s through %s:%s: %s",
+            redact(to),
+            state.server,
+            state.port,
+            _reason(e),
+        )
         metrics.MAILS.labels("failed").inc()
         if isinstance(e, OSError | smtplib.SMTPServerDisconnected):  # not a refusal
             outages.UNAVAILABLE.labels(outages.SMTP).inc()
@@ -307,8 +324,44 @@ def _smtputf8_bytes(message: Message, to: str) -> bytes:
     return parsed.as_bytes()
 
 
+def _reason(error: Exception) -> str:
+    """What went wrong with the SMTP server, for an operator: the exception's kind and
+    the server's reply or the system's message (neither quotes the mail)."""
+    detail = getattr(error, "strerror", None) or getattr(error, "smtp_error", b"")
+    if isinstance(detail, bytes):
+        detail = detail.decode("utf-8", "replace")
+    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+
+
+_URL = re.compile(r"https?://[^\s<>\"']+")
+
+
+def _log_for_development(to: str, data: bytes, code: str | None) -> None:
+    """MAIL_SERVER is empty: the embedded mode shows what the mail carries, in one log
+    line (a log pipeline reads one object per line): the recipient masked, as in every
+    log line, the subject, the code and the links.
+
+    The line is written unscrubbed (identity.logs.UNSCRUBBED): its links carry the
+    secrets a developer needs to follow them, which is what printing mails is for
+    (and why gunicorn refuses it unless MAIL_PRINT_TO_LOG says so).
+    """
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
+    subject = single_line(str(parsed.get("Subject", "")))
+    part = parsed.get_body(preferencelist=("plain", "html"))
+    text = part.get_content() if isinstance(part, email.message.EmailMessage) else ""
+    links = list(dict.fromkeys(_URL.findall(text)))
+    logger.warning(
+        "MAIL_SERVER is not set: mail NOT sent to %s, subject %r%s%s",
+        redact(to),
+        subject,
+        f", code {code}" if code else "",
+        "".join(f", link {link}" for link in links),
+        extra={UNSCRUBBED: True, "mail_subject": subject, "mail_code": code, "mail_links": links},
+    )
+
+
 def _print_for_development(data: bytes) -> None:
-    # MAIL_SERVER is empty: the embedded mode shows the mail instead of sending it.
+    # MAIL_SERVER is empty and MAIL_PRINT_RAW asks for the whole message.
     banner = "=" * 20 + " MAIL_SERVER is not set: this mail was NOT sent " + "=" * 20
     print(f"{banner}\n{data.decode('utf-8', 'replace')}\n{'=' * len(banner)}", file=sys.stderr)
 

@@ -43,6 +43,9 @@ class Services:
     revisions: "Revisions"  # the migrations the code ships (/health, start-up checks)
     # Loaded at start by a server, on first use by commands and tests (keys.py).
     signing_key: "SigningKey | None" = None
+    # Whether a missing key is generated on first use: only in an app a test builds
+    # (a server creates it at start, in the embedded mode only; a command never).
+    create_signing_key: bool = False
     # Set once this process's delivery thread runs (deliveries.start).
     deliveries_stop: threading.Event | None = None
     deliveries_thread: threading.Thread | None = None

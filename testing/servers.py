@@ -14,12 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def service_env(database_url: str, directory: Path, **settings: str) -> dict[str, str]:
-    """The environment of a service process: this process's, with the database, a signing
-    key in `directory` and `settings` (configuration keys) as IDENTITY_* variables."""
+    """The environment of a service process: this process's, with the database,
+    `directory` as the instance folder (the server creates its signing key there on
+    first start) and `settings` (configuration keys) as IDENTITY_* variables."""
     return {
         **os.environ,
         "IDENTITY_SQLALCHEMY_DATABASE_URI": database_url,
-        "IDENTITY_SIGNING_KEY_PATH": str(directory / "signing.key"),
+        "IDENTITY_INSTANCE_PATH": str(directory),
         **{f"IDENTITY_{key}": value for key, value in settings.items()},
     }
 
@@ -53,6 +54,8 @@ class Gunicorn(ServerProcess):
         env = {"IDENTITY_AUTO_MIGRATE": "false", **env, "IDENTITY_BIND": f"127.0.0.1:{self.port}"}
         if not env.get("IDENTITY_MAIL_SERVER"):
             env.setdefault("IDENTITY_MAIL_PRINT_TO_LOG", "true")  # else gunicorn refuses
+        # A loopback server: gunicorn refuses loopback public URLs and signing names else.
+        env.setdefault("IDENTITY_DEVELOPMENT_DEPLOYMENT", "true")
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each master makes its own
         bind = () if "-c" in options else ("-b", f"127.0.0.1:{self.port}")
         # gunicorn's control socket has one path per user: instances would share it.

@@ -4,6 +4,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -24,6 +25,22 @@ POSTGRES_URL = os.environ.get(
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # A Redis database of our own for the shared rate limits; emptied around each test.
 REDIS_URL = os.environ.get("IDENTITY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The instance folder of the developer's own `flask run`.
+DEV_INSTANCE = Path(__file__).resolve().parent.parent / "instance"
+
+
+def _dev_instance_files() -> set[str]:
+    return set(os.listdir(DEV_INSTANCE)) if DEV_INSTANCE.is_dir() else set()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_in_the_dev_instance():
+    """A test keeps its files in its own folder (INSTANCE_PATH), out of the developer's
+    `instance/`: a domains.yaml copy per test there would pile up run after run."""
+    before = _dev_instance_files()
+    yield
+    added = {name for name in _dev_instance_files() - before if not name.startswith(".")}
+    assert not added, f"written to {DEV_INSTANCE}: {sorted(added)}; set INSTANCE_PATH"
 
 
 def fake_homeserver_ca_file() -> str:
@@ -134,6 +151,8 @@ def config(db_url, tmp_path, smtp):
         "MAIL_DEFAULT_SENDER": "Tchap <noreply@tchap.test>",
         "PUBLIC_BASE_URL": "https://id.tchap.test",
         "SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        # Files the app keeps (domains.yaml's last good copy) stay out of `instance/`.
+        "INSTANCE_PATH": str(tmp_path),
         "RATELIMIT_ENABLED": False,
         "DELIVERY_WORKER_ENABLED": False,
         "FEDERATION_CA_FILE": fake_homeserver_ca_file(),

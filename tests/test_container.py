@@ -211,6 +211,7 @@ def container(image, database, redis_url, smtp) -> Iterator[Container]:
         "IDENTITY_MAIL_SERVER": smtp.host,
         "IDENTITY_MAIL_PORT": str(smtp.port),
         "IDENTITY_PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+        "IDENTITY_SERVER_NAME_FOR_SIGNING": PUBLIC_BASE_URL.removeprefix("https://"),
         "IDENTITY_BIND": f"127.0.0.1:{port}",
         "IDENTITY_WORKERS": "2",
         "IDENTITY_THREADS": "2",

@@ -39,6 +39,7 @@ def site(tmp_path, smtp, clock):
             "TESTING": True,
             "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'identity.sqlite3'}",
             "SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+            "INSTANCE_PATH": str(tmp_path),
             "MAIL_SERVER": smtp.host,
             "MAIL_PORT": smtp.port,
             "MAIL_SUPPRESS_SEND": False,

@@ -246,3 +246,48 @@ def test_gunicorn_errors_leave_no_secret_in_the_logs(tmp_path, smtp):
     assert "Error handling request" in logs and "Invalid request from" in logs
     for secret in secrets:
         assert secret not in logs, f"{secret!r} reached the logs"
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["summary", "raw"])
+def test_printed_mails_keep_one_json_object_per_line(tmp_path, raw):
+    """A test set-up under gunicorn with no mail server (MAIL_PRINT_TO_LOG): each mail is
+    one JSON line summing it up, so that a log pipeline still reads one object per line;
+    MAIL_PRINT_RAW=true prints the whole message instead, to check a template."""
+    env = service_env(f"sqlite:///{tmp_path / 'db.sqlite3'}", tmp_path, WORKERS="1",
+                      DELIVERY_WORKER_ENABLED="false", RATELIMIT_ENABLED="false",
+                      MAIL_PRINT_TO_LOG="true", MAIL_PRINT_RAW=str(raw).lower(),
+                      PUBLIC_BASE_URL="https://id.tchap.example")  # fmt: skip
+    migrate(env)
+    address = "Agathe.Roux@ac-nantes.fr"
+    with (tmp_path / "gunicorn.log").open("w+") as log:
+        with Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log) as server:
+            body = {"client_secret": "pr-s3cret", "email": address, "send_attempt": 1}
+            r = requests.post(f"{server.base}{V1}/validate/email/requestToken", json=body,
+                              timeout=30)  # fmt: skip
+            assert r.status_code == 200, r.text
+        log.seek(0)
+        lines = log.read().splitlines()
+    if raw:
+        assert any(line.startswith("Content-Type: multipart/alternative") for line in lines)
+        assert f"To: {address}" in lines
+        return
+    records = [json.loads(line) for line in lines]  # every line
+    [mail] = [r for r in records if r["logger"] == "identity.mailer"]
+    assert mail["message"].startswith("MAIL_SERVER is not set: mail NOT sent to A…@ac-nantes.fr")
+    assert address not in "\n".join(lines)
+    [link] = mail["mail_links"]
+    assert link.startswith("https://id.tchap.example/_matrix/identity/api/v1/validate/email/")
+    assert "client_secret=pr-s3cret" in link and mail["mail_code"] in mail["message"]
+
+
+def test_a_mail_server_that_fails_is_named_in_the_log(make_app, capfd):
+    """An operator reading "Could not send mail" learns which server refused, and why."""
+    port = free_port()  # nothing listens there
+    app = make_app(MAIL_SERVER="127.0.0.1", MAIL_PORT=port, LOG_FORMAT="json")
+    body = {"client_secret": "s3cret", "email": "Jeanne.Petit@ac-lille.fr", "send_attempt": 1}
+    r = app.test_client().post(f"{V1}/validate/email/requestToken", json=body)
+    assert r.json["errcode"] == "M_EMAIL_SEND_ERROR"
+    [line] = [json.loads(line)["message"] for line in capfd.readouterr().err.splitlines()
+              if "Could not send mail" in line]  # fmt: skip
+    assert line.startswith(f"Could not send mail to J…@ac-lille.fr through 127.0.0.1:{port}:")
+    assert "ConnectionRefusedError: Connection refused" in line

@@ -169,7 +169,15 @@ def test_sydent_invite_template_gets_sydents_variables(sydent_templates, client,
 
 
 def test_without_mail_server_the_mail_is_printed(make_app, capsys):
-    client = make_app(MAIL_SERVER="").test_client()
+    client = make_app(MAIL_SERVER="", LOG_FORMAT="text").test_client()
+    assert request_code(client, ADDRESS).status_code == 200
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "identity.mailer" in line]
+    assert "MAIL_SERVER is not set: mail NOT sent to a…@interieur.gouv.fr" in line
+    assert "/validate/email/submitToken?sid=" in line  # the link, whole, to follow
+
+
+def test_the_raw_mail_is_printed_when_asked(make_app, capsys):
+    client = make_app(MAIL_SERVER="", MAIL_PRINT_RAW=True).test_client()
     assert request_code(client, ADDRESS).status_code == 200
     printed = capsys.readouterr().err
     assert "MAIL_SERVER is not set" in printed and "To: agent@interieur.gouv.fr" in printed

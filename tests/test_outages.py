@@ -462,7 +462,8 @@ def test_gunicorn_refuses_to_start_on_a_database_never_migrated(empty_postgres_d
     env = {
         **os.environ,
         "IDENTITY_SQLALCHEMY_DATABASE_URI": empty_postgres_database,
-        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        "IDENTITY_INSTANCE_PATH": str(tmp_path),
+        "IDENTITY_DEVELOPMENT_DEPLOYMENT": "true",
         "IDENTITY_MAIL_PRINT_TO_LOG": "true",
         "IDENTITY_BIND": f"127.0.0.1:{free_port()}",
         "IDENTITY_WORKERS": "1",

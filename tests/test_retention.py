@@ -43,16 +43,21 @@ def test_forget_erases_an_address(app, client, smtp, runner):
     request_code(client, GUEST, secret="another")  # a session in progress
     store_invite(client, "someone.else@partenaire.example")
 
-    result = runner.invoke(args=["threepid", "forget", "Claire@Partenaire.example"])
+    # It asks first: anything but yes erases nothing.
+    query = {"medium": "email", "address": GUEST}
+    refused = runner.invoke(args=["threepid", "forget", "Claire@Partenaire.example"], input="\n")
+    assert refused.exit_code == 1 and "Aborted" in refused.output
+    assert f"Erase every binding, validation session and invitation of {GUEST}?" in refused.output
+    assert client.get(f"{V1}/lookup", query_string=query).json["mxid"]
+    result = runner.invoke(args=["threepid", "forget", "Claire@Partenaire.example"], input="y\n")
     assert result.exit_code == 0, result.output
     assert "Erased 1 bindings, 2 validation sessions, 1 invitations." in result.output
-    query = {"medium": "email", "address": GUEST}
     assert client.get(f"{V1}/lookup", query_string=query).json == {}
     assert client.get(landing).status_code == 404
     assert count(app, Invitation) == 1  # someone else's stays
-    again = runner.invoke(args=["threepid", "forget", GUEST])
+    again = runner.invoke(args=["threepid", "forget", GUEST, "--yes"])  # a script
     assert "Erased 0 bindings, 0 validation sessions, 0 invitations." in again.output
-    assert runner.invoke(args=["threepid", "forget", "nope"]).exit_code == 2
+    assert runner.invoke(args=["threepid", "forget", "nope", "--yes"]).exit_code == 2
 
 
 def test_the_background_thread_purges_on_schedule(make_app, smtp, clock):

@@ -5,7 +5,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -30,6 +32,7 @@ from tests.helpers import auth
 from tests.helpers import register_user
 
 ROOT = Path(__file__).resolve().parent.parent
+ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 @pytest.fixture
@@ -80,13 +83,46 @@ def test_workers_metrics_logs_and_reload(gunicorn):
     log.flush()
     log.seek(0)
     lines = log.read().splitlines()
-    access = [json.loads(line) for line in lines if line.startswith('{"time": "[')]
+    # One line, one JSON object, whoever wrote it (gunicorn, its access log, the app),
+    # with one time format and numbers as numbers.
+    records = [json.loads(line) for line in lines]
+    assert all(ISO_TIME.fullmatch(r["time"]) for r in records), lines
+    assert all(isinstance(r["pid"], int) for r in records)
+    assert {"gunicorn.error", "gunicorn.access", "app"} <= {r["logger"] for r in records}
+    access = [r for r in records if r["logger"] == "gunicorn.access"]
+    assert all(isinstance(r[key], int) for r in access for key in ("status", "duration_ms"))
     assert len(access) >= 21
     assert all(entry["request_id"] not in ("", "-") for entry in access)
     whole = "\n".join(lines)
     assert whole.count("Unknown configuration key MAIL_SEVER") == 1
     assert "marie.dupont" not in whole and "WzEsInNlY3JldCJd" not in whole
     assert any(e["request"].startswith("GET /_matrix/identity/api/v1/info?… ") for e in access)
+
+
+def test_refusals_are_matrix_errors_that_say_why(gunicorn):
+    """404, 405 and 413 are written as every other Matrix error (compact, one line); a
+    413 gives the limit, a refused internal call names the settings that let it in."""
+    _, base, _ = gunicorn
+    ours = requests.post(f"{base}{V1}/validate/email/requestToken", data="{", timeout=30)
+    assert ours.status_code == 400 and ours.content.endswith(b'"}\n')
+    answers = {
+        404: requests.get(f"{base}/_matrix/identity/v2/nowhere", timeout=30),
+        405: requests.delete(f"{base}/_matrix/identity/v2", timeout=30),
+        413: requests.post(f"{base}{V1}/validate/email/requestToken", timeout=30,
+                           data=b"{" + b" " * 70_000, headers={"Content-Type": "application/json"}),
+        403: requests.get(f"{base}{V1}/internal-info",
+                          params={"medium": "email", "address": "a@b.fr"}, timeout=30),
+    }  # fmt: skip
+    for status, r in answers.items():
+        assert r.status_code == status
+        assert r.headers["Content-Type"] == ours.headers["Content-Type"]
+        assert r.content == json.dumps(r.json(), separators=(",", ":")).encode() + b"\n"
+    assert answers[405].headers["Allow"]
+    assert answers[413].json() == {
+        "errcode": "M_TOO_LARGE", "error": "Request too large: at most 65536 bytes here"
+    }  # fmt: skip
+    forbidden = answers[403].json()["error"]
+    assert "INTERNAL_API_TRUSTED_NETWORKS" in forbidden and "INTERNAL_API_SECRET" in forbidden
 
 
 def _gunicorn_env(tmp_path, database_url: str, **extra: str) -> dict[str, str]:
@@ -149,8 +185,9 @@ def test_cold_starts_migrate_once_and_every_worker_serves(tmp_path, engine):
                         log.flush()
                         log.seek(0)
                         pids = {
-                            json.loads(line)["pid"] for line in log.read().splitlines()
-                            if line.startswith('{"time": "[') and "/lookup?" in line
+                            record["pid"] for record in map(json.loads, log.read().splitlines())
+                            if record["logger"] == "gunicorn.access"
+                            and "/lookup?" in record["request"]
                         }  # fmt: skip
                     assert server.process.poll() is None
                 finally:
@@ -374,7 +411,8 @@ def test_the_readme_first_command_prints_mails_and_creates_the_key_at_start(tmp_
     env = {
         **{name: value for name, value in os.environ.items() if not name.startswith("IDENTITY_")},
         "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "IDENTITY_SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+        # The embedded mode's key, in the instance folder: its first start creates it.
+        "IDENTITY_INSTANCE_PATH": str(tmp_path),
         "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
     }
     base = f"http://127.0.0.1:{port}"
@@ -386,9 +424,60 @@ def test_the_readme_first_command_prints_mails_and_creates_the_key_at_start(tmp_
         body = {"client_secret": "s3cret", "email": "agent@interieur.gouv.fr", "send_attempt": 1}
         r = requests.post(f"{base}{V1}/validate/email/requestToken", json=body, timeout=30)
         assert r.status_code == 200, r.text
-    output = log.read_text()
-    assert "MAIL_SERVER is not set" in output and "To: agent@interieur.gouv.fr" in output
+        # The mail, summed up in one JSON line (stderr is no terminal here): the
+        # recipient masked as in every line, the subject, the code, the link to follow.
+        output = log.read_text()
+        [mail] = [json.loads(line) for line in output.splitlines() if '"identity.mailer"' in line]
+        assert "MAIL_SERVER is not set" in mail["message"]
+        assert "a…@interieur.gouv.fr" in mail["message"] and "agent@" not in output
+        assert "Content-Type" not in output
+        assert re.fullmatch(r"[A-Z0-9]{4}-[A-Z0-9]{4}", mail["mail_code"])
+        assert mail["mail_code"] in mail["mail_subject"]
+        [link] = mail["mail_links"]
+        assert "client_secret=s3cret" in link and f"sid={r.json()['sid']}" in link
+        followed = requests.get(link.replace("http://localhost:5000", base), timeout=30)
+        assert followed.status_code == 200
+        _the_readme_v2_tour(env, base, log)
     assert "Generated a new signing key" in output
+
+
+def _the_readme_v2_tour(env: dict[str, str], base: str, log: Path) -> None:
+    """README's "Trying the v2 API", as written, on the shipped domains.yaml."""
+
+    def flask_token(user_id: str) -> str:
+        command = [str(ROOT / ".venv" / "bin" / "flask"), "--app", "app", "accounts", "token",
+                   user_id]  # fmt: skip
+        if not os.path.exists(command[0]):  # a suite run by another interpreter
+            command[:1] = [sys.executable, "-m", "flask"]
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                              check=True, timeout=120)  # fmt: skip
+        return done.stdout.strip()
+
+    readme = (ROOT / "README.md").read_text()
+    written = ("accounts token @you:agent.dinum.tchap.gouv.fr",
+               '"email": "you@numerique.gouv.fr"', '"mxid": "@you:agent.dinum.tchap.gouv.fr"',
+               )  # fmt: skip
+    for text in written:
+        assert text in readme
+    v2 = f"{base}/_matrix/identity/v2"
+    auth = {"Authorization": f"Bearer {flask_token('@you:agent.dinum.tchap.gouv.fr')}"}
+    body = {"client_secret": "try-it", "email": "you@numerique.gouv.fr", "send_attempt": 1}
+    sid = requests.post(f"{v2}/validate/email/requestToken", json=body, headers=auth,
+                        timeout=30).json()["sid"]  # fmt: skip
+    [code] = [json.loads(line)["mail_code"] for line in log.read_text().splitlines()
+              if "y…@numerique.gouv.fr" in line]  # fmt: skip
+    body = {"client_secret": "try-it", "sid": sid, "token": code}
+    r = requests.post(f"{v2}/validate/email/submitToken", json=body, headers=auth, timeout=30)
+    assert r.json() == {"success": True}
+    body = {"client_secret": "try-it", "sid": sid, "mxid": "@you:agent.dinum.tchap.gouv.fr"}
+    r = requests.post(f"{v2}/3pid/bind", json=body, headers=auth, timeout=30)
+    assert r.status_code == 200 and r.json()["mxid"] == body["mxid"], r.text
+    # The old example's Matrix ID: refused, and the answer names the setting.
+    other = {"Authorization": f"Bearer {flask_token('@you:example.org')}"}
+    body = {**body, "mxid": "@you:example.org"}
+    r = requests.post(f"{v2}/3pid/bind", json=body, headers=other, timeout=30)
+    assert r.json()["errcode"] == "M_BINDING_NOT_PERMITTED"
+    assert "RESTRICT_BINDS_TO_ROUTING" in r.json()["error"]
 
 
 def test_new_workers_start_on_the_last_good_rules_after_a_broken_edit(tmp_path):

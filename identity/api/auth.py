@@ -137,8 +137,14 @@ def require_internal_caller() -> None:
         return
     config = settings()
     if not config.internal_api_secret and not config.internal_api_trusted_networks:
-        raise Forbidden("The internal API is not enabled on this server")
-    raise Forbidden("The internal API is for homeservers only")
+        raise Forbidden(
+            "The internal API is not enabled on this server: its operator sets"
+            " INTERNAL_API_TRUSTED_NETWORKS or INTERNAL_API_SECRET"
+        )
+    raise Forbidden(
+        "The internal API is for homeservers only: call from INTERNAL_API_TRUSTED_NETWORKS,"
+        " or send INTERNAL_API_SECRET as a bearer token"
+    )
 
 
 def is_from(networks: Iterable[Network]) -> bool:

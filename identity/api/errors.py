@@ -3,7 +3,7 @@
 import logging
 
 from flask import Flask
-from flask import json
+from flask import request
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 
@@ -48,14 +48,18 @@ def render_outage(e: Exception):
 
 
 def render_http_error(e: HTTPException):
-    """Turn Werkzeug's HTML error page into a Matrix error, keeping its headers."""
+    """Turn Werkzeug's HTML error page into a Matrix error, written as every other one,
+    keeping its headers (Allow on 405, Retry-After on 429)."""
     status = e.code or 500
     errcode = _HTTP_ERRCODES.get(status, "M_UNKNOWN")
-    message = "Unrecognized request" if status in (404, 405) else (e.description or e.name)
-    response = e.get_response()  # keeps Allow on 405 and Retry-After on 429
-    response.set_data(json.dumps({"errcode": errcode, "error": message}))
-    response.mimetype = "application/json"
-    return response
+    if status in (404, 405):
+        message = "Unrecognized request"
+    elif status == 413 and request.max_content_length is not None:
+        message = f"Request too large: at most {request.max_content_length} bytes here"
+    else:
+        message = e.description or e.name
+    headers = [(name, value) for name, value in e.get_headers() if name.lower() != "content-type"]
+    return {"errcode": errcode, "error": message}, status, headers
 
 
 def render_internal_error(e: InternalServerError):

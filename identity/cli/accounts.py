@@ -1,15 +1,15 @@
 """`flask accounts token USER_ID`: an identity-server access token, for trials and operations."""
 
 import click
-from flask.cli import AppGroup
 
 from identity import accounts
+from identity.cli.group import Group
 from identity.errors import MatrixError
 from identity.extensions import db
 from identity.services import services
 from identity.terms import current_terms
 
-group = AppGroup("accounts", help="Accounts of Matrix users on this identity server.")
+group = Group("accounts", help="Accounts of Matrix users on this identity server.")
 
 
 @group.command("token")

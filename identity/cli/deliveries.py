@@ -1,13 +1,13 @@
 """`flask deliveries run-due|status`: the onbind delivery queue."""
 
 import click
-from flask.cli import AppGroup
 
 from identity import deliveries
+from identity.cli.group import Group
 from identity.services import services
 from identity.storage import deliveries as queue
 
-group = AppGroup("deliveries", help="Invitations waiting to reach homeservers.")
+group = Group("deliveries", help="Invitations waiting to reach homeservers.")
 
 
 @group.command("run-due")

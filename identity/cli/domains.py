@@ -3,9 +3,9 @@
 import sys
 
 import click
-from flask.cli import AppGroup
 
 from identity.addresses import normalise_email
+from identity.cli.group import Group
 from identity.errors import MatrixError
 from identity.routing import RoutingError
 from identity.routing import RoutingTable
@@ -15,7 +15,7 @@ from identity.routing import sydent_info
 from identity.services import services
 from identity.storage import associations
 
-group = AppGroup("domains", help="The routing rules of domains.yaml.")
+group = Group("domains", help="The routing rules of domains.yaml.")
 
 
 def _load(path: str | None) -> RoutingTable:

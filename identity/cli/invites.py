@@ -4,11 +4,11 @@ from datetime import datetime
 from datetime import timedelta
 
 import click
-from flask.cli import AppGroup
 
 from identity.accounts import server_of
 from identity.addresses import normalise_email
 from identity.addresses import redact
+from identity.cli.group import Group
 from identity.errors import MatrixError
 from identity.extensions import db
 from identity.services import services
@@ -17,7 +17,7 @@ from identity.storage import invites
 # Characters of a token `list` shows; `revoke` accepts any unique prefix.
 TOKEN_SHOWN = 8
 
-group = AppGroup("invites", help="Invitations stored by homeservers (store-invite).")
+group = Group("invites", help="Invitations stored by homeservers (store-invite).")
 
 
 def _now() -> datetime:
@@ -93,8 +93,16 @@ def _token_by_prefix(prefix: str) -> str:
 @click.option("--address", help="Only the invitations of this email address.")
 @click.option("--room", "room_id", help="Only the invitations to this room ID.")
 @click.option("--sender", help="Only the invitations sent by this Matrix user ID.")
-@click.option("--state", type=click.Choice(invites.STATES))
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--state", type=click.Choice(invites.STATES), help="Only the invitations in this state."
+)
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="At most this many invitations, newest first.",
+)
 @click.option("--show-addresses", is_flag=True, help="Print whole addresses (redacted otherwise).")
 def list_command(
     address: str | None,

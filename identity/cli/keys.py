@@ -3,12 +3,12 @@
 import os
 
 import click
-from flask.cli import AppGroup
 
 from identity import keys
+from identity.cli.group import Group
 from identity.services import services
 
-group = AppGroup("keys", help="The service's signing key.")
+group = Group("keys", help="The service's signing key.")
 
 
 @group.command("generate")

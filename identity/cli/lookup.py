@@ -1,13 +1,13 @@
 """`flask lookup rotate-pepper`: a new lookup pepper, without stopping lookups."""
 
 import click
-from flask.cli import AppGroup
 
 from identity import lookup
+from identity.cli.group import Group
 from identity.extensions import db
 from identity.services import services
 
-group = AppGroup("lookup", help="The hashed lookups.")
+group = Group("lookup", help="The hashed lookups.")
 
 
 @group.command("rotate-pepper")

@@ -3,13 +3,13 @@
 from datetime import timedelta
 
 import click
-from flask.cli import AppGroup
 
 from identity import validation
+from identity.cli.group import Group
 from identity.extensions import db
 from identity.services import services
 
-group = AppGroup("sessions", help="Email validation sessions.")
+group = Group("sessions", help="Email validation sessions.")
 
 
 @group.command("purge-expired")

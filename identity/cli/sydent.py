@@ -3,14 +3,14 @@
 from datetime import timedelta
 
 import click
-from flask.cli import AppGroup
 
 from identity import sydent_import
+from identity.cli.group import Group
 from identity.extensions import db
 from identity.services import services
 from identity.storage import planner
 
-group = AppGroup("sydent", help="Moving from Sydent.")
+group = Group("sydent", help="Moving from Sydent.")
 
 # How many row references are printed per reason; the counts are always complete.
 _SHOWN_ROWS = 5

@@ -34,12 +34,14 @@ def last_good_file(domains_path: str) -> str:
     return f"domains.last-good.{digest}.yaml"
 
 
-def init_app(app: Flask, *, strict: bool = True) -> RoutingSource:
+def init_app(app: Flask, *, strict: bool = True, list_problems: bool = True) -> RoutingSource:
     """Load DOMAINS_PATH, keeping a copy of its last valid version in the instance folder.
 
     :param strict: refuse to start when the file is invalid (a server starting);
         otherwise (a worker replacing another, an admin's command) say so in one line
         and start on the last good version, or without rules.
+    :param list_problems: that line lists the file's problems; not for a command, which
+        lists them itself if it is `flask domains check` (once, not twice).
     :raises ConfigError: when `strict` and the file is invalid.
     """
     try:
@@ -54,10 +56,11 @@ def init_app(app: Flask, *, strict: bool = True) -> RoutingSource:
     if source.error:
         fallback = "the last good rules" if source.has_rules() else "no routing rules"
         logger.warning(
-            "DOMAINS_PATH %s is invalid, starting on %s (`flask domains check` explains): %s",
+            "DOMAINS_PATH %s is invalid, starting on %s (`flask domains check` lists its"
+            " problems)%s",
             source.path,
             fallback,
-            source.error,
+            f": {source.error}" if list_problems else "",
         )
     _reload_on_sighup(source)
     return source

@@ -136,7 +136,7 @@ class IdentityServer:
         return {
             **os.environ,
             "IDENTITY_SQLALCHEMY_DATABASE_URI": f"sqlite:///{self.directory / 'identity.sqlite3'}",
-            "IDENTITY_SIGNING_KEY_PATH": str(self.directory / "signing.key"),
+            "IDENTITY_INSTANCE_PATH": str(self.directory),  # the server makes its signing key there
             "IDENTITY_PUBLIC_BASE_URL": self.base,
             "IDENTITY_MAIL_SERVER": self.smtp_host,
             "IDENTITY_MAIL_PORT": str(self.smtp_port),
