@@ -19,9 +19,9 @@ from identity import federation
 from identity import i18n
 from identity import keys
 from identity import limits
-from identity import metrics
 from identity import routing
 from identity import terms
+from identity.api import metrics
 from identity.api import register_api
 from identity.cli import register_cli
 from identity.cli.db import guard_authoring_commands
@@ -113,12 +113,14 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
             settings=Settings.from_config(app.config),
             mail=MailSettings.from_config(app.config),
             clock=clock or SystemClock(),
-            federation=federation.init_app(app),
+            federation=federation.build(app.config),
             terms=terms.init_app(app),
             # A server refuses to start on invalid rules. Its later workers (a reload, a
             # recycled worker) and admins' commands start on the last good ones instead.
-            routing=routing.init_app(
-                app,
+            routing=routing.open_source(
+                app.config["DOMAINS_PATH"],
+                check_seconds=app.config["DOMAINS_CHECK_SECONDS"],
+                instance_path=app.instance_path,
                 strict=not checked and (serving or not _running_a_command()),
                 list_problems=not _running_a_command(),
             ),

@@ -17,6 +17,7 @@ from identity.errors import CallerNotAllowed
 from identity.errors import Forbidden
 from identity.errors import InvalidParam
 from identity.errors import MissingParams
+from identity.federation.client import FederationClient
 from identity.federation.signatures import authenticate_request
 from identity.lookup import association_json
 from identity.lookup import hash_association
@@ -136,6 +137,7 @@ def unbind_proven(
     proof: SessionProof | SignedRequest,
     *,
     server_name: str,
+    federation: FederationClient,
     now: datetime,
     session_lifetime_seconds: int,
 ) -> None:
@@ -143,6 +145,7 @@ def unbind_proven(
 
     :param proof: the client's session, or the request as the homeserver signed it.
     :param server_name: ours, the destination a homeserver's signature must name.
+    :param federation: fetches a homeserver's keys to check its signature.
     :raises MatrixError: M_MISSING_PARAMS for a threepid without medium or address,
         M_INVALID_EMAIL, the session's errors, 403 M_FORBIDDEN for a session that proved
         another address, an unsigned or badly signed request, or a homeserver acting
@@ -168,6 +171,7 @@ def unbind_proven(
             proof.content,
             proof.authorization,
             destination=server_name,
+            federation=federation,
             now=now,
         )
         if server_of(mxid) != origin:

@@ -1,36 +1,12 @@
-"""Prometheus metrics, served at GET /metrics.
+"""Prometheus counters and histograms, served at GET /metrics (identity/api/metrics.py).
 
 Counters and histograms are kept by each process; under gunicorn, set the
 PROMETHEUS_MULTIPROC_DIR environment variable (gunicorn.conf.py does) so that
-every worker's values are added up at scrape time. What the database or the
-routing table knows (queue depth, oldest job, domains.yaml status) is read at scrape
-time instead, so every instance reports the same truth.
+every worker's values are added up at scrape time.
 """
 
-import os
-import time
-from collections.abc import Iterator
-from datetime import datetime
-from typing import Any
-
-from flask import Blueprint
-from flask import Flask
-from flask import Response
-from flask import request
-from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
 from prometheus_client import Histogram
-from prometheus_client import generate_latest
-from prometheus_client import multiprocess
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import REGISTRY
-from prometheus_client.registry import Collector
-
-from identity import routing
-from identity.services import services
-from identity.storage import deliveries
-from identity.wsgi import STARTED
 
 REQUESTS = Counter(
     "identity_requests_total", "HTTP requests answered", ["endpoint", "method", "status"]
@@ -46,77 +22,3 @@ INVITATIONS_STORED = Counter("identity_invitations_stored_total", "Invitations s
 INVITATIONS_DELIVERED = Counter(
     "identity_invitations_delivered_total", "Invitations delivered to homeservers (onbind)"
 )
-
-bp = Blueprint("metrics", __name__)
-
-
-@bp.get("/metrics")
-def metrics() -> Response:
-    # Our counters: every worker's added up, or this process's own registry.
-    counters = REGISTRY
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        counters = CollectorRegistry()
-        multiprocess.MultiProcessCollector(counters)
-    state = CollectorRegistry()
-    state.register(_StateCollector(services().clock.now()))
-    # Two expositions one after the other are one valid exposition.
-    return Response(
-        generate_latest(counters) + generate_latest(state), mimetype=CONTENT_TYPE_LATEST
-    )
-
-
-class _StateCollector(Collector):
-    """Gauges read at scrape time from the database and the routing table."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth, oldest = deliveries.queue_state()
-        yield GaugeMetricFamily(
-            "identity_delivery_queue_depth", "Invitations waiting to reach homeservers", depth
-        )
-        age = (self.now - oldest).total_seconds() if oldest is not None else 0
-        yield GaugeMetricFamily(
-            "identity_delivery_queue_oldest_age_seconds", "Age of the oldest waiting delivery", age
-        )
-        status = routing.source().status()
-        yield GaugeMetricFamily(
-            "identity_domains_ok",
-            "1 when domains.yaml on disk is the version served",
-            1 - bool(status.error),
-        )
-        yield GaugeMetricFamily("identity_domains_rules", "Routing rules served", status.rules)
-        yield GaugeMetricFamily(
-            "identity_domains_loaded_timestamp_seconds",
-            "When the served rules were loaded",
-            status.loaded_at,
-        )
-
-
-def init_app(app: Flask) -> None:
-    app.register_blueprint(bp)
-    app.after_request(_count)
-
-
-# (route, method, status) → its request counter and latency histogram. `labels()`
-# validates and locks on every call; the children never change, so look each up once.
-_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-
-def _count(response: Response) -> Response:
-    # The route's template, never the path: paths may hold tokens.
-    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    key = (endpoint, request.method, response.status_code)
-    children = _children.get(key)
-    if children is None:
-        children = _children[key] = (
-            REQUESTS.labels(endpoint, request.method, str(response.status_code)),
-            LATENCY.labels(endpoint),
-        )
-    requests, latency = children
-    requests.inc()
-    started = request.environ.get(STARTED)  # set by the response envelope
-    if started is not None:
-        latency.observe(time.perf_counter() - started)
-    return response

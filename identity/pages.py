@@ -13,9 +13,9 @@ from identity import i18n
 from identity import invitations
 from identity import landing
 from identity import presentation
-from identity import routing
 from identity.api.http import invite_policy
 from identity.api.http import now
+from identity.api.http import routing_table
 from identity.api.http import settings
 
 bp = Blueprint("pages", __name__, template_folder="../templates")
@@ -34,7 +34,7 @@ def invitation(token: str):
     )
     details = None
     if found.invitation is not None:
-        platform = routing.current().resolve(found.invitation.address).platform
+        platform = routing_table().resolve(found.invitation.address).platform
         details = presentation.invitation_context(
             found.invitation,
             found.ephemeral_private_key or "",

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from flask import Blueprint
 
 from identity import accounts
-from identity import federation
 from identity.api.auth import bearer_token
 from identity.api.auth import require_user
 from identity.api.http import json_body
@@ -13,6 +12,7 @@ from identity.api.http import now
 from identity.api.http import parse
 from identity.api.http import settings
 from identity.extensions import db
+from identity.services import services
 from identity.terms import current_terms
 
 bp = Blueprint("account", __name__, url_prefix="/_matrix/identity/v2")
@@ -38,7 +38,7 @@ def register():
         body.access_token,
         body.matrix_server_name,
         now=now(),
-        userinfo=federation.client().openid_userinfo,
+        userinfo=services().federation.openid_userinfo,
         allowed_servers=settings().register_homeserver_allowlist,
     )
     db.session.commit()

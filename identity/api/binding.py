@@ -7,7 +7,6 @@ from flask import request
 
 from identity import binding
 from identity import lookup
-from identity import routing
 from identity.api.auth import request_pepper
 from identity.api.auth import require_user
 from identity.api.auth import require_v1_enabled
@@ -18,9 +17,11 @@ from identity.api.http import json_body
 from identity.api.http import now
 from identity.api.http import parse
 from identity.api.http import route
+from identity.api.http import routing_table
 from identity.api.http import settings
 from identity.extensions import db
 from identity.keys import current_signing_key
+from identity.services import services
 
 bp = Blueprint("binding", __name__, url_prefix="/_matrix/identity")
 
@@ -74,7 +75,7 @@ def bind(v2: bool):
         now=now(),
         session_lifetime_seconds=settings().session_lifetime_seconds,
         signer=signer(),
-        routing=routing.current() if settings().restrict_binds_to_routing else None,
+        routing=routing_table() if settings().restrict_binds_to_routing else None,
     )
     db.session.commit()
     return association
@@ -100,6 +101,7 @@ def unbind(v2: bool):
         body.mxid,
         proof,
         server_name=settings().server_name,
+        federation=services().federation,
         now=now(),
         session_lifetime_seconds=settings().session_lifetime_seconds,
     )

@@ -3,7 +3,6 @@
 from flask import Blueprint
 
 from identity import health as checks
-from identity import routing
 from identity.services import services
 
 bp = Blueprint("health", __name__)
@@ -14,4 +13,4 @@ def health():
     """200 while the service can answer, 503 M_UNKNOWN when its database cannot (or
     has another schema than the code's)."""
     current = services()
-    return checks.check(routing.source(), current.revisions, current.limits)
+    return checks.check(current.routing, current.revisions, current.limits)

@@ -22,6 +22,7 @@ from identity.errors import InvalidParam
 from identity.errors import MissingParams
 from identity.errors import NotJson
 from identity.keys import current_signing_key
+from identity.routing.table import RoutingTable
 from identity.services import services
 
 V1 = "/api/v1"
@@ -220,6 +221,11 @@ def now() -> datetime:
 
 def settings() -> Settings:
     return services().settings
+
+
+def routing_table() -> RoutingTable:
+    """The routing rules in force (domains.yaml, reloaded when it changes)."""
+    return services().routing.table()
 
 
 def invite_policy() -> invitations.Policy:

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from flask import Blueprint
 from flask import request
 
-from identity import routing
 from identity.addresses import normalise_email
 from identity.api.auth import is_from
 from identity.api.auth import require_internal_caller
 from identity.api.http import now
 from identity.api.http import parse
 from identity.api.http import route
+from identity.api.http import routing_table
 from identity.api.http import settings
 from identity.errors import Unrecognized
 from identity.routing.answers import homeserver_info
@@ -45,7 +45,7 @@ def internal_info(v2: bool):
 
 def _answer(*, trusted: bool, internal: bool) -> dict:
     address = _queried_address()
-    table = routing.current()
+    table = routing_table()
     return homeserver_info(address, table=table, trusted=trusted, internal=internal, now=now())
 
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from flask import Blueprint
 
 from identity import binding
-from identity import routing
 from identity.addresses import normalise_email
 from identity.api.auth import require_internal_caller
 from identity.api.binding import signer
 from identity.api.http import json_body
 from identity.api.http import now
 from identity.api.http import parse
+from identity.api.http import routing_table
 from identity.api.http import settings
 from identity.errors import Unrecognized
 from identity.extensions import db
@@ -49,7 +49,7 @@ def bind():
         mxid,
         now=now(),
         signer=signer(),
-        routing=routing.current() if settings().restrict_binds_to_routing else None,
+        routing=routing_table() if settings().restrict_binds_to_routing else None,
     )
     db.session.commit()
     return association

@@ -7,7 +7,6 @@ from flask import Blueprint
 
 from identity import invitations
 from identity import presentation
-from identity import routing
 from identity.api.auth import require_user
 from identity.api.auth import require_v1_enabled
 from identity.api.http import current_user
@@ -16,6 +15,7 @@ from identity.api.http import json_body
 from identity.api.http import now
 from identity.api.http import parse
 from identity.api.http import route
+from identity.api.http import routing_table
 from identity.api.http import settings
 from identity.api.validation import requested_brand
 from identity.errors import CallerNotAllowed
@@ -57,7 +57,7 @@ def store_invite(v2: bool):
         sender_verified=user_id is not None,
         now=now(),
         policy=policy,
-        routing=routing.current(),
+        routing=routing_table(),
         brand=requested_brand(),
         send=partial(presentation.send_invitation, policy=policy),
     )

@@ -1,17 +1,17 @@
 """Calls to homeservers: server discovery, safe HTTP, X-Matrix request signatures."""
 
-from flask import Flask
+from collections.abc import Mapping
+from typing import Any
 
 from identity.federation.client import FederationClient
 from identity.federation.client import FederationError
 from identity.federation.client import Policy
-from identity.services import services
 
-__all__ = ["FederationClient", "FederationError", "client", "init_app"]
+__all__ = ["FederationClient", "FederationError", "build"]
 
 
-def init_app(app: Flask) -> FederationClient:
-    config = app.config
+def build(config: Mapping[str, Any]) -> FederationClient:
+    """The app's client for homeservers, from its FEDERATION_* settings."""
     policy = Policy(
         verify_tls=config["FEDERATION_VERIFY_TLS"],
         ca_file=config["FEDERATION_CA_FILE"],
@@ -21,7 +21,3 @@ def init_app(app: Flask) -> FederationClient:
         max_response_bytes=config["FEDERATION_MAX_RESPONSE_BYTES"],
     )
     return FederationClient(policy)
-
-
-def client() -> FederationClient:
-    return services().federation

@@ -19,8 +19,8 @@ from signedjson.sign import SignatureVerifyException
 from signedjson.types import VerifyKey
 
 from identity.errors import Forbidden
-from identity.federation import FederationError
-from identity.federation import client
+from identity.federation.client import FederationClient
+from identity.federation.client import FederationError
 from identity.storage import server_keys
 
 logger = logging.getLogger(__name__)
@@ -48,11 +48,13 @@ def authenticate_request(
     authorization_headers: list[str],
     *,
     destination: str,
+    federation: FederationClient,
     now: datetime,
 ) -> str:
     """Return the origin server of a correctly X-Matrix-signed request.
 
     :param destination: our own server name; a header naming another one is refused.
+    :param federation: fetches the origin's keys when they are not cached.
     :raises MatrixError: 403 M_FORBIDDEN when no header carries a valid signature (the
         specification's answer to a bad homeserver signature).
     """
@@ -63,7 +65,7 @@ def authenticate_request(
         if fields.get("destination", destination) != destination:
             raise Forbidden("The request was signed for another destination")
         origin = fields["origin"]
-        verify_key = _verify_key(origin, fields["key"], now=now)
+        verify_key = _verify_key(origin, fields["key"], federation, now=now)
         # The server-server form signs `destination`; homeservers calling identity
         # servers (Synapse's unbind) sign `destination_is`, as Sydent checks.
         for destination_field in ("destination", "destination_is"):
@@ -81,12 +83,14 @@ def authenticate_request(
     raise Forbidden("Missing X-Matrix authorization")
 
 
-def _verify_key(origin: str, key_id: str, *, now: datetime) -> VerifyKey:
+def _verify_key(
+    origin: str, key_id: str, federation: FederationClient, *, now: datetime
+) -> VerifyKey:
     if not key_id.startswith("ed25519:"):
         raise Forbidden(f"Unsupported key algorithm in {key_id}")
     cached = server_keys.find(origin, key_id, now=now)
     if cached is None:  # unknown or expired: the homeserver may have a new key
-        _fetch_keys(origin, now=now)
+        _fetch_keys(origin, federation, now=now)
         cached = server_keys.find(origin, key_id, now=now)
     if cached is None:
         raise Forbidden(f"Unknown key {key_id} for {origin}")
@@ -97,10 +101,10 @@ def decode_key(key_id: str, base64_key: str) -> VerifyKey:
     return signedjson.key.decode_verify_key_bytes(key_id, signedjson.key.decode_base64(base64_key))
 
 
-def _fetch_keys(origin: str, *, now: datetime) -> None:
+def _fetch_keys(origin: str, federation: FederationClient, *, now: datetime) -> None:
     """Fetch the origin's current keys, check their self-signature and cache them."""
     try:
-        answer = client().get_json(origin, "/_matrix/key/v2/server")
+        answer = federation.get_json(origin, "/_matrix/key/v2/server")
     except FederationError as e:
         logger.info("Could not fetch the keys of %s: %s", origin, e)
         raise Forbidden(f"Could not fetch the keys of {origin}") from None

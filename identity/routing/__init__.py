@@ -12,17 +12,14 @@ import signal
 import threading
 import weakref
 
-from flask import Flask
-
 from identity.config import ConfigError
 from identity.routing.schema import RoutingError
 from identity.routing.source import RoutingSource
 from identity.routing.table import Match
 from identity.routing.table import Platform
 from identity.routing.table import RoutingTable
-from identity.services import services
 
-__all__ = ["Match", "Platform", "RoutingError", "RoutingSource", "RoutingTable", "current"]
+__all__ = ["Match", "Platform", "RoutingError", "RoutingSource", "RoutingTable", "open_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +31,15 @@ def last_good_file(domains_path: str) -> str:
     return f"domains.last-good.{digest}.yaml"
 
 
-def init_app(app: Flask, *, strict: bool = True, list_problems: bool = True) -> RoutingSource:
-    """Load DOMAINS_PATH, keeping a copy of its last valid version in the instance folder.
+def open_source(
+    domains_path: str,
+    *,
+    check_seconds: float,
+    instance_path: str,
+    strict: bool = True,
+    list_problems: bool = True,
+) -> RoutingSource:
+    """Load `domains_path`, keeping a copy of its last valid version in `instance_path`.
 
     :param strict: refuse to start when the file is invalid (a server starting);
         otherwise (a worker replacing another, an admin's command) say so in one line
@@ -46,10 +50,10 @@ def init_app(app: Flask, *, strict: bool = True, list_problems: bool = True) -> 
     """
     try:
         source = RoutingSource(
-            app.config["DOMAINS_PATH"],
-            check_seconds=app.config["DOMAINS_CHECK_SECONDS"],
+            domains_path,
+            check_seconds=check_seconds,
             strict=strict,
-            last_good=os.path.join(app.instance_path, last_good_file(app.config["DOMAINS_PATH"])),
+            last_good=os.path.join(instance_path, last_good_file(domains_path)),
         )
     except RoutingError as e:
         raise ConfigError(f"DOMAINS_PATH: {e}") from None
@@ -64,14 +68,6 @@ def init_app(app: Flask, *, strict: bool = True, list_problems: bool = True) -> 
         )
     _reload_on_sighup(source)
     return source
-
-
-def current() -> RoutingTable:
-    return source().table()
-
-
-def source() -> RoutingSource:
-    return services().routing
 
 
 # The sources of this process's apps (one in production, many in a test session).
