@@ -14,13 +14,9 @@ from flask import request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from identity import deliveries
-from identity import federation
 from identity import i18n
 from identity import keys
-from identity import limits
-from identity import routing
-from identity import terms
+from identity import worker
 from identity.api import metrics
 from identity.api import register_api
 from identity.cli import register_cli
@@ -29,7 +25,6 @@ from identity.clock import Clock
 from identity.clock import SystemClock
 from identity.config import DEFAULTS
 from identity.config import ConfigError
-from identity.config import Settings
 from identity.config import check_config
 from identity.config import known_key_like
 from identity.config import load_file
@@ -40,11 +35,10 @@ from identity.extensions import mail
 from identity.headers import ResponseHeaders
 from identity.headers import response_headers
 from identity.logs import init_logging
-from identity.mailer import MailSettings
 from identity.pages import bp as pages_bp
 from identity.pages import inline_styles
 from identity.schema_upgrade import upgrade_schema
-from identity.services import Services
+from identity.services import build as build_services
 from identity.services import init_app as init_services
 from identity.services import services
 from identity.storage import models  # noqa: F401  (registers the tables)
@@ -109,27 +103,17 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     i18n.init_app(app)
     init_services(
         app,
-        Services(
-            settings=Settings.from_config(app.config),
-            mail=MailSettings.from_config(app.config),
+        build_services(
+            app,
             clock=clock or SystemClock(),
-            federation=federation.build(app.config),
-            terms=terms.init_app(app),
+            revisions=Revisions.of_directory(MIGRATIONS_DIR),
             # A server refuses to start on invalid rules. Its later workers (a reload, a
             # recycled worker) and admins' commands start on the last good ones instead.
-            routing=routing.open_source(
-                app.config["DOMAINS_PATH"],
-                check_seconds=app.config["DOMAINS_CHECK_SECONDS"],
-                instance_path=app.instance_path,
-                strict=not checked and (serving or not _running_a_command()),
-                list_problems=not _running_a_command(),
-            ),
-            limits=limits.init_app(app),
-            deliveries=deliveries.init_app(app),
-            revisions=Revisions.of_directory(MIGRATIONS_DIR),
-            create_signing_key=app.testing,
+            strict_routing=not checked and (serving or not _running_a_command()),
+            list_routing_problems=not _running_a_command(),
         ),
     )
+    worker.init_app(app)
 
     _limit_body_sizes(app)
     metrics.init_app(app)
@@ -154,7 +138,8 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
         # Loaded at start, not on the first request that signs. Only a first start in the
         # embedded mode creates it: anywhere else a missing key is a mistyped path or a
         # lost file, and a new key would be a second identity (docs/operations.md).
-        keys.init_app(app, create=app.config["SIGNING_KEY_PATH"] == keys.embedded_path(app))
+        embedded = keys.embedded_path(app.instance_path)
+        services(app).keys.load_now(create=app.config["SIGNING_KEY_PATH"] == embedded)
     return app
 
 
@@ -236,7 +221,7 @@ def _load_config(app: Flask, config: Mapping[str, Any] | None) -> dict[str, str]
             app.instance_path, "identity.sqlite3"
         )
     if not app.config["SIGNING_KEY_PATH"]:
-        app.config["SIGNING_KEY_PATH"] = keys.embedded_path(app)
+        app.config["SIGNING_KEY_PATH"] = keys.embedded_path(app.instance_path)
     if not app.config["DOMAINS_PATH"]:
         app.config["DOMAINS_PATH"] = os.path.join(HERE, "domains.yaml")
     if app.config.get("AUTO_MIGRATE") is None:

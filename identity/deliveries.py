@@ -2,33 +2,23 @@
 
 Jobs live in the database (the Delivery table), so a homeserver that is down, or a
 restart of this service, delays a delivery but never loses it. Each web process runs
-a small worker thread; `flask deliveries run-due` does one pass by hand.
+a small worker thread (identity.worker); `flask deliveries run-due` does one pass by hand.
 
 A job is claimed with a lease before the homeserver is called, and the claim is
 committed first: another worker (thread, process or host) skips it meanwhile.
 """
 
 import logging
-import threading
 from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask
-
 from identity import federation
-from identity import keys
 from identity import metrics
-from identity import outages
-from identity import peers
 from identity.addresses import redact
-from identity.extensions import db
-from identity.retention import Retention
-from identity.retention import Schedule
-from identity.retention import purge
-from identity.services import services
 from identity.storage import deliveries
 from identity.storage.models import Delivery
 
@@ -55,28 +45,13 @@ class WorkerSettings:
     poll_seconds: float
     max_backoff: timedelta
 
-
-def run_due(*, now: datetime) -> int:
-    """Attempt every due delivery once, with the app's federation client and key.
-
-    The caller's side of `process_due`: needs an app context, and commits the app's
-    session after each claim and each attempt.
-
-    :returns: how many invitations were delivered.
-    """
-    current = services()
-    return process_due(
-        now=now,
-        post=current.federation.post_json,
-        # Invitations imported from a Sydent peer are signed with that peer's key.
-        sign=peers.invitation_signer(
-            server_name=current.settings.server_name,
-            our_key=keys.current_signing_key(),
-            signing_key_path=current.settings.signing_key_path,
-        ),
-        max_backoff=current.deliveries.max_backoff,
-        commit=db.session.commit,
-    )
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "WorkerSettings":
+        return cls(
+            enabled=config["DELIVERY_WORKER_ENABLED"],
+            poll_seconds=float(config["DELIVERY_POLL_SECONDS"]),
+            max_backoff=timedelta(seconds=config["DELIVERY_MAX_BACKOFF_SECONDS"]),
+        )
 
 
 def process_due(
@@ -165,88 +140,3 @@ def onbind_body(job: Delivery, sign: Signer) -> dict[str, Any]:
 def backoff(attempts: int, cap: timedelta) -> timedelta:
     """10 s, 20 s, 40 s, … capped: a homeserver that is down is not hammered."""
     return min(FIRST_RETRY * 2 ** min(attempts - 1, 20), cap)
-
-
-def init_app(app: Flask) -> WorkerSettings:
-    """Read the worker settings; start the worker thread with the first request.
-
-    Starting lazily keeps CLI commands and preloading masters (gunicorn --preload
-    forks after create_app, and threads do not survive a fork) free of the thread.
-    """
-    config = app.config
-    worker = WorkerSettings(
-        enabled=config["DELIVERY_WORKER_ENABLED"],
-        poll_seconds=float(config["DELIVERY_POLL_SECONDS"]),
-        max_backoff=timedelta(seconds=config["DELIVERY_MAX_BACKOFF_SECONDS"]),
-    )
-    if not worker.enabled:
-        return worker
-    lock = threading.Lock()
-
-    @app.before_request
-    def start_worker() -> None:
-        if services(app).deliveries_stop is not None:
-            return
-        with lock:
-            if services(app).deliveries_stop is None:
-                start(app)
-
-    return worker
-
-
-def start(app: Flask) -> threading.Event:
-    """Start the delivery thread of this process; set the returned event to stop it."""
-    stop = threading.Event()
-    current = services(app)
-    current.deliveries_stop = stop
-    thread = threading.Thread(target=_work, args=(app, stop), daemon=True, name="deliveries")
-    current.deliveries_thread = thread
-    thread.start()
-    return stop
-
-
-def stop(app: Flask, timeout: float = 30) -> None:
-    """Stop this process's delivery thread: after its current pass, which this waits for.
-
-    Once this returns the thread uses the database no more, so the engine can be
-    disposed: a pass still running would check a connection out of a disposed pool
-    and leave it to the garbage collector, unclosed.
-
-    :raises RuntimeError: the pass did not end within `timeout` seconds.
-    """
-    current = services(app)
-    if current.deliveries_stop is not None:
-        current.deliveries_stop.set()
-    thread = current.deliveries_thread
-    if thread is not None and thread is not threading.current_thread():
-        thread.join(timeout)
-        if thread.is_alive():
-            raise RuntimeError(f"the delivery thread did not stop within {timeout} s")
-
-
-def _work(app: Flask, stop: threading.Event) -> None:
-    """The process's background thread: deliveries, and the scheduled purges."""
-    current = services(app)
-    interval = current.deliveries.poll_seconds
-    retention = Retention.from_settings(current.settings)
-    purges = Schedule(retention.purge_interval_seconds)
-    while not stop.is_set():
-        try:
-            with app.app_context():
-                now = current.clock.now()
-                run_due(now=now)
-                if purges.is_due():
-                    deleted = purge(retention, now=now)
-                    db.session.commit()
-                    logger.info(
-                        "Purged %s",
-                        ", ".join(f"{count} {kind}" for kind, count in deleted.items()),
-                        extra={"purged": deleted},  # numbers, in a JSON line
-                    )
-        except Exception as e:
-            # The next pass retries; one bad pass must not end deliveries for good.
-            if (dependency := outages.unavailable_dependency(e)) is not None:
-                outages.warn(dependency, e, effect="deliveries and purges wait")
-            else:
-                logger.exception("Background pass failed")
-        stop.wait(interval)

@@ -9,13 +9,11 @@ from typing import cast
 
 import signedjson.key
 import signedjson.sign
-from flask import Flask
 from nacl.exceptions import CryptoError
 from signedjson.types import SigningKey
 from signedjson.types import VerifyKey
 
 from identity.config import ConfigError
-from identity.services import services
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +23,9 @@ DEFAULT_KEY_ID = "0"
 EMBEDDED_FILE = "signing.key"
 
 
-def embedded_path(app: Flask) -> str:
+def embedded_path(instance_path: str) -> str:
     """Where the embedded mode keeps the key: in the instance folder."""
-    return os.path.join(app.instance_path, EMBEDDED_FILE)
+    return os.path.join(instance_path, EMBEDDED_FILE)
 
 
 class MissingSigningKey(ConfigError):
@@ -40,28 +38,41 @@ class MissingSigningKey(ConfigError):
         )
 
 
-def init_app(app: Flask, *, create: bool) -> None:
-    """Load the signing key at start.
+class SigningKeyHolder:
+    """The app's signing key at SIGNING_KEY_PATH: loaded at start by a server, on first
+    use by commands and tests, then kept.
 
-    :param create: generate the key when there is none (the embedded mode's first start).
-    :raises ConfigError: when SIGNING_KEY_PATH holds no valid key (or none at all, unless
-        `create`) or cannot be written.
+    :param create_on_first_use: generate a missing key on first use; only in an app a
+        test builds (a server creates it at start, in the embedded mode only; a command
+        never).
     """
-    path = app.config["SIGNING_KEY_PATH"]
-    services(app).signing_key = load(path, create=create)
 
+    def __init__(self, path: str, *, create_on_first_use: bool = False) -> None:
+        self.path = path
+        self.create_on_first_use = create_on_first_use
+        self._key: SigningKey | None = None
 
-def current_signing_key() -> SigningKey:
-    """The app's signing key, read on first use and then kept (a server's, at start).
+    def load_now(self, *, create: bool) -> None:
+        """Load the key at start.
 
-    :raises ConfigError: no valid key at SIGNING_KEY_PATH.
-    """
-    current = services()
-    if current.signing_key is None:
-        current.signing_key = load(
-            current.settings.signing_key_path, create=current.create_signing_key
-        )
-    return current.signing_key
+        :param create: generate the key when there is none (the embedded mode's first start).
+        :raises ConfigError: when the path holds no valid key (or none at all, unless
+            `create`) or cannot be written.
+        """
+        self._key = load(self.path, create=create)
+
+    def key(self) -> SigningKey:
+        """The key, read on first use and then kept.
+
+        :raises ConfigError: no valid key at the path.
+        """
+        if self._key is None:
+            self._key = load(self.path, create=self.create_on_first_use)
+        return self._key
+
+    def replace(self, key: SigningKey) -> None:
+        """Sign with `key` from now on (a key imported from Sydent, already written)."""
+        self._key = key
 
 
 def load(path: str, *, create: bool = False) -> SigningKey:

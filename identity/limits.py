@@ -26,12 +26,12 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from typing import Protocol
 
-from flask import Flask
 from limits import RateLimitItem
 from limits import parse_many
 from limits.storage import MemoryStorage
@@ -44,7 +44,6 @@ from identity.config import ConfigError
 from identity.errors import LimitExceeded
 from identity.errors import Unavailable
 from identity.idle import IdleConnections
-from identity.services import services
 
 
 @dataclass(frozen=True)
@@ -111,8 +110,11 @@ class Limits:
 _FAIL_CLOSED = frozenset({"mails_per_address"})
 
 
-def init_app(app: Flask) -> "Limits":
-    config = app.config
+def build(config: Mapping[str, Any]) -> "Limits":
+    """The app's limits, from its RATELIMIT_* and MAIL_LIMIT_PER_ADDRESS settings.
+
+    :raises ConfigError: a bad limit or storage URI.
+    """
     windows: _Windows | None = None
     if config["RATELIMIT_ENABLED"]:
         uri = config["RATELIMIT_STORAGE_URI"]
@@ -315,10 +317,6 @@ def _items(key: str, config) -> tuple[Window, ...]:
         return tuple(Window.of(item) for item in parse_many(str(config[key])))
     except ValueError:
         raise ConfigError(f"{key}: expected limits such as '30/minute;500/hour'") from None
-
-
-def current() -> Limits:
-    return services().limits
 
 
 def private_key(value: str) -> str:

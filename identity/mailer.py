@@ -25,12 +25,10 @@ from functools import cache
 from typing import Any
 
 import jinja2
-from flask import current_app
 from flask_mail import Connection
 from flask_mail import Message
 
 from identity import i18n
-from identity import limits
 from identity import metrics
 from identity import outages
 from identity.addresses import redact
@@ -38,8 +36,9 @@ from identity.brands import is_brand
 from identity.clock import new_token
 from identity.errors import EmailSendError
 from identity.errors import InvalidEmail
+from identity.limits import Limits
+from identity.limits import private_key
 from identity.logs import UNSCRUBBED
-from identity.services import services
 
 logger = logging.getLogger(__name__)
 
@@ -118,32 +117,75 @@ SYDENT_FILES = {
 _LINE_BREAKS = re.compile(r"[\r\n]+")
 
 
-def send_template(
-    name: str, to: str, context: Mapping[str, Any], *, brand: str | None = None
-) -> None:
-    """Render the `name` mail for `to` and send it.
+class Mailer:
+    """Sends the app's mails: built once per app (identity.services) from its settings,
+    Flask-Mail's state for the app (server, port, credentials) and its rate limits."""
 
-    :param name: ``verification`` or ``invite``.
-    :param to: the mailbox (identity.addresses): a non-ASCII local part goes out with
-        SMTPUTF8 (RFC 6531), which the mail server must offer.
-    :param context: the template variables (Sydent's names, e.g. ``token``, ``link``).
-    :param brand: a brand folder of TEMPLATES_PATH; unknown brands fall back to DEFAULT_BRAND.
-    :raises MatrixError: M_LIMIT_EXCEEDED when the address got too many mails lately,
-        M_EMAIL_SEND_ERROR when the mail cannot be handed to the server, M_INVALID_EMAIL
-        when the mailbox needs SMTPUTF8 and the server does not offer it.
-    """
-    # However many clients ask, nobody's mailbox is flooded in our name (in any case:
-    # the address's key is its mailbox case-folded).
-    limits.current().check("mails_per_address", limits.private_key(to.casefold()))
-    settings = services().mail
-    sydent_template = sydent_template_path(name, brand, settings)
-    if sydent_template is not None:
-        raw = render_sydent_mail(sydent_template, to, context, settings)
-        _deliver(to, raw=raw.encode("utf-8"), code=context.get("code"))
-        return
-    subject, body, html = render_mail(name, context)
-    message = Message(subject=subject, recipients=[to], body=body, html=html)
-    _deliver(to, message=message, code=context.get("code"))
+    def __init__(self, settings: MailSettings, smtp: Any, limits: Limits) -> None:
+        self.settings = settings
+        self.smtp = smtp
+        self.limits = limits
+
+    def send_template(
+        self, name: str, to: str, context: Mapping[str, Any], *, brand: str | None = None
+    ) -> None:
+        """Render the `name` mail for `to` and send it.
+
+        :param name: ``verification`` or ``invite``.
+        :param to: the mailbox (identity.addresses): a non-ASCII local part goes out with
+            SMTPUTF8 (RFC 6531), which the mail server must offer.
+        :param context: the template variables (Sydent's names, e.g. ``token``, ``link``).
+        :param brand: a brand folder of TEMPLATES_PATH; unknown brands fall back to
+            DEFAULT_BRAND.
+        :raises MatrixError: M_LIMIT_EXCEEDED when the address got too many mails lately,
+            M_EMAIL_SEND_ERROR when the mail cannot be handed to the server,
+            M_INVALID_EMAIL when the mailbox needs SMTPUTF8 and the server does not offer it.
+        """
+        # However many clients ask, nobody's mailbox is flooded in our name (in any case:
+        # the address's key is its mailbox case-folded).
+        self.limits.check("mails_per_address", private_key(to.casefold()))
+        settings = self.settings
+        sydent_template = sydent_template_path(name, brand, settings)
+        if sydent_template is not None:
+            raw = render_sydent_mail(sydent_template, to, context, settings)
+            self._deliver(to, raw=raw.encode("utf-8"), code=context.get("code"))
+            return
+        subject, body, html = render_mail(name, context)
+        message = Message(subject=subject, recipients=[to], body=body, html=html)
+        self._deliver(to, message=message, code=context.get("code"))
+
+    def _deliver(
+        self,
+        to: str,
+        *,
+        message: Message | None = None,
+        raw: bytes | None = None,
+        code: str | None = None,
+    ) -> None:
+        state = self.smtp
+        smtputf8 = not to.isascii()
+        if message is not None and smtputf8:
+            raw, message = _smtputf8_bytes(message, to), None
+        if not state.server:
+            data = message.as_bytes() if message else raw or b""
+            if self.settings.print_raw:
+                _print_for_development(data)
+            else:
+                _log_for_development(to, data, code)
+            return
+        slots = self.settings.slots
+        if not slots.take():
+            metrics.MAILS.labels("busy").inc()
+            outages.warn(
+                outages.SMTP, effect="mails beyond MAIL_MAX_CONCURRENT are refused at once"
+            )
+            raise EmailSendError("The mail server is busy, try again shortly")
+        try:
+            _send(state, self.settings, to, message, raw, smtputf8)
+        finally:
+            slots.give_back()
+        metrics.MAILS.labels("sent").inc()
+        logger.info("Mail sent to %s", redact(to))
 
 
 def render_mail(name: str, context: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -229,8 +271,12 @@ class VerifiedConnection(Connection):
     hand codes and invitation links to a server we have not authenticated.
     """
 
+    def __init__(self, mail: Any, settings: MailSettings) -> None:
+        super().__init__(mail)
+        self.settings = settings
+
     def configure_host(self) -> smtplib.SMTP:
-        settings = services().mail
+        settings = self.settings
         timeout = settings.timeout
         host: smtplib.SMTP
         if self.mail.use_ssl:
@@ -247,40 +293,20 @@ class VerifiedConnection(Connection):
         return host
 
 
-def _deliver(
-    to: str, *, message: Message | None = None, raw: bytes | None = None, code: str | None = None
+def _send(
+    state: Any,
+    settings: MailSettings,
+    to: str,
+    message: Message | None,
+    raw: bytes | None,
+    smtputf8: bool,
 ) -> None:
-    state = current_app.extensions["mail"]
-    smtputf8 = not to.isascii()
-    if message is not None and smtputf8:
-        raw, message = _smtputf8_bytes(message, to), None
-    if not state.server:
-        data = message.as_bytes() if message else raw or b""
-        if services().mail.print_raw:
-            _print_for_development(data)
-        else:
-            _log_for_development(to, data, code)
-        return
-    slots = services().mail.slots
-    if not slots.take():
-        metrics.MAILS.labels("busy").inc()
-        outages.warn(outages.SMTP, effect="mails beyond MAIL_MAX_CONCURRENT are refused at once")
-        raise EmailSendError("The mail server is busy, try again shortly")
-    try:
-        _send(state, to, message, raw, smtputf8)
-    finally:
-        slots.give_back()
-    metrics.MAILS.labels("sent").inc()
-    logger.info("Mail sent to %s", redact(to))
-
-
-def _send(state: Any, to: str, message: Message | None, raw: bytes | None, smtputf8: bool) -> None:
     """Hand the mail to the SMTP server.
 
     :raises MatrixError: M_INVALID_EMAIL, M_EMAIL_SEND_ERROR.
     """
     try:
-        with VerifiedConnection(state) as connection:
+        with VerifiedConnection(state, settings) as connection:
             if message is not None:
                 connection.send(message)
             elif connection.host is not None and raw is not None:

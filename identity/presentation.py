@@ -1,8 +1,10 @@
-"""How an invitation is shown: the variables of its mail and of its landing page.
+"""How mails and pages are worded: the variables of the code mail, of an invitation's
+mail and of its landing page.
 
-The invitation policy (identity.invitations) decides who is invited and mailed; this
-module only turns an invitation into what templates show. Text comes from the
-templates and their catalogues, never from here.
+The invitation policy (identity.invitations) decides who is invited and mailed, the
+validation rules (identity.validation) when a code is sent; this module only turns
+them into what templates show, and hands the mails to the app's `Mailer`. Text comes
+from the templates and their catalogues, never from here.
 """
 
 import re
@@ -13,11 +15,12 @@ from urllib.parse import urlencode
 
 from identity import i18n
 from identity import landing
-from identity import mailer
 from identity.invitations import WEB_CLIENT_LOCATION_ARG
 from identity.invitations import InvitationMail
 from identity.invitations import Policy
+from identity.mailer import Mailer
 from identity.storage.models import Invitation
+from identity.storage.models import ValidationSession
 
 # Optional arguments of store-invite the mail and the web client link use; empty when absent.
 OPTIONAL_FIELDS = (
@@ -41,7 +44,24 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 _LINKABLE = re.compile(r"[.:/@]")
 
 
-def send_invitation(to: str, mail: InvitationMail, *, brand: str | None, policy: Policy) -> None:
+def send_code_mail(session: ValidationSession, code: str, *, base_url: str, mailer: Mailer) -> None:
+    """Mail `code` to the session's address, with a link that validates in one click
+    (a `validation.CodeSender`).
+
+    The link uses the v1 path, which needs no access token: it is opened from a mail.
+    """
+    link = f"{base_url}/_matrix/identity/api/v1/validate/email/submitToken?" + urlencode(
+        {"sid": session.sid, "client_secret": session.client_secret, "token": session.token}
+    )
+    context = {"token": session.token, "code": code, "link": link}
+    # To the mailbox as written: case-folding may change it (Straße → strasse).
+    to = session.mailbox or session.address
+    mailer.send_template("verification", to, context, brand=session.brand)
+
+
+def send_invitation(
+    to: str, mail: InvitationMail, *, brand: str | None, policy: Policy, mailer: Mailer
+) -> None:
     """Word the invitation `mail` and send it to the mailbox `to` (an `InviteSender`)."""
     context = invitation_context(
         mail.invitation,

@@ -1,54 +1,113 @@
-"""The app's services: one typed object, built once by create_app.
+"""The app's services: every edge object and per-app policy, built once by `build`.
 
-Views, commands and the background worker read the pieces they need from
-`services()` and pass them to domain functions as plain arguments; domain modules
-never import this module.
+Only delivery code (identity.api, identity.pages, identity.cli, identity.worker) and
+app.py read them, through `services()`, and pass the pieces a domain function needs as
+plain arguments; domain modules and edges never import this module (docs/architecture.md).
 """
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import field
+from datetime import timedelta
 
 from flask import Flask
 from flask import current_app
 
-if TYPE_CHECKING:
-    from signedjson.types import SigningKey
-
-    from identity.clock import Clock
-    from identity.config import Settings
-    from identity.deliveries import WorkerSettings
-    from identity.federation.client import FederationClient
-    from identity.limits import Limits
-    from identity.mailer import MailSettings
-    from identity.routing.source import RoutingSource
-    from identity.storage.schema import Revisions
-    from identity.terms import Terms
+from identity import federation
+from identity import invitations
+from identity import limits
+from identity import routing
+from identity import terms
+from identity import validation
+from identity.clock import Clock
+from identity.config import Settings
+from identity.deliveries import WorkerSettings
+from identity.federation.client import FederationClient
+from identity.keys import SigningKeyHolder
+from identity.limits import Limits
+from identity.mailer import Mailer
+from identity.mailer import MailSettings
+from identity.routing.source import RoutingSource
+from identity.storage.schema import Revisions
+from identity.terms import Terms
 
 EXTENSION = "identity"
 
 
 @dataclass
 class Services:
-    """Everything create_app builds for one app, typed."""
+    """Everything `build` makes for one app, typed."""
 
-    settings: "Settings"
-    mail: "MailSettings"
-    clock: "Clock"
-    routing: "RoutingSource"
-    federation: "FederationClient"
-    terms: "Terms"
-    limits: "Limits"
-    deliveries: "WorkerSettings"
-    revisions: "Revisions"  # the migrations the code ships (/health, start-up checks)
-    # Loaded at start by a server, on first use by commands and tests (keys.py).
-    signing_key: "SigningKey | None" = None
-    # Whether a missing key is generated on first use: only in an app a test builds
-    # (a server creates it at start, in the embedded mode only; a command never).
-    create_signing_key: bool = False
-    # Set once this process's delivery thread runs (deliveries.start).
+    settings: Settings
+    mailer: Mailer
+    clock: Clock
+    routing: RoutingSource
+    federation: FederationClient
+    terms: Terms
+    limits: Limits
+    deliveries: WorkerSettings
+    revisions: Revisions  # the migrations the code ships (/health, start-up checks)
+    keys: SigningKeyHolder
+    validation: validation.Policy
+    # Set once this process's delivery thread runs (identity.worker.start).
     deliveries_stop: threading.Event | None = None
     deliveries_thread: threading.Thread | None = None
+    # The invitation policy and the key it was derived from (see `invitation_policy`).
+    _invitation_policy: tuple[object, invitations.Policy] | None = field(default=None, repr=False)
+
+    def invitation_policy(self) -> invitations.Policy:
+        """The deployment's invitation policy (store-invite and the landing page), derived
+        once per signing key: its landing secret costs a key derivation."""
+        key = self.keys.key()
+        cached = self._invitation_policy
+        if cached is None or cached[0] is not key:
+            cached = self._invitation_policy = (
+                key,
+                invitations.Policy.from_settings(self.settings, key),
+            )
+        return cached[1]
+
+
+def build(
+    app: Flask,
+    *,
+    clock: Clock,
+    revisions: Revisions,
+    strict_routing: bool,
+    list_routing_problems: bool,
+) -> Services:
+    """Build the app's services from its configuration (after `mail.init_app(app)`).
+
+    :param strict_routing: refuse to start on invalid routing rules (routing.open_source).
+    :raises ConfigError: naming the bad key.
+    """
+    config = app.config
+    settings = Settings.from_config(config)
+    app_limits = limits.build(config)
+    return Services(
+        settings=settings,
+        mailer=Mailer(MailSettings.from_config(config), app.extensions["mail"], app_limits),
+        clock=clock,
+        federation=federation.build(config),
+        terms=terms.build(config["TERMS_PATH"]),
+        routing=routing.open_source(
+            config["DOMAINS_PATH"],
+            check_seconds=config["DOMAINS_CHECK_SECONDS"],
+            instance_path=app.instance_path,
+            strict=strict_routing,
+            list_problems=list_routing_problems,
+        ),
+        limits=app_limits,
+        deliveries=WorkerSettings.from_config(config),
+        revisions=revisions,
+        keys=SigningKeyHolder(config["SIGNING_KEY_PATH"], create_on_first_use=app.testing),
+        validation=validation.Policy(
+            lifetime=timedelta(seconds=settings.session_lifetime_seconds),
+            max_attempts=settings.token_max_attempts,
+            next_link_hosts=settings.next_link_domain_allowlist,
+            refuse_special_use_domains=settings.refuse_special_use_domains,
+        ),
+    )
 
 
 def init_app(app: Flask, built: Services) -> None:

@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from flask import Flask
 
 from identity.config import ConfigError
-from identity.services import services
 
 
 @dataclass(frozen=True)
@@ -49,13 +47,9 @@ def _langs(doc: dict[str, Any]) -> list[dict[str, str]]:
     return [value for key, value in doc.items() if key != "version"]
 
 
-def init_app(app: Flask) -> "Terms":
-    path = app.config["TERMS_PATH"]
+def build(path: str | None) -> Terms:
+    """The terms at TERMS_PATH, or none when it is empty."""
     return load(path) if path else NO_TERMS
-
-
-def current_terms() -> Terms:
-    return services().terms
 
 
 def load(path: str) -> Terms:

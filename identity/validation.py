@@ -11,12 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
-from urllib.parse import urlencode
 from urllib.parse import urlsplit
 
 from werkzeug.urls import iri_to_uri
 
-from identity import mailer
 from identity.addresses import parse_email
 from identity.clock import new_code
 from identity.clock import new_token
@@ -226,17 +224,3 @@ def codes_match(typed: str, expected: str) -> bool:
 def format_code(code: str) -> str:
     """Group a code in fours (``ABCD-EFGH``) so that people read and type it easily."""
     return "-".join(code[i : i + 4] for i in range(0, len(code), 4))
-
-
-def send_code_mail(session: ValidationSession, code: str, *, base_url: str) -> None:
-    """Mail `code` to the session's address, with a link that validates in one click.
-
-    The link uses the v1 path, which needs no access token: it is opened from a mail.
-    """
-    link = f"{base_url}/_matrix/identity/api/v1/validate/email/submitToken?" + urlencode(
-        {"sid": session.sid, "client_secret": session.client_secret, "token": session.token}
-    )
-    context = {"token": session.token, "code": code, "link": link}
-    # To the mailbox as written: case-folding may change it (Straße → strasse).
-    to = session.mailbox or session.address
-    mailer.send_template("verification", to, context, brand=session.brand)

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from app import create_app
-from identity import deliveries
+from identity import worker
 from identity.extensions import db
 from testing.smtp import SmtpSink
 from tests.support import FakeClock
@@ -171,7 +171,7 @@ def close_app(app) -> None:
     connection out of the disposed pool, and leave it to the garbage collector unclosed
     (a ResourceWarning, in whichever later test the collector happens to run).
     """
-    deliveries.stop(app)
+    worker.stop(app)
     with app.app_context():
         db.engine.dispose()  # the hot reads' own engine with it (engine_disposed)
 

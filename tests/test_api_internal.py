@@ -3,8 +3,8 @@
 import signedjson.key
 import signedjson.sign
 
-from identity import deliveries
 from identity import keys
+from identity import worker
 from identity.services import services
 from tests.helpers import V1
 
@@ -68,7 +68,7 @@ def test_pending_invitations_are_delivered(make_app, smtp, fake_homeserver):
     mxid = fake_homeserver.user_id("claire")
     assert post(client, "bind", {"address": guest, "mxid": mxid}).status_code == 200
     with app.app_context():
-        assert deliveries.run_due(now=services(app).clock.now()) == 1
+        assert worker.run_due(now=services(app).clock.now()) == 1
     [call] = fake_homeserver.onbind_calls
     assert call["mxid"] == mxid and call["invites"][0]["signed"]["token"] == token
 

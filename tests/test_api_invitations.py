@@ -19,8 +19,8 @@ from sqlalchemy import select
 from sqlalchemy import text
 
 from app import MIGRATIONS_DIR
-from identity import deliveries
 from identity import keys
+from identity import worker
 from identity.extensions import db
 from identity.services import services
 from identity.storage.models import Delivery
@@ -220,7 +220,7 @@ def bind(client, smtp, mxid, address=GUEST):
 
 def run_deliveries(app):
     with app.app_context():
-        return deliveries.run_due(now=services(app).clock.now())
+        return worker.run_due(now=services(app).clock.now())
 
 
 def test_bind_delivers_the_invitation_with_onbind(config, app, client, smtp, fake_homeserver):

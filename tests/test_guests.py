@@ -12,8 +12,8 @@ from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import func
 from sqlalchemy import select
 
-from identity import deliveries
 from identity import keys
+from identity import worker
 from identity.extensions import db
 from identity.landing import secret_from
 from identity.services import services
@@ -321,7 +321,7 @@ def test_a_bind_delivers_only_live_invitations(make_app, smtp, runner, fake_home
     mxid = fake_homeserver.user_id("claire")
     assert client.post(f"{V1}/3pid/bind", json={"sid": sid, "client_secret": "b", "mxid": mxid})
     with app.app_context():
-        assert deliveries.run_due(now=services(app).clock.now()) == 1
+        assert worker.run_due(now=services(app).clock.now()) == 1
     [call] = fake_homeserver.onbind_calls
     assert [invite["signed"]["token"] for invite in call["invites"]] == [kept]
 

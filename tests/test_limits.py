@@ -11,6 +11,7 @@ from app import create_app
 from identity import limits as limits_module
 from identity.config import ConfigError
 from identity.errors import LimitExceeded
+from identity.services import services
 from testing.processes import free_port
 from testing.servers import Gunicorn
 from testing.servers import migrate
@@ -336,7 +337,7 @@ def memory_limits(monkeypatch, make_app):
     app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_STORAGE_URI="memory://",
                    RATELIMIT_PER_IP="2/minute;3/hour")  # fmt: skip
     with app.app_context():
-        yield limits_module.current(), clock
+        yield services(app).limits, clock
 
 
 def hit(limits, ip="192.0.2.1") -> int | None:

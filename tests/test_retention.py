@@ -8,7 +8,7 @@ from sqlalchemy import func
 from sqlalchemy import select
 
 from app import create_app
-from identity import deliveries
+from identity import worker
 from identity.extensions import db
 from identity.storage.models import Invitation
 from identity.storage.models import ValidationSession
@@ -99,7 +99,7 @@ class HeldPassClock(FakeClock):
 
 
 def test_stopping_the_background_thread_waits_for_its_pass(config):
-    """Once `deliveries.stop` returns the thread uses the database no more, so the engine
+    """Once `worker.stop` returns the thread uses the database no more, so the engine
     can be disposed: a pass still running would check a connection out of a disposed
     pool, one that nothing closes (a ResourceWarning when it is collected)."""
     clock = HeldPassClock()
@@ -109,9 +109,9 @@ def test_stopping_the_background_thread_waits_for_its_pass(config):
     try:
         with app.app_context():
             event.listen(db.engine, "checkout", lambda *_: checkouts.append(time.monotonic()))
-        deliveries.start(app)
+        worker.start(app)
         assert clock.in_pass.wait(5)
-        deliveries.stop(app)
+        worker.stop(app)
         stopped = time.monotonic()
         time.sleep(0.6)  # more than the held pass lasts
         assert [t for t in checkouts if t > stopped] == []

@@ -27,7 +27,7 @@ from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import text
 
-from identity import deliveries
+from identity import worker
 from identity.extensions import db
 from identity.services import services
 from identity.storage.models import AccessToken
@@ -524,7 +524,7 @@ def test_a_pending_sydent_invitation_is_delivered_when_the_guest_binds_with_us(
     body = {"sid": sid, "client_secret": "guest", "mxid": mxid}
     assert client.post(f"{V1}/3pid/bind", json=body).status_code == 200
     with app.app_context():
-        assert deliveries.run_due(now=services(app).clock.now()) == 1
+        assert worker.run_due(now=services(app).clock.now()) == 1
     [call] = fake_homeserver.onbind_calls
     [invite] = call["invites"]
     assert (invite["room_id"], invite["sender"], invite["mxid"]) == (ROOM, SENDER, mxid)
@@ -694,7 +694,7 @@ def test_a_bind_delivers_both_peers_invitations_signed_by_their_peer(
     r = client.post(f"{V1}/3pid/bind", json={"sid": sid, "client_secret": "guest", "mxid": mxid})
     assert r.status_code == 200, r.json
     with app.app_context():
-        assert deliveries.run_due(now=services(app).clock.now()) == 2
+        assert worker.run_due(now=services(app).clock.now()) == 2
     invites = {
         invite["room_id"]: invite
         for call in fake_homeserver.onbind_calls
@@ -758,7 +758,7 @@ def test_until_a_peer_is_imported_its_invitations_are_not_acceptable(
     r = client.post(f"{V1}/3pid/bind", json={"sid": sid, "client_secret": "guest", "mxid": mxid})
     assert r.status_code == 200, r.json
     with app.app_context():
-        assert deliveries.run_due(now=services(app).clock.now()) == 2
+        assert worker.run_due(now=services(app).clock.now()) == 2
     signed = {
         invite["room_id"]: invite["signed"]
         for call in fake_homeserver.onbind_calls

@@ -13,7 +13,6 @@ from identity.api.http import parse
 from identity.api.http import settings
 from identity.extensions import db
 from identity.services import services
-from identity.terms import current_terms
 
 bp = Blueprint("account", __name__, url_prefix="/_matrix/identity/v2")
 
@@ -61,7 +60,7 @@ def logout():
 
 @bp.get("/terms")
 def get_terms():
-    return {"policies": current_terms().policies}
+    return {"policies": services().terms.policies}
 
 
 @bp.post("/terms")
@@ -69,6 +68,6 @@ def accept_terms():
     user_id = require_user(check_terms=False)
     body = parse(AcceptTermsBody, json_body())
     urls = [url for url in body.user_accepts if isinstance(url, str)]
-    accounts.accept_terms(user_id, urls, current_terms(), now=now())
+    accounts.accept_terms(user_id, urls, services().terms, now=now())
     db.session.commit()
     return {}

@@ -11,7 +11,6 @@ from flask import request
 from sqlalchemy.exc import DBAPIError
 
 from identity import accounts
-from identity import limits
 from identity import outages
 from identity.api.http import settings
 from identity.config import Network
@@ -19,7 +18,6 @@ from identity.config import Settings
 from identity.errors import Forbidden
 from identity.errors import Unrecognized
 from identity.services import services
-from identity.terms import current_terms
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +52,12 @@ def require_user(check_terms: bool = True, *, allow_query_token: bool = False) -
     :raises MatrixError: 401 M_UNAUTHORIZED, 403 M_TERMS_NOT_SIGNED, 429 M_LIMIT_EXCEEDED.
     """
     token = bearer_token(allow_query=allow_query_token)
+    current = services()
     user_id = accounts.authenticate(
-        token, current_terms(), check_terms=check_terms, user_for=_known_user
+        token, current.terms, check_terms=check_terms, user_for=_known_user
     )
     if g.get("identity_counted_user") != user_id:  # not yet counted by `limit_request`
-        limits.current().check("per_user", user_id)
+        current.limits.check("per_user", user_id)
     return user_id
 
 

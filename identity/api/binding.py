@@ -20,7 +20,6 @@ from identity.api.http import route
 from identity.api.http import routing_table
 from identity.api.http import settings
 from identity.extensions import db
-from identity.keys import current_signing_key
 from identity.services import services
 
 bp = Blueprint("binding", __name__, url_prefix="/_matrix/identity")
@@ -60,7 +59,7 @@ class LookupQuery:
 
 
 def signer() -> binding.Signer:
-    return binding.Signer(settings().server_name, current_signing_key())
+    return binding.Signer(settings().server_name, services().keys.key())
 
 
 @route(bp, "/3pid/bind", methods=["POST"], auth=require_user)

@@ -21,7 +21,6 @@ from identity.errors import BadJson
 from identity.errors import InvalidParam
 from identity.errors import MissingParams
 from identity.errors import NotJson
-from identity.keys import current_signing_key
 from identity.routing.table import RoutingTable
 from identity.services import services
 
@@ -230,4 +229,4 @@ def routing_table() -> RoutingTable:
 
 def invite_policy() -> invitations.Policy:
     """The deployment's invitation policy (store-invite and the landing page)."""
-    return invitations.Policy.from_settings(settings(), current_signing_key())
+    return services().invitation_policy()

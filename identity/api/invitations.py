@@ -20,6 +20,7 @@ from identity.api.http import settings
 from identity.api.validation import requested_brand
 from identity.errors import CallerNotAllowed
 from identity.extensions import db
+from identity.services import services
 
 bp = Blueprint("invitations", __name__, url_prefix="/_matrix/identity")
 
@@ -59,7 +60,7 @@ def store_invite(v2: bool):
         policy=policy,
         routing=routing_table(),
         brand=requested_brand(),
-        send=partial(presentation.send_invitation, policy=policy),
+        send=partial(presentation.send_invitation, policy=policy, mailer=services().mailer),
     )
     db.session.commit()
     return response

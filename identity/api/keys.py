@@ -17,6 +17,7 @@ from identity.api.http import route
 from identity.api.http import settings
 from identity.errors import NotFound
 from identity.extensions import db
+from identity.services import services
 
 bp = Blueprint("keys", __name__, url_prefix="/_matrix/identity")
 
@@ -35,7 +36,7 @@ class SignBody:
 
 @route(bp, "/pubkey/<key_id>", methods=["GET"])
 def public_key(v2: bool, key_id: str):
-    key = keys.current_signing_key()
+    key = services().keys.key()
     if key_id != keys.key_id(key):
         raise NotFound("The public key was not found")
     return {"public_key": keys.public_key_base64(key)}
@@ -44,7 +45,7 @@ def public_key(v2: bool, key_id: str):
 @route(bp, "/pubkey/isvalid", methods=["GET"])
 def is_valid(v2: bool):
     query = parse(PublicKeyQuery, request.args.to_dict())
-    return {"valid": peers.is_long_term_key(query.public_key, keys.current_signing_key())}
+    return {"valid": peers.is_long_term_key(query.public_key, services().keys.key())}
 
 
 @route(bp, "/pubkey/ephemeral/isvalid", methods=["GET"])

@@ -1,7 +1,6 @@
 """/validate/email/* and /3pid/getValidated3pid: proving that someone owns an address."""
 
 from dataclasses import dataclass
-from datetime import timedelta
 from functools import partial
 
 from flask import Blueprint
@@ -10,6 +9,7 @@ from flask import request
 
 from identity import i18n
 from identity import mailer
+from identity import presentation
 from identity import validation
 from identity.api.auth import require_user
 from identity.api.http import json_body
@@ -50,13 +50,8 @@ class SessionQuery:
 
 
 def policy() -> validation.Policy:
-    config = settings()
-    return validation.Policy(
-        lifetime=timedelta(seconds=config.session_lifetime_seconds),
-        max_attempts=config.token_max_attempts,
-        next_link_hosts=config.next_link_domain_allowlist,
-        refuse_special_use_domains=config.refuse_special_use_domains,
-    )
+    """The validation policy, built once per app (identity.services)."""
+    return services().validation
 
 
 @route(bp, "/validate/email/requestToken", methods=["POST"], auth=require_user)
@@ -70,7 +65,11 @@ def request_token(v2: bool):
         brand=requested_brand(),
         now=now(),
         policy=policy(),
-        send=partial(validation.send_code_mail, base_url=settings().public_base_url),
+        send=partial(
+            presentation.send_code_mail,
+            base_url=settings().public_base_url,
+            mailer=services().mailer,
+        ),
     )
     db.session.commit()
     return {"sid": session.sid}
@@ -137,7 +136,7 @@ def requested_brand() -> str | None:
 
 def _result_page(*, success: bool, errcode: str | None) -> str:
     sydent_template = mailer.sydent_template_path(
-        "verify_response", requested_brand(), services().mail
+        "verify_response", requested_brand(), services().mailer.settings
     )
     if sydent_template is not None:
         return mailer.render_sydent_page(sydent_template, success=success)

@@ -7,7 +7,6 @@ from identity.cli.group import Group
 from identity.errors import MatrixError
 from identity.extensions import db
 from identity.services import services
-from identity.terms import current_terms
 
 group = Group("accounts", help="Accounts of Matrix users on this identity server.")
 
@@ -26,7 +25,7 @@ def token(user_id: str, accept_terms: bool) -> None:
     user's homeserver. Only the token goes to standard output.
     """
     now = services().clock.now()
-    terms = current_terms()
+    terms = services().terms
     try:
         issued = accounts.issue_token(user_id, now=now)
     except MatrixError as e:

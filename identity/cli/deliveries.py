@@ -2,7 +2,7 @@
 
 import click
 
-from identity import deliveries
+from identity import worker
 from identity.cli.group import Group
 from identity.services import services
 from identity.storage import deliveries as queue
@@ -13,7 +13,7 @@ group = Group("deliveries", help="Invitations waiting to reach homeservers.")
 @group.command("run-due")
 def run_due() -> None:
     """Attempt every due delivery once."""
-    delivered = deliveries.run_due(now=services().clock.now())
+    delivered = worker.run_due(now=services().clock.now())
     click.echo(f"Delivered {delivered} invitation(s).")
 
 

@@ -25,5 +25,5 @@ def generate(force: bool) -> None:
 @group.command("show")
 def show() -> None:
     """Print the key id and public key (never the private key)."""
-    key = keys.current_signing_key()
+    key = services().keys.key()
     click.echo(f"{keys.key_id(key)} {keys.public_key_base64(key)}")

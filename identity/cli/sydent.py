@@ -65,7 +65,7 @@ def import_command(
     planner.analyze(*sydent_import.MODELS)
     if report.written_key is not None:
         # This process signs with the imported key from now on; restart the workers.
-        current.signing_key = report.written_key
+        current.keys.replace(report.written_key)
     for name, kind in report.kinds.items():
         click.echo(
             f"{name}: {kind.imported} imported, {kind.present} already present,"
