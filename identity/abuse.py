@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
 
-from identity.accounts import server_of
 from identity.errors import Forbidden
 from identity.errors import LimitExceeded
+from identity.matrix_ids import server_of
 from identity.storage import invites
 
 QUOTA_WINDOW = timedelta(days=1)

@@ -5,7 +5,6 @@ no access.
 """
 
 import hashlib
-import re
 from collections.abc import Callable
 from datetime import datetime
 
@@ -14,12 +13,10 @@ from identity.errors import CallerNotAllowed
 from identity.errors import InvalidParam
 from identity.errors import TermsNotSigned
 from identity.errors import Unauthorized
+from identity.matrix_ids import is_server_name
+from identity.matrix_ids import server_of
 from identity.storage import accounts
 from identity.terms import Terms
-
-# A server name as the appendices define it: a host (DNS name or IP literal), optional port.
-_SERVER_NAME = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,255})(:[0-9]{1,5})?$")
-_USER_ID = re.compile(r"^@[^:\s]+:(.+)$")
 
 # Asks a homeserver who an OpenID token belongs to: (server_name, token) → sub.
 UserinfoFetcher = Callable[[str, str], str]
@@ -27,16 +24,6 @@ UserinfoFetcher = Callable[[str, str], str]
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def is_server_name(name: str) -> bool:
-    return bool(_SERVER_NAME.match(name))
-
-
-def server_of(user_id: str) -> str | None:
-    """The server part of a Matrix user ID, or None when it is not one."""
-    match = _USER_ID.match(user_id)
-    return match.group(1) if match and is_server_name(match.group(1)) else None
 
 
 def register(

@@ -10,7 +10,6 @@ from signedjson.types import SigningKey
 from identity import invitations
 from identity import keys
 from identity import validation
-from identity.accounts import server_of
 from identity.addresses import normalise_email
 from identity.errors import BindingNotPermitted
 from identity.errors import CallerNotAllowed
@@ -21,6 +20,7 @@ from identity.federation.client import FederationClient
 from identity.federation.signatures import authenticate_request
 from identity.lookup import association_json
 from identity.lookup import hash_association
+from identity.matrix_ids import server_of
 from identity.routing import RoutingTable
 from identity.routing.answers import may_bind
 from identity.storage import associations

@@ -26,7 +26,6 @@ from identity import landing
 from identity import metrics
 from identity.abuse import Blocklists
 from identity.abuse import Quotas
-from identity.accounts import server_of
 from identity.addresses import parse_email
 from identity.addresses import redact
 from identity.clock import new_token
@@ -35,6 +34,7 @@ from identity.errors import Forbidden
 from identity.errors import InvalidParam
 from identity.errors import ThreepidInUse
 from identity.errors import Unrecognized
+from identity.matrix_ids import server_of
 from identity.routing import RoutingTable
 from identity.storage import associations
 from identity.storage import deliveries

@@ -30,7 +30,7 @@ from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
 from signedjson.types import SigningKey
 
-from identity.accounts import server_of
+from identity.matrix_ids import server_of
 from identity.storage import invites
 from identity.storage.models import Invitation
 

@@ -23,10 +23,18 @@ from datetime import datetime
 from typing import Any
 
 from flask import has_request_context
+from flask import request
 from gunicorn.glogging import Logger as GunicornBaseLogger
 from pythonjsonlogger.json import JsonFormatter
 
-from identity.wsgi import current_request_id
+# The environ key under which the response envelope (identity.wsgi) keeps a request's id.
+REQUEST_ID = "identity.request_id"
+
+
+def current_request_id() -> str:
+    """The id of the request being handled ("-" when the envelope did not see it)."""
+    return request.environ.get(REQUEST_ID, "-")
+
 
 # A query string runs to the next whitespace: quotes and apostrophes are legal in a
 # URL (`?utm='x&sid=…`) and must not end the cut. In a JSON line the string ends at an

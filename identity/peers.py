@@ -23,7 +23,7 @@ from typing import Any
 from signedjson.types import SigningKey
 
 from identity import keys
-from identity.accounts import is_server_name
+from identity.matrix_ids import is_server_name
 from identity.storage import invites
 from identity.storage import peer_keys
 

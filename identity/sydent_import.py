@@ -45,14 +45,14 @@ from signedjson.types import SigningKey
 
 from identity import keys
 from identity import peers
-from identity.accounts import is_server_name
-from identity.accounts import server_of
 from identity.accounts import token_hash
 from identity.addresses import normalise_email
 from identity.errors import MatrixError
 from identity.lookup import hash_association
 from identity.lookup import hashing_peppers
 from identity.lookup import spelling_hashes
+from identity.matrix_ids import is_server_name
+from identity.matrix_ids import server_of
 from identity.storage import accounts
 from identity.storage import associations
 from identity.storage import ephemeral_keys

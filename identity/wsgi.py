@@ -23,14 +23,13 @@ from typing import Any
 
 import orjson
 from flask import Flask
-from flask import request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.sansio.response import Response as BaseResponse
 
 from identity.headers import ResponseHeaders
+from identity.logs import REQUEST_ID
 
-REQUEST_ID = "identity.request_id"  # environ keys
-STARTED = "identity.started"
+STARTED = "identity.started"  # environ key
 _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 StartResponse = Callable[..., Any]
@@ -73,11 +72,6 @@ def _content_type(headers: list[tuple[str, str]]) -> str:
         if name.lower() == "content-type":
             return value.lower()
     return ""
-
-
-def current_request_id() -> str:
-    """The id of the request being handled ("-" when the envelope did not see it)."""
-    return request.environ.get(REQUEST_ID, "-")
 
 
 # Request ids: a random prefix drawn once per process (again in a forked child) and a

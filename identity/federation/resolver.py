@@ -8,7 +8,6 @@ is used directly; otherwise /.well-known/matrix/server (cached), then the SRV re
 import ipaddress
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -17,15 +16,14 @@ from dataclasses import dataclass
 import dns.exception
 import dns.resolver
 
+from identity.matrix_ids import split_server_name
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8448
 WELL_KNOWN_TTL = 24 * 3600
 WELL_KNOWN_MAX_TTL = 48 * 3600
 WELL_KNOWN_ERROR_TTL = 3600
-# Appendices, "Server Name": IPv6 literals and DNS names (IPv4 literals included).
-_IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
-_DNS_CHARS = re.compile(r"[0-9A-Za-z.-]{1,255}")
 
 
 @dataclass(frozen=True)
@@ -43,35 +41,6 @@ class Target:
 WellKnownFetcher = Callable[[str], tuple[bytes | None, int | None]]
 # Looks up SRV records: name → [(target host, port)], ordered by priority/weight.
 SrvLookup = Callable[[str], list[tuple[str, int]]]
-
-
-def split_server_name(server_name: str) -> tuple[str, int | None]:
-    """Split ``host[:port]`` (IPv6 literals in brackets).
-
-    The host is a DNS name, an IPv4 literal or a bracketed IPv6 literal as the appendices
-    define a server name: nothing else (no IPv6 zone, no space or control character)
-    reaches the system resolver or a Host header.
-
-    :raises ValueError: when the name is malformed.
-    """
-    if server_name.startswith("["):
-        host, bracket, rest = server_name[1:].partition("]")
-        if not bracket or not _IPV6_CHARS.fullmatch(host):
-            raise ValueError(f"bad server name {server_name!r}")
-        ipaddress.IPv6Address(host)
-        port = rest[1:] if rest.startswith(":") else None
-        if rest and port is None:
-            raise ValueError(f"bad server name {server_name!r}")
-    else:
-        host, _, port = server_name.partition(":")
-        port = port or None
-        if host and not _DNS_CHARS.fullmatch(host):
-            raise ValueError(f"bad server name {server_name!r}")
-    if not host:
-        raise ValueError(f"bad server name {server_name!r}")
-    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
-        raise ValueError(f"bad port in server name {server_name!r}")
-    return host, int(port) if port else None
 
 
 def is_ip_literal(host: str) -> bool:

@@ -9,7 +9,7 @@ give, and `requires_invite` only in the internal answer.
 from datetime import datetime
 from typing import Any
 
-from identity.accounts import server_of
+from identity.matrix_ids import server_of
 from identity.routing.table import Platform
 from identity.routing.table import RoutingTable
 from identity.storage import associations

@@ -13,6 +13,7 @@ import yaml
 
 from identity.addresses import normalise_email
 from identity.errors import MatrixError
+from identity.matrix_ids import is_server_name
 from identity.routing.table import Platform
 from identity.routing.table import RoutingTable
 from identity.routing.table import Scope
@@ -20,7 +21,6 @@ from identity.routing.table import Scope
 TOP_LEVEL_KEYS = ("platforms", "default", "domains", "addresses")
 PLATFORM_KEYS = ("server", "protected_server", "requires_invite")
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_SERVER_NAME = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?$")
 
 
 class RoutingError(ValueError):
@@ -235,7 +235,7 @@ def normalise_domain(domain: str) -> str:
 
 
 def _is_server_name(value: Any) -> bool:
-    return isinstance(value, str) and bool(_SERVER_NAME.match(value.lower()))
+    return isinstance(value, str) and is_server_name(value)
 
 
 def _clash(table: RoutingTable, scope: Scope, domain: str) -> str | None:
