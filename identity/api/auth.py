@@ -16,7 +16,6 @@ from identity.api.http import settings
 from identity.config import Network
 from identity.config import Settings
 from identity.errors import Forbidden
-from identity.errors import Unrecognized
 from identity.services import services
 
 logger = logging.getLogger(__name__)
@@ -162,15 +161,3 @@ def _address_in(address: str, networks: tuple[Network, ...]) -> bool:
     if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped:
         client = client.ipv4_mapped
     return any(client in network for network in networks)
-
-
-def require_v1_enabled(enabled: bool) -> None:
-    """Answer a v1 path the operator switched off as if it did not exist.
-
-    Sydent's `enable_v1_access` removes the paths; callers get what any unknown path
-    gets, and move to the v2 twin.
-
-    :raises MatrixError: 404 M_UNRECOGNIZED.
-    """
-    if not enabled:
-        raise Unrecognized("This v1 endpoint is disabled on this server: use /_matrix/identity/v2")

@@ -9,8 +9,6 @@ from identity import binding
 from identity import lookup
 from identity.api.auth import request_pepper
 from identity.api.auth import require_user
-from identity.api.auth import require_v1_enabled
-from identity.api.http import V1
 from identity.api.http import V2
 from identity.api.http import current_user
 from identity.api.http import json_body
@@ -62,10 +60,8 @@ def signer() -> binding.Signer:
     return binding.Signer(settings().server_name, services().keys.key())
 
 
-@route(bp, "/3pid/bind", methods=["POST"], auth=require_user)
+@route(bp, "/3pid/bind", methods=["POST"], auth=require_user, v1_switch="v1_bind_enabled")
 def bind(v2: bool):
-    if not v2:
-        require_v1_enabled(settings().v1_bind_enabled)
     body = parse(BindBody, json_body(allow_form=not v2))
     association = binding.bind(
         binding.SessionProof(body.sid, body.client_secret),
@@ -130,9 +126,8 @@ def lookup_v2():
     return {"mappings": mappings}
 
 
-@bp.get(V1 + "/lookup")
-def lookup_v1():
-    require_v1_enabled(settings().v1_lookup_enabled)
+@route(bp, "/lookup", methods=["GET"], v2=False, v1_switch="v1_lookup_enabled")
+def lookup_v1(v2: bool):
     query = parse(LookupQuery, request.args.to_dict())
     # Signed only when found: most lookups of a busy server find nobody.
     return lookup.lookup_v1(
@@ -140,9 +135,8 @@ def lookup_v1():
     )
 
 
-@bp.post(V1 + "/bulk_lookup")
-def bulk_lookup():
-    require_v1_enabled(settings().v1_lookup_enabled)
+@route(bp, "/bulk_lookup", methods=["POST"], v2=False, v1_switch="v1_lookup_enabled")
+def bulk_lookup(v2: bool):
     body = parse(BulkLookupBody, json_body(allow_form=True))
     found = lookup.bulk_lookup(
         body.threepids, now=now(), limit=settings().bulk_lookup_max_threepids

@@ -21,6 +21,7 @@ from identity.errors import BadJson
 from identity.errors import InvalidParam
 from identity.errors import MissingParams
 from identity.errors import NotJson
+from identity.errors import Unrecognized
 from identity.routing.table import RoutingTable
 from identity.services import services
 
@@ -44,6 +45,7 @@ def route(
     v1: bool = True,
     v2: bool = True,
     auth: Callable[[], str] | None = None,
+    v1_switch: str | None = None,
     **options: Any,
 ) -> Callable[[F], F]:
     """Serve one view under /v2 and, where it still exists, /api/v1.
@@ -53,20 +55,26 @@ def route(
 
     :param auth: on the v2 path, called before the view (e.g. ``require_user``); the
         user it returns is `current_user()`. The v1 paths carry no access token.
+    :param v1_switch: the `Settings` flag that keeps the v1 path on (e.g.
+        ``"v1_lookup_enabled"``); switched off, the v1 path answers as an unknown one.
     """
 
     def decorator(view: F) -> F:
         endpoint = view
-        if auth is not None:
+        if auth is not None or v1_switch is not None:
             check = auth
 
             @functools.wraps(view)
-            def authenticated(*args: Any, **kwargs: Any) -> Any:
-                # Set on every request: an app context (and its `g`) may outlive one.
-                g.identity_user = check() if kwargs.get("v2") else None
+            def guarded(*args: Any, **kwargs: Any) -> Any:
+                v2 = kwargs.get("v2")
+                if not v2 and v1_switch is not None:
+                    require_v1_enabled(getattr(settings(), v1_switch))
+                if check is not None:
+                    # Set on every request: an app context (and its `g`) may outlive one.
+                    g.identity_user = check() if v2 else None
                 return view(*args, **kwargs)
 
-            endpoint = typing.cast(F, authenticated)
+            endpoint = typing.cast(F, guarded)
         if v2:
             bp.add_url_rule(V2 + rule, view_func=endpoint, defaults={"v2": True}, **options)
         if v1:
@@ -74,6 +82,18 @@ def route(
         return view
 
     return decorator
+
+
+def require_v1_enabled(enabled: bool) -> None:
+    """Answer a v1 path the operator switched off as if it did not exist.
+
+    Sydent's `enable_v1_access` removes the paths; callers get what any unknown path
+    gets, and move to the v2 twin.
+
+    :raises MatrixError: 404 M_UNRECOGNIZED.
+    """
+    if not enabled:
+        raise Unrecognized("This v1 endpoint is disabled on this server: use /_matrix/identity/v2")
 
 
 def current_user() -> str | None:

@@ -8,7 +8,6 @@ from flask import Blueprint
 from identity import invitations
 from identity import presentation
 from identity.api.auth import require_user
-from identity.api.auth import require_v1_enabled
 from identity.api.http import current_user
 from identity.api.http import invite_policy
 from identity.api.http import json_body
@@ -16,7 +15,6 @@ from identity.api.http import now
 from identity.api.http import parse
 from identity.api.http import route
 from identity.api.http import routing_table
-from identity.api.http import settings
 from identity.api.validation import requested_brand
 from identity.errors import CallerNotAllowed
 from identity.extensions import db
@@ -33,11 +31,11 @@ class StoreInviteBody:
     sender: str
 
 
-@route(bp, "/store-invite", methods=["POST"], auth=require_user)
+@route(
+    bp, "/store-invite", methods=["POST"], auth=require_user, v1_switch="v1_store_invite_enabled"
+)
 def store_invite(v2: bool):
     """Store an invitation and mail the guest (v2: the sender must be the token's user)."""
-    if not v2:
-        require_v1_enabled(settings().v1_store_invite_enabled)
     user_id = current_user()
     raw = json_body(allow_form=not v2)
     body = parse(StoreInviteBody, raw)
