@@ -63,7 +63,7 @@ def bind(
     *,
     caller: str | None,
     now: datetime,
-    session_lifetime_seconds: int,
+    session_lifetime: timedelta,
     signer: Signer,
     routing: RoutingTable | None = None,
 ) -> dict:
@@ -78,7 +78,7 @@ def bind(
     if caller is not None and caller != mxid:
         raise CallerNotAllowed("You may only bind addresses to your own Matrix ID")
     session = validation.get_validated_session(
-        proof.sid, proof.client_secret, now=now, lifetime_seconds=session_lifetime_seconds
+        proof.sid, proof.client_secret, now=now, lifetime=session_lifetime
     )
     return bind_address(
         session.medium, session.address, mxid, now=now, signer=signer, routing=routing
@@ -139,7 +139,7 @@ def unbind_proven(
     server_name: str,
     federation: FederationClient,
     now: datetime,
-    session_lifetime_seconds: int,
+    session_lifetime: timedelta,
 ) -> None:
     """Remove a binding, proven by the validation session or by the homeserver's signature.
 
@@ -158,7 +158,7 @@ def unbind_proven(
         address = normalise_email(address)
     if isinstance(proof, SessionProof):
         session = validation.get_validated_session(
-            proof.sid, proof.client_secret, now=now, lifetime_seconds=session_lifetime_seconds
+            proof.sid, proof.client_secret, now=now, lifetime=session_lifetime
         )
         if (session.medium, session.address) != (medium, address):
             raise Forbidden("The validated session is for another address")

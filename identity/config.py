@@ -12,6 +12,7 @@ from datetime import UTC
 from datetime import date
 from datetime import datetime
 from datetime import time
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -520,7 +521,8 @@ class Settings:
 
     server_name: str
     public_base_url: str
-    session_lifetime_seconds: int
+    # A validation session is refused, then deleted, this long after its last change.
+    session_lifetime: timedelta
     token_max_attempts: int
     next_link_domain_allowlist: tuple[str, ...] | None
     invite_validity_seconds: int
@@ -564,7 +566,7 @@ class Settings:
         return cls(
             server_name=config["SERVER_NAME_FOR_SIGNING"],
             public_base_url=config["PUBLIC_BASE_URL"],
-            session_lifetime_seconds=config["SESSION_LIFETIME_SECONDS"],
+            session_lifetime=timedelta(seconds=config["SESSION_LIFETIME_SECONDS"]),
             token_max_attempts=config["TOKEN_MAX_ATTEMPTS"],
             next_link_domain_allowlist=tuple(allowlist) if allowlist is not None else None,
             invite_validity_seconds=config["INVITE_VALIDITY_SECONDS"],

@@ -29,7 +29,7 @@ class Retention:
     @classmethod
     def from_settings(cls, config: Settings) -> "Retention":
         return cls(
-            session_lifetime=timedelta(seconds=config.session_lifetime_seconds),
+            session_lifetime=config.session_lifetime,
             invitation_retention=timedelta(days=config.invite_retention_days),
             purge_interval_seconds=config.purge_interval_seconds,
         )

@@ -8,7 +8,6 @@ plain arguments; domain modules and edges never import this module (docs/archite
 import threading
 from dataclasses import dataclass
 from dataclasses import field
-from datetime import timedelta
 
 from flask import Flask
 from flask import current_app
@@ -102,7 +101,7 @@ def build(
         revisions=revisions,
         keys=SigningKeyHolder(config["SIGNING_KEY_PATH"], create_on_first_use=app.testing),
         validation=validation.Policy(
-            lifetime=timedelta(seconds=settings.session_lifetime_seconds),
+            lifetime=settings.session_lifetime,
             max_attempts=settings.token_max_attempts,
             next_link_hosts=settings.next_link_domain_allowlist,
             refuse_special_use_domains=settings.refuse_special_use_domains,

@@ -133,7 +133,7 @@ def submit_token(
 
 
 def get_validated_session(
-    sid: str, client_secret: str, *, now: datetime, lifetime_seconds: int
+    sid: str, client_secret: str, *, now: datetime, lifetime: timedelta
 ) -> ValidationSession:
     """Return the session if it exists, is alive and has been validated.
 
@@ -142,7 +142,7 @@ def get_validated_session(
     session = sessions.get(sid, client_secret)
     if session is None:
         raise NoValidSession("No valid session was found matching that sid and client secret")
-    if is_expired(session, now, timedelta(seconds=lifetime_seconds)):
+    if is_expired(session, now, lifetime):
         raise SessionExpired("This validation session has expired")
     validated_at(session)
     return session

@@ -68,7 +68,7 @@ def bind(v2: bool):
         body.mxid,
         caller=current_user(),
         now=now(),
-        session_lifetime_seconds=settings().session_lifetime_seconds,
+        session_lifetime=settings().session_lifetime,
         signer=signer(),
         routing=routing_table() if settings().restrict_binds_to_routing else None,
     )
@@ -98,7 +98,7 @@ def unbind(v2: bool):
         server_name=settings().server_name,
         federation=services().federation,
         now=now(),
-        session_lifetime_seconds=settings().session_lifetime_seconds,
+        session_lifetime=settings().session_lifetime,
     )
     db.session.commit()
     return {}

@@ -101,7 +101,7 @@ def get_validated_3pid(v2: bool):
         query.sid,
         query.client_secret,
         now=now(),
-        lifetime_seconds=settings().session_lifetime_seconds,
+        lifetime=settings().session_lifetime,
     )
     return {
         "medium": session.medium,

@@ -1,7 +1,5 @@
 """`flask sessions purge-expired`: run it regularly (cron, systemd timer)."""
 
-from datetime import timedelta
-
 import click
 
 from identity import validation
@@ -16,7 +14,7 @@ group = Group("sessions", help="Email validation sessions.")
 def purge_expired() -> None:
     """Delete validation sessions past their lifetime."""
     current = services()
-    lifetime = timedelta(seconds=current.settings.session_lifetime_seconds)
+    lifetime = current.settings.session_lifetime
     count = validation.purge_expired(now=current.clock.now(), lifetime=lifetime)
     db.session.commit()
     click.echo(f"Deleted {count} expired validation session(s).")
