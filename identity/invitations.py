@@ -30,6 +30,7 @@ from identity.addresses import parse_email
 from identity.addresses import redact
 from identity.clock import new_token
 from identity.config import Settings
+from identity.errors import CallerNotAllowed
 from identity.errors import Forbidden
 from identity.errors import InvalidParam
 from identity.errors import ThreepidInUse
@@ -122,7 +123,7 @@ def store_invite(
     sender: str,
     details: dict[str, str],
     *,
-    sender_verified: bool,
+    caller: str | None,
     now: datetime,
     policy: Policy,
     routing: RoutingTable,
@@ -135,15 +136,19 @@ def store_invite(
     commits nothing, so no invitation exists that its guest never heard of.
 
     :param details: every other string argument of the request (room_name, …).
-    :param sender_verified: whether `sender` is the authenticated user (v2).
+    :param caller: the authenticated user (v2), who may only invite as themselves; None
+        on the v1 path (the sender is then not verified).
     :param send: words and mails the invitation (`presentation.send_invitation`).
     :param routing: tells the mail whether the guest will get an account on an
         invitation-only platform or signs in as an agent of a known administration.
-    :raises MatrixError: M_UNRECOGNIZED for a medium other than email, M_INVALID_EMAIL,
+    :raises MatrixError: 403 M_FORBIDDEN when `caller` is not `sender`, M_UNRECOGNIZED
+        for a medium other than email, M_INVALID_EMAIL,
         M_INVALID_PARAM for a room ID over 255 bytes or a malformed sender, M_FORBIDDEN
         for a blocklisted invitation, M_THREEPID_IN_USE (with the bound mxid),
         M_LIMIT_EXCEEDED (with retry_after_ms), M_EMAIL_SEND_ERROR.
     """
+    if caller is not None and caller != sender:
+        raise CallerNotAllowed("The sender must be the authenticated user")
     if medium != "email":
         raise Unrecognized(f"Didn't understand medium {medium!r}", status=400)
     written = parse_email(address, refuse_special_use=policy.refuse_special_use_domains)
@@ -169,7 +174,7 @@ def store_invite(
             mailbox=written.mailbox,
             room_id=room_id,
             sender=sender,
-            sender_verified=sender_verified,
+            sender_verified=caller is not None,
             details=details,
             created_at=now,
             expires_at=now + policy.validity,

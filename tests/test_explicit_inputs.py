@@ -43,7 +43,7 @@ def test_store_invite_needs_no_app_configuration(app, bare, clock):
             "!room:tchap.test",
             "@alice:tchap.test",
             {"room_name": "Projet"},
-            sender_verified=True,
+            caller="@alice:tchap.test",
             now=clock.now(),
             policy=policy,
             routing=table,
