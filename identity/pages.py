@@ -10,7 +10,6 @@ from flask import Flask
 from flask import render_template
 
 from identity import i18n
-from identity import invitations
 from identity import landing
 from identity import presentation
 from identity.api.http import invite_policy
@@ -25,24 +24,13 @@ bp = Blueprint("pages", __name__, template_folder="../templates")
 def invitation(token: str):
     """The invitation's landing page: who invites, where, and how to get on board."""
     config = settings()
-    policy = invite_policy()
-    found = landing.open_landing(
+    context, status = presentation.landing_page(
         token,
-        secret=policy.landing_secret,
+        policy=invite_policy(),
+        routing=routing_table(),
         max_age_seconds=config.invite_validity_seconds,
         now=now(),
     )
-    details = None
-    if found.invitation is not None:
-        platform = routing_table().resolve(found.invitation.address).platform
-        details = presentation.invitation_context(
-            found.invitation,
-            found.ephemeral_private_key or "",
-            policy,
-            web_client_location=invitations.web_client_location_of(found.invitation, policy),
-            guest=platform.requires_invite,
-        )
-    context = landing.page_context(found, details)
     page = render_template(
         "pages/invitation.html",
         other_languages=i18n.other_languages(),
@@ -52,7 +40,7 @@ def invitation(token: str):
     )
     # The link carries the invitation's private key: kept out of caches (and out of
     # other sites' logs by every page's Referrer-Policy, identity.headers).
-    return page, found.status, {"Cache-Control": "no-store"}
+    return page, status, {"Cache-Control": "no-store"}
 
 
 STYLESHEET = "pages/style.css"

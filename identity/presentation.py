@@ -8,6 +8,7 @@ from the templates and their catalogues, never from here.
 """
 
 import re
+from datetime import datetime
 from email.header import Header
 from typing import Any
 from urllib.parse import quote
@@ -18,7 +19,9 @@ from identity import landing
 from identity.invitations import WEB_CLIENT_LOCATION_ARG
 from identity.invitations import InvitationMail
 from identity.invitations import Policy
+from identity.invitations import web_client_location_of
 from identity.mailer import Mailer
+from identity.routing.table import RoutingTable
 from identity.storage.models import Invitation
 from identity.storage.models import ValidationSession
 
@@ -72,6 +75,30 @@ def send_invitation(
         already_invited=mail.already_invited,
     )
     mailer.send_template("invite", to, context, brand=brand)
+
+
+def landing_page(
+    token: str, *, policy: Policy, routing: RoutingTable, max_age_seconds: int, now: datetime
+) -> tuple[dict[str, Any], int]:
+    """The landing page of the link `token`: its template variables and HTTP status.
+
+    :param routing: says whether the guest will get an account on an invitation-only
+        platform or signs in as an agent of a known administration.
+    """
+    found = landing.open_landing(
+        token, secret=policy.landing_secret, max_age_seconds=max_age_seconds, now=now
+    )
+    details = None
+    if found.invitation is not None:
+        platform = routing.resolve(found.invitation.address).platform
+        details = invitation_context(
+            found.invitation,
+            found.ephemeral_private_key or "",
+            policy,
+            web_client_location=web_client_location_of(found.invitation, policy),
+            guest=platform.requires_invite,
+        )
+    return landing.page_context(found, details), found.status
 
 
 def invitation_context(
