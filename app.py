@@ -139,7 +139,8 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
         # embedded mode creates it: anywhere else a missing key is a mistyped path or a
         # lost file, and a new key would be a second identity (docs/operations.md).
         embedded = keys.embedded_path(app.instance_path)
-        services(app).keys.load_now(create=app.config["SIGNING_KEY_PATH"] == embedded)
+        holder = services(app).keys
+        holder.load_now(create=holder.path == embedded)
     return app
 
 

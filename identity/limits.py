@@ -110,17 +110,42 @@ class Limits:
 _FAIL_CLOSED = frozenset({"mails_per_address"})
 
 
-def build(config: Mapping[str, Any]) -> "Limits":
-    """The app's limits, from its RATELIMIT_* and MAIL_LIMIT_PER_ADDRESS settings.
+@dataclass(frozen=True)
+class LimitSettings:
+    """The RATELIMIT_*, REDIS_TIMEOUT_SECONDS and MAIL_LIMIT_PER_ADDRESS settings, read once.
+
+    Each limit is kept with the key it came from, which an error names.
+    """
+
+    enabled: bool
+    storage_uri: str
+    redis_timeout: float | None
+    limits: dict[str, str]  # key → "30/minute;500/hour"
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "LimitSettings":
+        return cls(
+            enabled=config["RATELIMIT_ENABLED"],
+            storage_uri=config["RATELIMIT_STORAGE_URI"],
+            redis_timeout=config["REDIS_TIMEOUT_SECONDS"] or None,
+            limits={
+                key: str(config[key])
+                for key in ("RATELIMIT_PER_IP", "RATELIMIT_PER_USER", "MAIL_LIMIT_PER_ADDRESS")
+            },
+        )
+
+
+def build(settings: LimitSettings) -> "Limits":
+    """The app's limits, and their store when they are enabled.
 
     :raises ConfigError: a bad limit or storage URI.
     """
     windows: _Windows | None = None
-    if config["RATELIMIT_ENABLED"]:
-        uri = config["RATELIMIT_STORAGE_URI"]
+    if settings.enabled:
+        uri = settings.storage_uri
         options: dict[str, float] = {}
-        if uri.startswith(("redis", "rediss")) and config["REDIS_TIMEOUT_SECONDS"]:
-            timeout = config["REDIS_TIMEOUT_SECONDS"]
+        if uri.startswith(("redis", "rediss")) and settings.redis_timeout:
+            timeout = settings.redis_timeout
             options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
         try:
             storage = storage_from_string(uri, key_prefix="identity", **options)
@@ -133,9 +158,9 @@ def build(config: Mapping[str, Any]) -> "Limits":
         else:
             windows = _LibraryWindows(MovingWindowRateLimiter(storage))
     return Limits(
-        per_ip=_items("RATELIMIT_PER_IP", config),
-        per_user=_items("RATELIMIT_PER_USER", config),
-        mails_per_address=_items("MAIL_LIMIT_PER_ADDRESS", config),
+        per_ip=_items("RATELIMIT_PER_IP", settings),
+        per_user=_items("RATELIMIT_PER_USER", settings),
+        mails_per_address=_items("MAIL_LIMIT_PER_ADDRESS", settings),
         windows=windows,
     )
 
@@ -312,9 +337,9 @@ def _disconnect(connection: Any) -> None:
     connection.disconnect()
 
 
-def _items(key: str, config) -> tuple[Window, ...]:
+def _items(key: str, settings: LimitSettings) -> tuple[Window, ...]:
     try:
-        return tuple(Window.of(item) for item in parse_many(str(config[key])))
+        return tuple(Window.of(item) for item in parse_many(settings.limits[key]))
     except ValueError:
         raise ConfigError(f"{key}: expected limits such as '30/minute;500/hour'") from None
 

@@ -12,7 +12,6 @@ from dataclasses import field
 from flask import Flask
 from flask import current_app
 
-from identity import federation
 from identity import invitations
 from identity import limits
 from identity import routing
@@ -22,8 +21,10 @@ from identity.clock import Clock
 from identity.config import Settings
 from identity.deliveries import WorkerSettings
 from identity.federation.client import FederationClient
+from identity.federation.client import Policy as FederationPolicy
 from identity.keys import SigningKeyHolder
 from identity.limits import Limits
+from identity.limits import LimitSettings
 from identity.mailer import Mailer
 from identity.mailer import MailSettings
 from identity.routing.source import RoutingSource
@@ -82,15 +83,15 @@ def build(
     """
     config = app.config
     settings = Settings.from_config(config)
-    app_limits = limits.build(config)
+    app_limits = limits.build(LimitSettings.from_config(config))
     return Services(
         settings=settings,
         mailer=Mailer(MailSettings.from_config(config), app.extensions["mail"], app_limits),
         clock=clock,
-        federation=federation.build(config),
+        federation=FederationClient(FederationPolicy.from_config(config)),
         terms=terms.build(config["TERMS_PATH"]),
         routing=routing.open_source(
-            config["DOMAINS_PATH"],
+            settings.domains_path,
             check_seconds=config["DOMAINS_CHECK_SECONDS"],
             instance_path=app.instance_path,
             strict=strict_routing,
@@ -99,7 +100,7 @@ def build(
         limits=app_limits,
         deliveries=WorkerSettings.from_config(config),
         revisions=revisions,
-        keys=SigningKeyHolder(config["SIGNING_KEY_PATH"], create_on_first_use=app.testing),
+        keys=SigningKeyHolder(settings.signing_key_path, create_on_first_use=app.testing),
         validation=validation.Policy(
             lifetime=settings.session_lifetime,
             max_attempts=settings.token_max_attempts,

@@ -11,6 +11,7 @@ import logging
 import re
 import socket
 from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -44,6 +45,18 @@ class Policy:
     blocklist: tuple[Network, ...]
     timeout: float
     max_response_bytes: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Policy":
+        """The FEDERATION_* settings, read once."""
+        return cls(
+            verify_tls=config["FEDERATION_VERIFY_TLS"],
+            ca_file=config["FEDERATION_CA_FILE"],
+            allowlist=tuple(config["FEDERATION_IP_ALLOWLIST"]),
+            blocklist=tuple(config["FEDERATION_IP_BLOCKLIST"]),
+            timeout=float(config["FEDERATION_TIMEOUT_SECONDS"]),
+            max_response_bytes=config["FEDERATION_MAX_RESPONSE_BYTES"],
+        )
 
     def allows(self, address: IPAddress) -> bool:
         """Whether we may connect to `address` (see `identity.federation.guard`)."""
