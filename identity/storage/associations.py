@@ -247,11 +247,14 @@ def clear_slot(slot: int) -> None:
     )
 
 
-def missing_in_slot(slot: int, limit: int) -> list[tuple[int, str, str]]:
-    """Up to `limit` (id, medium, address) of associations without a hash in `slot`."""
+def missing_in_slot(slot: int, limit: int, *, after: int = 0) -> list[tuple[int, str, str]]:
+    """Up to `limit` (id, medium, address) of associations without a hash in `slot`,
+    by id from `after`: a range of the primary key, as the hash indexes hold no NULLs
+    (and a rotation that restarted from the first id each batch would walk over all
+    the rows it has done, again and again)."""
     query = (
         select(Association.id, Association.medium, Association.address)
-        .where(hash_column(slot).is_(None))
+        .where(hash_column(slot).is_(None), Association.id > after)
         .order_by(Association.id)
         .limit(limit)
     )
