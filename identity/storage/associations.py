@@ -3,6 +3,7 @@
 import json
 from collections.abc import Iterable
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import InstrumentedAttribute
 
 from identity.extensions import db
+from identity.storage.bulk import indexes_after_load
 from identity.storage.hot_reads import fetch_one
 from identity.storage.models import Association
 from identity.storage.results import rowcount
@@ -77,6 +79,15 @@ def insert_all(new: Iterable[Association]) -> None:
     ]
     if values:
         db.session.execute(insert(Association), values)
+
+
+@contextmanager
+def bulk_load() -> Iterator[bool]:
+    """Around a load of many associations in the session's transaction: on an empty
+    table (PostgreSQL), its indexes are built after the rows (`storage.bulk`). Yields
+    whether the table was empty then."""
+    with indexes_after_load(db.session.connection(), Association.__tablename__) as empty:
+        yield empty
 
 
 def remove(association: Association) -> None:
