@@ -124,7 +124,8 @@ def database_times(database: str, bodies: list[dict]) -> float:
     times = []
     with psycopg.connect(f"{PG}/{database}") as conn:
         for body in bodies:
-            params = compiled.construct_params({"hashes": body["addresses"], "now": now})
+            values = {"hashes": json.dumps(body["addresses"]), "now": now}
+            params = compiled.construct_params(values)
             plan = conn.execute(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {compiled}", params)
             times.append(plan.fetchone()[0][0]["Execution Time"])
     return statistics.median(times)

@@ -337,7 +337,7 @@ def plan_times(database: str, count: int) -> dict[str, dict[str, float]]:
         ),
         "v2 lookup: one probe per hash and spelling (LATERAL … LIMIT 1), 1,000 hashes": (
             str(by_hash),
-            by_hash.construct_params({"hashes": hashes, "now": now}),
+            by_hash.construct_params({"hashes": json.dumps(hashes), "now": now}),
         ),
         "for comparison, v2 lookup until 2026-12: lookup_hash IN (500 hashes), two per request": (
             f"SELECT lookup_hash, mxid FROM association WHERE lookup_hash IN ({in_list})"  # noqa: S608
