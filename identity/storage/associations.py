@@ -24,6 +24,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from identity.extensions import db
 from identity.storage.bulk import indexes_after_load
+from identity.storage.hot_reads import fetch_all
 from identity.storage.hot_reads import fetch_one
 from identity.storage.models import Association
 from identity.storage.results import rowcount
@@ -157,14 +158,15 @@ _BY_HASH = {
 
 
 def mxids_by_hash(hashes: Iterable[str], *, slot: int, now: datetime) -> dict[str, str]:
-    """{lookup_hash: mxid} for the live associations among `hashes` (in `slot`), by the
-    hash of either spelling. One statement, whatever the number of hashes."""
+    """{lookup_hash: mxid} for the live committed associations among `hashes` (in
+    `slot`), by the hash of either spelling. One statement, whatever the number of
+    hashes."""
     dialect = db.session.get_bind().dialect.name
     wanted = list(dict.fromkeys(hashes))
     if not wanted:
         return {}
-    values = {"hashes": json.dumps(wanted), "now": now}
-    rows = db.session.execute(_BY_HASH[dialect, slot], values)
+    # On committed data, as every read of a lookup request (storage.hot_reads).
+    rows = fetch_all(_BY_HASH[dialect, slot], hashes=json.dumps(wanted), now=now)
     return {h: mxid for h, mxid in rows}
 
 
