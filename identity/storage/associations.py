@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 from typing import NamedTuple
 
 from sqlalchemy import JSON
@@ -72,13 +73,31 @@ def insert_all(new: Iterable[Association]) -> None:
     """Insert new associations, one statement for all (their ids are not read back).
 
     The ORM's unit of work inserts rows one by one where it must read ids back (SQLite).
+    On PostgreSQL, one COPY: an INSERT of many rows cost SQLAlchemy about 0.3 ms of
+    Python a row (half a Sydent import's time on its associations).
     """
-    values = [
-        {column.key: getattr(association, column.key) for column in _INSERTED}
-        for association in new
+    connection = db.session.connection()
+    if connection.dialect.name != "postgresql":
+        values = [
+            {column.key: getattr(association, column.key) for column in _INSERTED}
+            for association in new
+        ]
+        if values:
+            db.session.execute(insert(Association), values)
+        return
+    # Each value converted by its column's type, as an INSERT would.
+    converters = [
+        (column.key, column.type.bind_processor(connection.dialect)) for column in _INSERTED
     ]
-    if values:
-        db.session.execute(insert(Association), values)
+    names = ", ".join(f'"{column.name}"' for column in _INSERTED)
+    driver: Any = connection.connection.driver_connection  # psycopg's, for its COPY
+    with driver.cursor() as cursor, cursor.copy(f"COPY association ({names}) FROM STDIN") as copy:
+        for association in new:
+            row = []
+            for key, convert in converters:
+                value = getattr(association, key)
+                row.append(value if convert is None else convert(value))
+            copy.write_row(row)
 
 
 @contextmanager
