@@ -16,6 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from identity import i18n
 from identity import keys
+from identity import outages
 from identity import worker
 from identity.api import metrics
 from identity.api import register_api
@@ -95,6 +96,7 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     serving = _serving()
 
     db.init_app(app)
+    app.teardown_appcontext(_end_session)  # before Flask-SQLAlchemy's (teardowns run last first)
     if not serving:
         # `flask db …`. A server never needs Alembic unless AUTO_MIGRATE (upgrade_schema).
         init_migrations(app, MIGRATIONS_DIR)
@@ -183,6 +185,18 @@ def _response_headers(app: Flask) -> ResponseHeaders:
 def _under_gunicorn() -> bool:
     """Whether this process is gunicorn's (its master, a worker): production serving."""
     return os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
+
+
+def _end_session(error: BaseException | None) -> None:
+    """End the request's session: roll back what it left open. A database gone since
+    the answer was made costs the connection (dropped from the pool), not a 500."""
+    try:
+        db.session.remove()
+    except SQLAlchemyError as e:
+        if outages.unavailable_dependency(e) is None:
+            raise
+        outages.warn(outages.DATABASE, e, effect="answering 503")
+        db.session.remove()  # the connection invalidated: nothing left to roll back
 
 
 def _serving() -> bool:

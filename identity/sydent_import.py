@@ -389,22 +389,25 @@ def _import_associations(sydent_db: _SydentDatabase, kind: KindReport, *, now: d
     """Import the live bindings; the newest wins among rows of one normalised address."""
     bindings = _live_bindings(sydent_db, kind, now=now)
     addresses = list(bindings)
-    for start in range(0, len(addresses), _ASSOCIATION_BATCH):
-        batch = addresses[start : start + _ASSOCIATION_BATCH]
-        with_peppers = hashing_peppers(now)
-        # One indexed look-up per address: an IN list over a table filled in this
-        # same transaction gets a plan that scans it all on PostgreSQL (no statistics).
-        new = [
-            _import_binding(
-                bindings[address],
-                associations.find("email", address),
-                kind,
-                now=now,
-                with_peppers=with_peppers,
-            )
-            for address in batch
-        ]
-        associations.insert_all(a for a in new if a is not None)
+    # Into an empty table (a first import) the indexes are built once, after the rows;
+    # there is then nothing to look up (one row per address is written).
+    with associations.bulk_load() as empty:
+        for start in range(0, len(addresses), _ASSOCIATION_BATCH):
+            batch = addresses[start : start + _ASSOCIATION_BATCH]
+            with_peppers = hashing_peppers(now)
+            # One indexed look-up per address: an IN list over a table filled in this
+            # same transaction gets a plan that scans it all on PostgreSQL (no statistics).
+            new = [
+                _import_binding(
+                    bindings[address],
+                    None if empty else associations.find("email", address),
+                    kind,
+                    now=now,
+                    with_peppers=with_peppers,
+                )
+                for address in batch
+            ]
+            associations.insert_all(a for a in new if a is not None)
 
 
 def _live_bindings(

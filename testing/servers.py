@@ -41,13 +41,14 @@ class Gunicorn(ServerProcess):
         with a certificate of this CA.
     :param ready_status: the status `ready_path` must answer to be ready (any by default).
     :param app: the WSGI application gunicorn serves (another one for a benchmark's baseline).
+    :param root: the source tree it runs from (another one for a benchmark's baseline).
     """
 
     def __init__(self, env: dict[str, str], options: tuple[str, ...],
                  log: Path | IO | None = None, *, port: int | None = None,
                  ca_file: str | None = None, ready_status: int | None = None,
                  timeout: float = 60, app: str = "app:create_app()",
-                 ready_path: str = "/health") -> None:  # fmt: skip
+                 ready_path: str = "/health", root: Path = ROOT) -> None:  # fmt: skip
         self.port = port or free_port()
         self.base = f"https://localhost:{self.port}" if ca_file else f"http://127.0.0.1:{self.port}"
         # Migrations run before, as a deployment does (unless the test asks otherwise).
@@ -61,7 +62,7 @@ class Gunicorn(ServerProcess):
         # gunicorn's control socket has one path per user: instances would share it.
         command = [sys.executable, "-m", "gunicorn", "--no-control-socket", *options, *bind,
                    app]  # fmt: skip
-        super().__init__(command, cwd=ROOT, env=env, log=log, what="gunicorn")
+        super().__init__(command, cwd=root, env=env, log=log, what="gunicorn")
         ready = answers(f"{self.base}{ready_path}", status=ready_status, verify=ca_file or True,
                         timeout=5)  # fmt: skip
         self.start(ready, timeout=timeout)

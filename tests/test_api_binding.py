@@ -6,6 +6,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import psycopg
 import pytest
 import requests
 import signedjson.key
@@ -19,6 +20,8 @@ from identity import keys
 from identity.accounts import token_hash
 from identity.extensions import db
 from identity.storage import associations
+from identity.storage import hot_reads
+from identity.storage.libpq import LibpqReader
 from identity.storage.models import AccessToken
 from identity.storage.models import Account
 from identity.storage.models import Association
@@ -173,6 +176,66 @@ def test_bulk_lookup_searches_the_unique_index_whatever_the_statistics(app, cloc
             "SEARCH association USING INDEX sqlite_autoindex_association_1 (medium=? AND address=?)"
             in plan
         ), plan
+        assert "SCAN association" not in plan, plan
+
+
+def test_v2_lookup_is_one_statement_probing_the_hash_indexes(app, clock, monkeypatch):
+    """However many hashes are asked, one statement with one parameter for them all
+    (not one rendered and parsed per hash), which searches the index of each spelling
+    for each hash, here on a table the planner has no statistics for (as after an
+    import). Found by either spelling, expired bindings left out, in either slot."""
+    now = clock.now()
+    rows = [
+        {"medium": "email", "address": f"agent{i}@ac-lyon.fr", "mxid": f"@{i}:a.fr",
+         "lookup_hash": f"key{i}", "lookup_hash_alt": f"alt{i}",
+         "lookup_hash_unicode": f"uni{i}" if i % 100 == 0 else None,
+         "created_at": now, "not_before": now,
+         "not_after": now + timedelta(days=-1 if i == 7 else 1)}
+        for i in range(2_000)
+    ]  # fmt: skip
+    asked = [f"key{i}" for i in range(0, 1_200, 2)] + [f"uni{i}" for i in range(0, 2_000, 100)]
+    asked += [f"unknown{i}" for i in range(600)] + ["key7", "key2"]
+    sent = []
+    for reader in (hot_reads._CursorReader, LibpqReader):
+
+        def keep(self, prepared, params, _real=reader.fetch_all):
+            sent.append((prepared.sql, params))
+            return _real(self, prepared, params)
+
+        monkeypatch.setattr(reader, "fetch_all", keep)
+
+    with app.app_context():
+        db.session.execute(insert(Association), rows)
+        db.session.commit()
+        found = associations.mxids_by_hash(asked, slot=0, now=now)
+        alt = associations.mxids_by_hash(["alt3", "key3"], slot=1, now=now)
+        assert found == {
+            **{f"key{i}": f"@{i}:a.fr" for i in range(0, 1_200, 2)},
+            **{f"uni{i}": f"@{i}:a.fr" for i in range(0, 2_000, 100)},
+        }
+        assert alt == {"alt3": "@3:a.fr"}
+        assert len(sent) == 2
+        statement, parameters = sent[0]
+        postgres = db.engine.dialect.name == "postgresql"
+        # The 1,222 hashes in one bound value (SQLite's is sent once per spelling).
+        assert len(parameters) <= 4, parameters
+        if postgres:  # as prepared: numbered parameters ($1)
+            cursor = psycopg.RawCursor(db.session.connection().connection.driver_connection)
+            plan_rows = cursor.execute("EXPLAIN " + statement, parameters).fetchall()
+        else:
+            explain = "EXPLAIN QUERY PLAN " + statement
+            plan_rows = db.session.connection().exec_driver_sql(explain, parameters).all()
+        plan = "\n".join(str(row[-1]) for row in plan_rows)
+    if postgres:
+        for index in ("ix_association_lookup_hash", "ix_association_lookup_hash_unicode"):
+            assert f"Index Scan using {index} on association" in plan, plan
+        assert "Seq Scan on association" not in plan and "Bitmap" not in plan, plan
+    else:
+        for index, column in (
+            ("ix_association_lookup_hash", "lookup_hash"),
+            ("ix_association_lookup_hash_unicode", "lookup_hash_unicode"),
+        ):
+            assert f"SEARCH association USING INDEX {index} ({column}=?)" in plan, plan
         assert "SCAN association" not in plan, plan
 
 

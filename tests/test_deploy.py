@@ -193,6 +193,7 @@ def test_the_nginx_example_serves_the_api(nginx):
 
     r = requests.get(f"{base}/_matrix/identity/v2", verify=ca_file, timeout=10)
     assert r.status_code == 200, r.text
+    # One copy, the proxy's (the service's own is hidden: a browser heeds the first).
     assert r.headers["Strict-Transport-Security"] == "max-age=63072000"
     # nginx's $request_id (32 hex digits) reaches the service, which answers with it.
     assert re.fullmatch(r"[0-9a-f]{32}", r.headers["X-Request-ID"])

@@ -88,6 +88,26 @@ def test_hash_details_is_one_round_trip(client, fake_homeserver, statements):
     assert statements == ["execute"]  # v2 lookups too: no separate pepper read
 
 
+def test_a_v2_lookup_is_two_round_trips(app, client, fake_homeserver, statements):
+    """The token check (with the pepper), then one statement for all the hashes: no
+    transaction begun, pinged or rolled back around it."""
+    headers = auth(register_user(client, fake_homeserver, "alice"))
+    pepper = client.get(f"{V2}/hash_details", headers=headers).json["lookup_pepper"]
+    with app.app_context():
+        when = datetime(2024, 1, 1, tzinfo=UTC)
+        db.session.add(Association(medium="email", address=INFO["address"], mxid="@m:a.fr",
+                                   lookup_hash="known", created_at=when, not_before=when,
+                                   not_after=when + timedelta(days=36500)))  # fmt: skip
+        db.session.commit()
+    hashes = ["known", *(f"unknown{i}" for i in range(999))]
+    lookup = {"addresses": hashes, "algorithm": "sha256", "pepper": pepper}
+    assert client.post(f"{V2}/lookup", json=lookup, headers=headers).status_code == 200
+    statements.start()
+    r = client.post(f"{V2}/lookup", json=lookup, headers=headers)
+    assert r.json == {"mappings": {"known": "@m:a.fr"}}
+    assert statements == ["execute", "execute"]
+
+
 def test_terminated_connections_are_recovered_without_a_failed_request(app, client):
     for _ in range(3):
         assert client.get(f"{V1}/info", query_string=INFO).status_code == 200

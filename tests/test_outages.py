@@ -182,6 +182,14 @@ class FreezableProxy:
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
 
+    def cut(self) -> None:
+        """Drop every connection made so far (a server that went away)."""
+        sockets, self.sockets = self.sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
     def close(self) -> None:
         self.flowing.set()
         with contextlib.suppress(OSError):
@@ -282,6 +290,25 @@ def test_hot_reads_on_a_frozen_server_answer_503_in_bounded_time(
     assert time.monotonic() - started < 4
     proxy.flowing.set()
     assert client.get(LOOKUP).status_code == 200  # a new connection, at once
+
+
+@pytest.mark.postgres
+def test_a_database_lost_after_the_answer_was_made_keeps_the_answer(make_app, proxied_postgres):
+    """The request's transaction is rolled back after its view: a server gone by then
+    costs nothing (the answer stands, the connection is dropped), never a 500."""
+    url, proxy = proxied_postgres
+    make_app(SQLALCHEMY_DATABASE_URI=url)  # migrates
+    app = make_app(SQLALCHEMY_DATABASE_URI=url, AUTO_MIGRATE=False)
+
+    @app.after_request
+    def lose_the_database(response):
+        proxy.cut()
+        return response
+
+    client = app.test_client()
+    query = "sid=unknown&client_secret=secret"
+    answer = client.get(f"/_matrix/identity/api/v1/3pid/getValidated3pid?{query}")
+    assert answer.status_code == 400 and answer.json["errcode"] == "M_NO_VALID_SESSION"
 
 
 # Redis stopped or frozen: the limits fail open, the mail quota closed.

@@ -2,12 +2,15 @@
 
 import base64
 import hashlib
+from datetime import timedelta
 
 import pytest
 
 from identity import lookup
 from identity.extensions import db
 from identity.services import services
+from identity.storage import peppers
+from identity.storage.models import Association
 from tests.helpers import V1
 from tests.helpers import V2
 from tests.helpers import auth
@@ -99,3 +102,30 @@ def test_an_interrupted_rotation_resumes_and_rotations_repeat(app, client, smtp,
     third = current_pepper(client, user)
     assert third not in (old, second)
     assert len(look_up(client, user, third, ADDRESSES).json["mappings"]) == 3
+
+
+def test_a_row_committed_behind_the_rotation_is_hashed_too(app, client, user):
+    """A bind that read the peppers before the rotation began has no hash for the new
+    one; committed after the rotation passed its id, it is still hashed before the new
+    pepper becomes current (the rotation pages by id, then looks once more from the start)."""
+    now = services(app).clock.now()
+    with app.app_context():
+
+        def row(row_id, address, with_peppers=None):
+            association = Association(id=row_id, medium="email", address=address,
+                                      mxid=f"@{row_id}:a.fr", created_at=now, not_before=now,
+                                      not_after=now + timedelta(days=1))  # fmt: skip
+            lookup.hash_association(association, now=now, with_peppers=with_peppers)
+            db.session.add(association)
+            db.session.commit()
+
+        for row_id, address in zip((10, 20, 30), ADDRESSES, strict=False):
+            row(row_id, address)
+        stale = [peppers.current(now)]
+
+        def late_bind(done):
+            if done == 2:  # ids 10 and 20 are done
+                row(5, ADDRESSES[3], with_peppers=stale)
+
+        new = lookup.rotate_pepper(now=now, batch=1, commit=db.session.commit, progress=late_bind)
+    assert len(look_up(client, user, new, ADDRESSES).json["mappings"]) == 4

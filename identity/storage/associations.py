@@ -3,10 +3,13 @@
 import json
 from collections.abc import Iterable
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 from typing import NamedTuple
 
 from sqlalchemy import JSON
+from sqlalchemy import CompoundSelect
 from sqlalchemy import Select
 from sqlalchemy import String
 from sqlalchemy import bindparam
@@ -16,16 +19,17 @@ from sqlalchemy import func
 from sqlalchemy import insert
 from sqlalchemy import select
 from sqlalchemy import true
+from sqlalchemy import union_all
 from sqlalchemy import update
 from sqlalchemy.orm import InstrumentedAttribute
 
 from identity.extensions import db
+from identity.storage.bulk import indexes_after_load
+from identity.storage.hot_reads import fetch_all
 from identity.storage.hot_reads import fetch_one
 from identity.storage.models import Association
 from identity.storage.results import rowcount
 
-# Keep IN lists well below every engine's limit on bound parameters.
-_BATCH = 500
 _INSERTED = [column for column in Association.__table__.columns if column.key != "id"]
 
 
@@ -69,13 +73,40 @@ def insert_all(new: Iterable[Association]) -> None:
     """Insert new associations, one statement for all (their ids are not read back).
 
     The ORM's unit of work inserts rows one by one where it must read ids back (SQLite).
+    On PostgreSQL, one COPY: an INSERT of many rows cost SQLAlchemy about 0.3 ms of
+    Python a row (half a Sydent import's time on its associations).
     """
-    values = [
-        {column.key: getattr(association, column.key) for column in _INSERTED}
-        for association in new
+    connection = db.session.connection()
+    if connection.dialect.name != "postgresql":
+        values = [
+            {column.key: getattr(association, column.key) for column in _INSERTED}
+            for association in new
+        ]
+        if values:
+            db.session.execute(insert(Association), values)
+        return
+    # Each value converted by its column's type, as an INSERT would.
+    converters = [
+        (column.key, column.type.bind_processor(connection.dialect)) for column in _INSERTED
     ]
-    if values:
-        db.session.execute(insert(Association), values)
+    names = ", ".join(f'"{column.name}"' for column in _INSERTED)
+    driver: Any = connection.connection.driver_connection  # psycopg's, for its COPY
+    with driver.cursor() as cursor, cursor.copy(f"COPY association ({names}) FROM STDIN") as copy:
+        for association in new:
+            row = []
+            for key, convert in converters:
+                value = getattr(association, key)
+                row.append(value if convert is None else convert(value))
+            copy.write_row(row)
+
+
+@contextmanager
+def bulk_load() -> Iterator[bool]:
+    """Around a load of many associations in the session's transaction: on an empty
+    table (PostgreSQL), its indexes are built after the rows (`storage.bulk`). Yields
+    whether the table was empty then."""
+    with indexes_after_load(db.session.connection(), Association.__tablename__) as empty:
+        yield empty
 
 
 def remove(association: Association) -> None:
@@ -96,42 +127,66 @@ def hash_columns(slot: int) -> tuple[InstrumentedAttribute, InstrumentedAttribut
     return Association.lookup_hash, Association.lookup_hash_unicode
 
 
+def _by_hash(dialect: str, slot: int) -> Select | CompoundSelect:
+    """(hash, mxid) of the live associations whose hash of either spelling in `slot` is
+    among hashes given as one JSON list.
+
+    One statement, whatever the number of hashes, with nothing rendered or parsed per
+    hash in Python: for 1,000 hashes, two `IN (500 values)` statements spent two thirds
+    of a worker's time in SQLAlchemy's rendering and psycopg's parsing of the values,
+    and a PostgreSQL array parameter still costs psycopg a regular expression per value
+    (to quote it), several milliseconds; `json.dumps` is one call in C.
+
+    Each hash is searched in each spelling's index (the Unicode one partial: few rows).
+    PostgreSQL is given no choice, as in `_bound_to`: each hash is one LATERAL probe
+    (its LIMIT keeps the planner from flattening it into a join), which a table without
+    statistics (one just imported) cannot turn into a scan of the whole table; with
+    statistics it takes the time of `= ANY(array)` (docs/performance.md).
+    """
+    live = _columns.not_after > bindparam("now")
+    if dialect == "postgresql":
+        hashes = cast(bindparam("hashes", type_=String), JSON)
+        wanted = func.json_array_elements_text(hashes).table_valued("value").alias("wanted")
+        match = (
+            union_all(
+                *(
+                    select(column.label("hash"), _columns.mxid).where(
+                        column == wanted.c.value, live
+                    )
+                    for column in hash_columns(slot)
+                )
+            )
+            .limit(1)
+            .lateral("match")
+        )
+        return select(match.c.hash, match.c.mxid).select_from(wanted.join(match, true()))
+    values = func.json_each(bindparam("hashes", type_=String)).table_valued("value")
+    return union_all(
+        *(
+            select(column, _columns.mxid).where(column.in_(select(values.c.value)), live)
+            for column in hash_columns(slot)
+        )
+    )
+
+
+_BY_HASH = {
+    (dialect, slot): _by_hash(dialect, slot)
+    for dialect in ("postgresql", "sqlite")
+    for slot in (0, 1)
+}
+
+
 def mxids_by_hash(hashes: Iterable[str], *, slot: int, now: datetime) -> dict[str, str]:
-    """{lookup_hash: mxid} for the live associations among `hashes` (in `slot`), by the
-    hash of either spelling."""
-    hashes = list(dict.fromkeys(hashes))
-    key_column, unicode_column = hash_columns(slot)
-    found = _probe(key_column, hashes, now)
-    # Few addresses have a Unicode spelling, often none, and their index is partial
-    # (small). One batch is probed at once; for more, when those rows are fewer than
-    # the hashes asked for, reading them all costs less than probing for each hash.
-    spelt = len(hashes) + 1
-    if len(hashes) > _BATCH:
-        some = select(unicode_column).where(unicode_column.is_not(None)).limit(spelt)
-        spelt = db.session.scalar(select(func.count()).select_from(some.subquery())) or 0
-    if 0 < spelt <= len(hashes):
-        wanted = set(hashes)
-        rows = db.session.execute(
-            select(unicode_column, Association.mxid).where(
-                unicode_column.is_not(None), Association.not_after > now
-            )
-        )
-        found.update({h: mxid for h, mxid in rows if h in wanted})
-    elif spelt > len(hashes):
-        found.update(_probe(unicode_column, hashes, now))
-    return found
-
-
-def _probe(column: InstrumentedAttribute, hashes: list[str], now: datetime) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for start in range(0, len(hashes), _BATCH):
-        rows = db.session.execute(
-            select(column, Association.mxid).where(
-                column.in_(hashes[start : start + _BATCH]), Association.not_after > now
-            )
-        )
-        found.update({h: mxid for h, mxid in rows})
-    return found
+    """{lookup_hash: mxid} for the live committed associations among `hashes` (in
+    `slot`), by the hash of either spelling. One statement, whatever the number of
+    hashes."""
+    dialect = db.session.get_bind().dialect.name
+    wanted = list(dict.fromkeys(hashes))
+    if not wanted:
+        return {}
+    # On committed data, as every read of a lookup request (storage.hot_reads).
+    rows = fetch_all(_BY_HASH[dialect, slot], hashes=json.dumps(wanted), now=now)
+    return {h: mxid for h, mxid in rows}
 
 
 def _bound_to(dialect: str) -> Select:
@@ -224,11 +279,14 @@ def clear_slot(slot: int) -> None:
     )
 
 
-def missing_in_slot(slot: int, limit: int) -> list[tuple[int, str, str]]:
-    """Up to `limit` (id, medium, address) of associations without a hash in `slot`."""
+def missing_in_slot(slot: int, limit: int, *, after: int = 0) -> list[tuple[int, str, str]]:
+    """Up to `limit` (id, medium, address) of associations without a hash in `slot`,
+    by id from `after`: a range of the primary key, as the hash indexes hold no NULLs
+    (and a rotation that restarted from the first id each batch would walk over all
+    the rows it has done, again and again)."""
     query = (
         select(Association.id, Association.medium, Association.address)
-        .where(hash_column(slot).is_(None))
+        .where(hash_column(slot).is_(None), Association.id > after)
         .order_by(Association.id)
         .limit(limit)
     )

@@ -1,9 +1,11 @@
-"""Single-row reads on the hottest paths, straight on a pooled DB-API connection.
+"""Reads on the hottest paths, straight on a pooled DB-API connection.
 
 /info, the token check of every authenticated request and /hash_details each need one
-small read. Through SQLAlchemy's ORM session such a read costs more than the query
-itself (docs/performance.md); here the statement is compiled once per dialect, its
-parameters converted by their column types, and run on a connection from the pool.
+small read, a v2 lookup one statement for all its hashes. Through SQLAlchemy's ORM
+session such a read costs more than the query itself (docs/performance.md), and a
+transaction's BEGIN and ROLLBACK round trips besides; here the statement is compiled
+once per dialect, its parameters converted by their column types, and run on a
+connection from the pool.
 
 These reads see committed data only (they are outside the request's session); each
 value is converted by its column's type as the ORM would (aware datetimes on SQLite).
@@ -24,6 +26,7 @@ from typing import Any
 from typing import Protocol
 
 from flask import current_app
+from sqlalchemy import CompoundSelect
 from sqlalchemy import Engine
 from sqlalchemy import Select
 from sqlalchemy import create_engine
@@ -39,7 +42,7 @@ from identity.storage.prepared import Prepared
 _prepared: dict[tuple[int, str], Prepared] = {}
 
 
-def _prepare(statement: Select, dialect: Dialect) -> Prepared:
+def _prepare(statement: Select | CompoundSelect, dialect: Dialect) -> Prepared:
     key = (id(statement), dialect.name)
     prepared = _prepared.get(key)
     if prepared is None:
@@ -113,7 +116,9 @@ def _reads() -> "_Reads":
 class _Reader(Protocol):
     connection: Any  # the DB-API connection
 
-    def fetch_one(self, prepared: "Prepared", params: Any) -> tuple | None: ...
+    def fetch_one(self, prepared: Prepared, params: Any) -> tuple | None: ...
+
+    def fetch_all(self, prepared: Prepared, params: Any) -> list[tuple]: ...
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,13 @@ class _CursorReader:
         cursor.close()
         return row
 
+    def fetch_all(self, prepared: Prepared, params: Any) -> list[tuple]:
+        cursor = self.connection.cursor()
+        cursor.execute(prepared.sql, params)
+        rows = cursor.fetchall()
+        cursor.close()
+        return rows
+
 
 def _detached(engine: Engine, reader: Callable[[Any], _Reader]) -> _Reader:
     fairy = engine.raw_connection()
@@ -150,6 +162,16 @@ def _close(reader: _Reader) -> None:
 
 def fetch_one(statement: Select, **values: Any) -> tuple | None:
     """The first row of a module-level `statement` with bindparams named as `values`."""
+    rows = _run(statement, values, one=True)
+    return rows[0] if rows else None
+
+
+def fetch_all(statement: Select | CompoundSelect, **values: Any) -> list[tuple]:
+    """Every row of a module-level `statement` with bindparams named as `values`."""
+    return _run(statement, values, one=False)
+
+
+def _run(statement: Select | CompoundSelect, values: dict[str, Any], *, one: bool) -> list[tuple]:
     reads = _reads()
     dialect = reads.dialect
     prepared = _prepare(statement, dialect)
@@ -163,7 +185,11 @@ def fetch_one(statement: Select, **values: Any) -> tuple | None:
         connection = None
         try:
             connection = reads.idle.take()
-            row = connection.fetch_one(prepared, params)
+            if one:
+                row = connection.fetch_one(prepared, params)
+                rows = [] if row is None else [row]
+            else:
+                rows = connection.fetch_all(prepared, params)
         except dialect.loaded_dbapi.Error as e:
             if connection is None:  # could not connect
                 raise _as_orm_raises(e, prepared.sql, dialect) from e
@@ -178,12 +204,16 @@ def fetch_one(statement: Select, **values: Any) -> tuple | None:
             reads.idle.close_all()
             continue
         reads.idle.give(connection)
-        if row is None or prepared.results is None:
-            return row
-        return tuple(
-            value if convert is None else convert(value)
-            for value, convert in zip(row, prepared.results, strict=True)
-        )
+        if prepared.results is None:
+            return rows
+        converters = prepared.results
+        return [
+            tuple(
+                value if convert is None else convert(value)
+                for value, convert in zip(row, converters, strict=True)
+            )
+            for row in rows
+        ]
     raise AssertionError("unreachable")
 
 

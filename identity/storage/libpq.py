@@ -27,6 +27,14 @@ class LibpqReader:
         self.prepared: set[bytes] = set()
 
     def fetch_one(self, prepared: Prepared, params: Any) -> tuple | None:
+        rows = self.fetch(prepared, params, 1)
+        return rows[0] if rows else None
+
+    def fetch_all(self, prepared: Prepared, params: Any) -> list[tuple]:
+        return self.fetch(prepared, params, None)
+
+    def fetch(self, prepared: Prepared, params: Any, limit: int | None) -> list[tuple]:
+        """The rows of one execution of `prepared`, the first `limit` of them if given."""
         if prepared.name not in self.prepared:
             self.prepare(prepared.name, prepared.sql.encode())
         values = self.transformer.dump_sequence(params, [PyFormat.TEXT] * len(params))
@@ -37,9 +45,10 @@ class LibpqReader:
             self.prepare(prepared.name, prepared.sql.encode())
             result = self.execute(prepared.name, values)
         if not result.ntuples:
-            return None
+            return []
         self.transformer.set_pgresult(result)
-        return self.transformer.load_row(0, tuple)
+        count = result.ntuples if limit is None else min(limit, result.ntuples)
+        return self.transformer.load_rows(0, count, tuple)
 
     # Each a round trip to the server, waited for as psycopg waits (within the
     # connection's deadline, storage.timeouts), not in libpq's blocking calls.

@@ -69,14 +69,20 @@ class ValidationSession(Model):
     validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+# The columns of lookup hashes: of each slot, for the address's key and its Unicode spelling.
+_HASH_COLUMNS = ("lookup_hash", "lookup_hash_alt", "lookup_hash_unicode", "lookup_hash_unicode_alt")
+
+
 class Association(Model):
     """A validated address bound to a Matrix ID."""
 
     __tablename__ = "association"
     __table_args__ = (
         UniqueConstraint("medium", "address"),
-        # Partial: few rows have a Unicode spelling, and lookups probe these indexes
-        # for every hash they are sent, so they had better be small.
+        # The v2 lookup's, one per hash column (identity.storage.associations._by_hash).
+        # Partial: a slot is empty but during a pepper rotation (a non-partial btree
+        # keeps an entry per NULL), and few rows have a Unicode spelling. No index on
+        # `mxid`: no query searches by it alone (unbinds name the address too).
         *(
             Index(
                 f"ix_association_{name}",
@@ -84,7 +90,7 @@ class Association(Model):
                 sqlite_where=text(f"{name} IS NOT NULL"),
                 postgresql_where=text(f"{name} IS NOT NULL"),
             )
-            for name in ("lookup_hash_unicode", "lookup_hash_unicode_alt")
+            for name in _HASH_COLUMNS
         ),
     )
 
@@ -94,13 +100,13 @@ class Association(Model):
     # sha256("<address> <medium> <pepper>"), unpadded URL-safe base64.
     # Two slots, so that a new pepper's hashes are filled in while lookups keep using
     # the current pepper's (identity.lookup.rotate_pepper); Pepper.slot says which.
-    lookup_hash: Mapped[str | None] = mapped_column(String(64), index=True)
-    lookup_hash_alt: Mapped[str | None] = mapped_column(String(64), index=True)
+    lookup_hash: Mapped[str | None] = mapped_column(String(64))
+    lookup_hash_alt: Mapped[str | None] = mapped_column(String(64))
     # The same for the address's Unicode spelling, when its domain is internationalised
     # (clients hash what the user typed): NULL for every other address.
     lookup_hash_unicode: Mapped[str | None] = mapped_column(String(64))
     lookup_hash_unicode_alt: Mapped[str | None] = mapped_column(String(64))
-    mxid: Mapped[str] = mapped_column(String(255), index=True)
+    mxid: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     not_before: Mapped[datetime] = mapped_column(UTCDateTime)
     not_after: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -231,9 +231,15 @@ def test_postgres_restarted_under_load(cluster, database, service, smtp):
     failed = [answer for answer in answers if answer.status is None]
     assert not failed, f"{len(failed)} requests got no answer: {failed[:10]}"
     errors = [answer for answer in answers if answer.status >= 500 and not answer.is_unavailable()]
-    assert not errors, f"{len(errors)} errors other than 503: " + ", ".join(
-        f"{answer!r} {answer.started - times['stopped']:+.1f} s after the stop"
-        for answer in errors[:10]
+    logged = [line for line in service.log().splitlines() if '"level": "ERROR"' in line]
+    assert not errors, (
+        f"{len(errors)} errors other than 503: "
+        + ", ".join(
+            f"{answer!r} {answer.started - times['stopped']:+.1f} s after the stop"
+            for answer in errors[:10]
+        )
+        + "; the service logged: "
+        + " | ".join(line[:1500] for line in logged[:3])
     )
     unexpected = [answer for answer in answers if 300 <= answer.status < 500]
     assert not unexpected, unexpected[:10]
