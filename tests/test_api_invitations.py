@@ -651,3 +651,14 @@ def test_invitations_accepted_before_the_upgrade_keep_their_account(app):
     admitted_mxid, handed_over_at = found["delivered"]
     assert admitted_mxid == "@claire:hs.example"
     assert handed_over_at is not None and handed_over_at.isoformat().startswith("2026-11-20T10:00")
+
+
+def test_the_invitation_policy_is_derived_once_per_signing_key(app):
+    """Its landing secret costs a key derivation: not on every request, but again when
+    the key is replaced (a key imported from Sydent)."""
+    current = services(app)
+    first = current.invitation_policy()
+    assert current.invitation_policy() is first
+    current.keys.replace(signedjson.key.generate_signing_key("1"))
+    replaced = current.invitation_policy()
+    assert replaced is not first and replaced.landing_secret != first.landing_secret
