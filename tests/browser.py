@@ -9,16 +9,25 @@ downloads a browser of its own. axe-core is the `axe.min.js` bundled in the
 `axe-playwright-python` wheel (a dev dependency); it is read from that installed package.
 """
 
+import contextlib
 import os
 import re
+import threading
+from collections.abc import Callable
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from playwright.sync_api import Browser
 from playwright.sync_api import Page
 from playwright.sync_api import sync_playwright
+from werkzeug.serving import make_server
+
+from app import create_app
+from identity.extensions import db
+from testing.processes import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -121,3 +130,41 @@ def save_screenshot(page: Page, name: str) -> Path:
     path = SCREENSHOT_DIR / f"{safe}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+@contextlib.contextmanager
+def serve_app(
+    tmp_path: Path, smtp, clock, *, routes: Callable[[Flask], object] | None = None
+) -> Iterator[tuple[Flask, str]]:
+    """The service on a real HTTP port, as a browser needs, its mails going to `smtp`.
+
+    :param routes: adds test-only routes to the app before it serves.
+    """
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    app = create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'identity.sqlite3'}",
+            "SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
+            "INSTANCE_PATH": str(tmp_path),
+            "MAIL_SERVER": smtp.host,
+            "MAIL_PORT": smtp.port,
+            "MAIL_SUPPRESS_SEND": False,
+            "PUBLIC_BASE_URL": base,
+            "DELIVERY_WORKER_ENABLED": False,
+            "RATELIMIT_ENABLED": False,
+        },
+        clock=clock,
+    )
+    if routes is not None:
+        routes(app)
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield app, base
+    finally:
+        server.shutdown()
+        with app.app_context():
+            db.engine.dispose()

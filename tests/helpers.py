@@ -79,3 +79,20 @@ def web_client_link_from_page(page: str) -> str:
     match = re.search(r'href="(https://www\.tchap\.gouv\.fr/#/room/[^"]+)"', page)
     assert match, page
     return html.unescape(match.group(1))
+
+
+# A guest invited into a room by an agent: the store-invite body the page tests share.
+GUEST_INVITATION = {
+    "medium": "email",
+    "address": "claire.martin@partenaire.example",
+    "room_id": "!projetx:agent.dinum.tchap.gouv.fr",
+    "sender": "@marie.dupont:agent.dinum.tchap.gouv.fr",
+    "sender_display_name": "Marie Dupont",
+}
+
+
+def invite_guest(client, smtp, *, lang: str = "fr", **fields: str) -> str:
+    """Store an invitation through the v1 API; the landing link of the mail it sent."""
+    r = client.post(f"{V1}/store-invite", json={**GUEST_INVITATION, **fields})
+    assert r.status_code == 200, r.json
+    return landing_link_from_mail(smtp.last(), lang)

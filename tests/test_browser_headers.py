@@ -16,7 +16,7 @@ from app import create_app
 from identity.config import ConfigError
 from tests.helpers import V1
 from tests.helpers import V2
-from tests.helpers import landing_link_from_mail
+from tests.helpers import invite_guest
 from tests.helpers import link_from_mail
 from tests.helpers import relative
 from tests.helpers import request_code
@@ -37,15 +37,7 @@ PAGE_ONLY = (
 
 
 def landing_link(client, smtp) -> str:
-    body = {
-        "medium": "email",
-        "address": "claire.martin@partenaire.example",
-        "room_id": "!projetx:agent.dinum.tchap.gouv.fr",
-        "sender": "@marie.dupont:agent.dinum.tchap.gouv.fr",
-        "sender_display_name": "Marie Dupont",
-    }
-    assert client.post(f"{V1}/store-invite", json=body).status_code == 200
-    return relative(landing_link_from_mail(smtp.last()))
+    return relative(invite_guest(client, smtp))
 
 
 def validation_link(client, smtp) -> str:

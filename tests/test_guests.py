@@ -413,5 +413,7 @@ def test_links_mailed_before_encryption_keep_working(app, config, client, smtp):
 
     assert old.status_code == 200 and "Marie Dupont vous invite" in old.text
     assert signurl_query(old.text) == signed
-    altered = client.get(f"/_matrix/identity/invitation/{legacy[:-2]}xy")
+    # One character of the signature changed (not the last: base64 may ignore its low bits).
+    tampered = legacy[:-5] + ("A" if legacy[-5] != "A" else "B") + legacy[-4:]
+    altered = client.get(f"/_matrix/identity/invitation/{tampered}")
     assert altered.status_code == 404

@@ -3,25 +3,20 @@ nothing its Content-Security-Policy refuses, keyboard use and visible focus, wit
 JavaScript, at phone and desktop widths, in French and English, for each state of an
 invitation. Screenshots go to artifacts/."""
 
-import threading
 from urllib.parse import quote
 from urllib.parse import unquote
 
 import pytest
-from werkzeug.serving import make_server
 
-from app import create_app
-from identity.extensions import db
-from testing.processes import free_port
 from tests.browser import DESKTOP
 from tests.browser import PHONE
 from tests.browser import axe_violations
 from tests.browser import csp_violations
 from tests.browser import format_violations
 from tests.browser import save_screenshot
+from tests.browser import serve_app
 from tests.browser import watch_csp_violations
-from tests.helpers import V1
-from tests.helpers import landing_link_from_mail
+from tests.helpers import invite_guest
 from tests.helpers import web_client_link_from_page
 
 pytestmark = pytest.mark.browser
@@ -32,46 +27,16 @@ WIDTHS = {"phone": PHONE, "desktop": DESKTOP}
 @pytest.fixture
 def site(tmp_path, smtp, clock):
     """The service on a real HTTP port, its mails going to the SMTP sink."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    app = create_app(
-        {
-            "TESTING": True,
-            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'identity.sqlite3'}",
-            "SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
-            "INSTANCE_PATH": str(tmp_path),
-            "MAIL_SERVER": smtp.host,
-            "MAIL_PORT": smtp.port,
-            "MAIL_SUPPRESS_SEND": False,
-            "PUBLIC_BASE_URL": base,
-            "DELIVERY_WORKER_ENABLED": False,
-            "RATELIMIT_ENABLED": False,
-        },
-        clock=clock,
-    )
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield app, base
-    server.shutdown()
-    with app.app_context():
-        db.engine.dispose()
+    with serve_app(tmp_path, smtp, clock) as served:
+        yield served
 
 
 def invite(site, smtp, address="claire.martin@partenaire.example", lang="fr") -> str:
     """Store an invitation through the API; return the landing link from the mail."""
     app, _ = site
-    body = {
-        "medium": "email",
-        "address": address,
-        "room_id": "!projetx:agent.dinum.tchap.gouv.fr",
-        "sender": "@marie.dupont:agent.dinum.tchap.gouv.fr",
-        "sender_display_name": "Marie Dupont",
-        "room_name": "Projet X : coordination",
-    }
-    r = app.test_client().post(f"{V1}/store-invite", json=body)
-    assert r.status_code == 200, r.json
-    return landing_link_from_mail(smtp.last(), lang)
+    return invite_guest(
+        app.test_client(), smtp, lang=lang, address=address, room_name="Projet X : coordination"
+    )
 
 
 def check_page(browser, url: str, name: str, *, status: int, heading: str) -> None:

@@ -16,20 +16,16 @@ from urllib.parse import urlsplit
 
 import pytest
 from flask import render_template_string
-from werkzeug.serving import make_server
 
-from app import create_app
-from identity.extensions import db
-from testing.processes import free_port
 from tests.browser import DESKTOP
 from tests.browser import PHONE
 from tests.browser import axe_violations
 from tests.browser import csp_violations
 from tests.browser import format_violations
 from tests.browser import save_screenshot
+from tests.browser import serve_app
 from tests.browser import watch_csp_violations
-from tests.helpers import V1
-from tests.helpers import landing_link_from_mail
+from tests.helpers import invite_guest
 from tests.helpers import request_code
 
 pytestmark = pytest.mark.browser
@@ -51,47 +47,19 @@ UNESCAPED_PAGE = """{% extends "pages/base.html" %}
 @pytest.fixture
 def site(tmp_path, smtp, clock):
     """The service on a real HTTP port, plus a test-only page that forgets to escape."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    app = create_app(
-        {
-            "TESTING": True,
-            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'identity.sqlite3'}",
-            "SIGNING_KEY_PATH": str(tmp_path / "signing.key"),
-            "MAIL_SERVER": smtp.host,
-            "MAIL_PORT": smtp.port,
-            "MAIL_SUPPRESS_SEND": False,
-            "PUBLIC_BASE_URL": base,
-            "DELIVERY_WORKER_ENABLED": False,
-            "RATELIMIT_ENABLED": False,
-        },
-        clock=clock,
-    )
 
-    @app.get(UNESCAPED_PATH)
-    def unescaped():
-        return render_template_string(UNESCAPED_PAGE, injected=INJECTED, lang="fr")
+    def add_unescaped_page(app):
+        @app.get(UNESCAPED_PATH)
+        def unescaped():
+            return render_template_string(UNESCAPED_PAGE, injected=INJECTED, lang="fr")
 
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield app, base
-    server.shutdown()
-    with app.app_context():
-        db.engine.dispose()
+    with serve_app(tmp_path, smtp, clock, routes=add_unescaped_page) as served:
+        yield served
 
 
 def landing_url(site, smtp) -> str:
     app, _ = site
-    body = {
-        "medium": "email",
-        "address": "claire.martin@partenaire.example",
-        "room_id": "!projetx:agent.dinum.tchap.gouv.fr",
-        "sender": "@marie.dupont:agent.dinum.tchap.gouv.fr",
-        "sender_display_name": "Marie Dupont",
-    }
-    assert app.test_client().post(f"{V1}/store-invite", json=body).status_code == 200
-    return landing_link_from_mail(smtp.last())
+    return invite_guest(app.test_client(), smtp)
 
 
 @pytest.mark.parametrize("outcome", ["confirmed", "wrong-code"])
