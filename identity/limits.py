@@ -308,7 +308,8 @@ class _RedisWindows:
                 raise
         else:
             self.connections.give(connection)
-        self.down_error = None
+        if self.down_error is not None:  # back: the next request asks it again at once
+            self.down_error = None
         return answer
 
     def _mark_down(self, error: Exception) -> None:
@@ -330,7 +331,10 @@ class _RedisWindows:
 
 
 def _timed_out(error: Exception) -> bool:
-    return "Timeout" in type(error).__name__  # redis-py's TimeoutError, socket.timeout
+    """A read that waited REDIS_TIMEOUT_SECONDS for nothing (redis-py's or the socket's)."""
+    from redis.exceptions import TimeoutError as RedisTimeout  # loaded with Redis limits
+
+    return isinstance(error, RedisTimeout | TimeoutError)
 
 
 def _disconnect(connection: Any) -> None:
