@@ -195,7 +195,7 @@ def _end_session(error: BaseException | None) -> None:
     except SQLAlchemyError as e:
         if outages.unavailable_dependency(e) is None:
             raise
-        outages.warn(outages.DATABASE, e, effect="answering 503")
+        outages.warn(outages.DATABASE, e, effect="requests answered, their connections dropped")
         db.session.remove()  # the connection invalidated: nothing left to roll back
 
 
