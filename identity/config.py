@@ -134,6 +134,9 @@ DEFAULTS: dict[str, Any] = {
     # Characters of the local part and of the domain the room sees before the guest joins.
     "INVITE_REVEAL_LOCAL": 3,
     "INVITE_REVEAL_DOMAIN": 3,
+    # One reminder mail this long before a pending invitation expires (only for one
+    # made longer than this before its expiry); 0 sends none.
+    "INVITE_REMINDER_BEFORE_EXPIRY_SECONDS": 3 * 24 * 3600,
     # The mobile apps the landing page links to.
     "IOS_APP_URL": "https://apps.apple.com/fr/app/tchap/id1446253779",
     "ANDROID_APP_URL": "https://play.google.com/store/apps/details?id=fr.gouv.tchap.a",
@@ -270,7 +273,12 @@ def check_config(config: Any, *, production: bool = False) -> None:
     config["SQLALCHEMY_DATABASE_URI"] = _as_database_url(config["SQLALCHEMY_DATABASE_URI"])
     for key in _SECONDS_KEYS:
         config[key] = _as_seconds(key, config)
-    for key in ("TRUSTED_PROXY_COUNT", "INVITE_REVEAL_LOCAL", "INVITE_REVEAL_DOMAIN"):
+    for key in (
+        "TRUSTED_PROXY_COUNT",
+        "INVITE_REVEAL_LOCAL",
+        "INVITE_REVEAL_DOMAIN",
+        "INVITE_REMINDER_BEFORE_EXPIRY_SECONDS",
+    ):
         config[key] = _as_count(key, config[key])
     config["HSTS_MAX_AGE_SECONDS"] = _as_count(
         "HSTS_MAX_AGE_SECONDS", config["HSTS_MAX_AGE_SECONDS"]
@@ -551,6 +559,8 @@ class Settings:
     invite_blocked_rooms: tuple[str, ...]
     invite_reveal_local: int
     invite_reveal_domain: int
+    # Zero: no reminders.
+    invite_reminder_before_expiry: timedelta = timedelta(0)
     signing_key_path: str = ""
     hsts_max_age_seconds: int = 0
     security_txt_contact: tuple[str, ...] = ()
@@ -605,6 +615,9 @@ class Settings:
             invite_blocked_rooms=tuple(config["INVITE_BLOCKED_ROOMS"]),
             invite_reveal_local=config["INVITE_REVEAL_LOCAL"],
             invite_reveal_domain=config["INVITE_REVEAL_DOMAIN"],
+            invite_reminder_before_expiry=timedelta(
+                seconds=config["INVITE_REMINDER_BEFORE_EXPIRY_SECONDS"]
+            ),
             signing_key_path=config["SIGNING_KEY_PATH"],
             hsts_max_age_seconds=config["HSTS_MAX_AGE_SECONDS"],
             security_txt_contact=tuple(config["SECURITY_TXT_CONTACT"]),

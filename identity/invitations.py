@@ -65,6 +65,9 @@ class InvitationMail:
     web_client_location: str
     guest: bool  # the address's platform takes only invited people
     already_invited: bool
+    # Which mail: "invite" (stored just now) or "reminder" (identity.reminders); each
+    # is a template of its own, built and sent the same way.
+    kind: str = "invite"
 
 
 # Mails an invitation: (mailbox, what to tell, brand=…) → None; raises on failure.
@@ -91,6 +94,8 @@ class Policy:
     # The service's long-term public key, which store-invite returns.
     long_term_public_key: str = ""
     refuse_special_use_domains: bool = False
+    # How long before its expiry a pending invitation's one reminder is due; zero: none.
+    reminder_lead: timedelta = timedelta(0)
 
     @classmethod
     def from_settings(cls, config: Settings, signing_key: SigningKey) -> "Policy":
@@ -113,6 +118,7 @@ class Policy:
                 rooms=config.invite_blocked_rooms,
             ),
             refuse_special_use_domains=config.refuse_special_use_domains,
+            reminder_lead=config.invite_reminder_before_expiry,
         )
 
 
@@ -166,6 +172,9 @@ def store_invite(
         raise ThreepidInUse("Binding already known", mxid=bound.mxid)
     abuse.check_quotas(policy.quotas, medium=medium, address=address, sender=sender, now=now)
     already_invited = invites.has_live(medium, address, now=now)
+    ephemeral = nacl.signing.SigningKey.generate()
+    ephemeral_private = encode_key(ephemeral.encode())
+    expires_at = now + policy.validity
     invitation = invites.add(
         Invitation(
             token=new_token(32),
@@ -177,15 +186,19 @@ def store_invite(
             sender_verified=caller is not None,
             details=details,
             created_at=now,
-            expires_at=now + policy.validity,
+            expires_at=expires_at,
+            reminder_key=(
+                landing.seal_key(ephemeral_private, policy.landing_secret)
+                if wants_reminder(now, expires_at, policy.reminder_lead)
+                else None
+            ),
         )
     )
-    ephemeral = nacl.signing.SigningKey.generate()
     ephemeral_public = encode_key(ephemeral.verify_key.encode())
     ephemeral_keys.add(ephemeral_public, invitation.id, now)
     mail = InvitationMail(
         invitation,
-        ephemeral_private_key=encode_key(ephemeral.encode()),
+        ephemeral_private_key=ephemeral_private,
         web_client_location=web_client_location_of(invitation, policy),
         guest=routing.resolve(address).platform.requires_invite,
         already_invited=already_invited,
@@ -194,6 +207,13 @@ def store_invite(
     send(written.mailbox, mail, brand=brand)
     metrics.INVITATIONS_STORED.inc()
     return store_invite_response(invitation, ephemeral_public, policy)
+
+
+def wants_reminder(created_at: datetime, expires_at: datetime, lead: timedelta) -> bool:
+    """Whether an invitation gets a reminder `lead` before its expiry: only when reminders
+    are on and it was made longer than `lead` before its expiry (one due the moment it is
+    mailed would repeat the invitation; at equal lead and validity, it would too)."""
+    return lead > timedelta(0) and expires_at - lead > created_at
 
 
 def store_invite_response(

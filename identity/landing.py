@@ -87,6 +87,30 @@ def _box(secret: str) -> SecretBox:
     return SecretBox(key)
 
 
+def seal_key(ephemeral_private_key: str, secret: str) -> str:
+    """The invitation's private key as the database keeps it for the reminder
+    (Invitation.reminder_key): sealed under a key of its own, derived from the landing
+    secret, which the database does not hold. Its reader cannot open it, nor use it as
+    a landing link (a link's key is another one)."""
+    sealed = _key_box(secret).encrypt(ephemeral_private_key.encode())
+    return base64.urlsafe_b64encode(bytes(sealed)).rstrip(b"=").decode()
+
+
+def unseal_key(sealed: str, secret: str) -> str | None:
+    """The private key `seal_key` sealed; None when it cannot be opened (the landing
+    secret changed since: SECRET_KEY, or the signing key it is derived from)."""
+    try:
+        raw = base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
+        return _key_box(secret).decrypt(raw).decode()
+    except (binascii.Error, CryptoError, ValueError):
+        return None
+
+
+def _key_box(secret: str) -> SecretBox:
+    key = hmac.new(secret.encode(), b"stored invitation keys", hashlib.sha256).digest()
+    return SecretBox(key)
+
+
 def open_landing(token: str, *, secret: str, max_age_seconds: int, now: datetime) -> Landing:
     """Read a landing token and say what the page should show."""
     opened = _open_legacy(token, secret, max_age_seconds) if "." in token else _open(token, secret)

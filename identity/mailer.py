@@ -131,7 +131,7 @@ class Mailer:
     ) -> None:
         """Render the `name` mail for `to` and send it.
 
-        :param name: ``verification`` or ``invite``.
+        :param name: ``verification``, ``invite`` or ``reminder``.
         :param to: the mailbox (identity.addresses): a non-ASCII local part goes out with
             SMTPUTF8 (RFC 6531), which the mail server must offer.
         :param context: the template variables (Sydent's names, e.g. ``token``, ``link``).
@@ -216,7 +216,7 @@ def render_mail(name: str, context: Mapping[str, Any]) -> tuple[str, str, str]:
 def sydent_template_path(name: str, brand: str | None, settings: MailSettings) -> str | None:
     """The Sydent-layout file for `name` in the chosen brand folder, if TEMPLATES_PATH has one."""
     root = settings.templates_path
-    if not root:
+    if not root or name not in SYDENT_FILES:  # Sydent had no reminder: ours is sent
         return None
     for candidate in (brand, settings.default_brand):
         if candidate and is_brand(candidate):

@@ -65,7 +65,11 @@ def send_code_mail(session: ValidationSession, code: str, *, base_url: str, mail
 def send_invitation(
     to: str, mail: InvitationMail, *, brand: str | None, policy: Policy, mailer: Mailer
 ) -> None:
-    """Word the invitation `mail` and send it to the mailbox `to` (an `InviteSender`)."""
+    """Word the invitation `mail` and send it to the mailbox `to` (an `InviteSender`).
+
+    The invitation and its reminder both go this way (`mail.kind` names the template):
+    what one carries, the other does too.
+    """
     context = invitation_context(
         mail.invitation,
         mail.ephemeral_private_key,
@@ -74,7 +78,7 @@ def send_invitation(
         guest=mail.guest,
         already_invited=mail.already_invited,
     )
-    mailer.send_template("invite", to, context, brand=brand)
+    mailer.send_template(mail.kind, to, context, brand=brand)
 
 
 def landing_page(

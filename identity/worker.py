@@ -1,19 +1,24 @@
-"""This process's background thread: onbind deliveries and the scheduled purges.
+"""This process's background thread: onbind deliveries, invitation reminders and the
+scheduled purges.
 
 Started with the app's first request (app.py calls `init_app`); `run_due` is also
-what `flask deliveries run-due` runs. The rules live in identity.deliveries and
+what `flask deliveries run-due` runs, `run_reminders` what `flask invites remind-due`
+runs. The rules live in identity.deliveries, identity.reminders and
 identity.retention; this module gives them the app's services and commits.
 """
 
 import logging
 import threading
 from datetime import datetime
+from functools import partial
 
 from flask import Flask
 
 from identity import deliveries
 from identity import outages
 from identity import peers
+from identity import presentation
+from identity import reminders
 from identity.extensions import db
 from identity.retention import Retention
 from identity.retention import Schedule
@@ -42,6 +47,25 @@ def run_due(*, now: datetime) -> int:
             signing_key_path=current.settings.signing_key_path,
         ),
         max_backoff=current.deliveries.max_backoff,
+        commit=db.session.commit,
+    )
+
+
+def run_reminders(*, now: datetime) -> int:
+    """Send every due invitation reminder once, with the app's mailer and policy.
+
+    The caller's side of `reminders.send_due`: needs an app context, and commits the
+    app's session after each claim and each attempt.
+
+    :returns: how many reminders were sent.
+    """
+    current = services()
+    policy = current.invitation_policy()
+    return reminders.send_due(
+        now=now,
+        policy=policy,
+        routing=current.routing.table(),
+        send=partial(presentation.send_invitation, policy=policy, mailer=current.mailer),
         commit=db.session.commit,
     )
 
@@ -96,7 +120,7 @@ def stop(app: Flask, timeout: float = 30) -> None:
 
 
 def _work(app: Flask, stop: threading.Event) -> None:
-    """The process's background thread: deliveries, and the scheduled purges."""
+    """The process's background thread: deliveries, reminders, and the scheduled purges."""
     current = services(app)
     interval = current.deliveries.poll_seconds
     retention = Retention.from_settings(current.settings)
@@ -106,6 +130,7 @@ def _work(app: Flask, stop: threading.Event) -> None:
             with app.app_context():
                 now = current.clock.now()
                 run_due(now=now)
+                run_reminders(now=now)
                 if purges.is_due():
                     deleted = purge(retention, now=now)
                     db.session.commit()
@@ -117,7 +142,7 @@ def _work(app: Flask, stop: threading.Event) -> None:
         except Exception as e:
             # The next pass retries; one bad pass must not end deliveries for good.
             if (dependency := outages.unavailable_dependency(e)) is not None:
-                outages.warn(dependency, e, effect="deliveries and purges wait")
+                outages.warn(dependency, e, effect="deliveries, reminders and purges wait")
             else:
                 logger.exception("Background pass failed")
         stop.wait(interval)

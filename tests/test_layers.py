@@ -50,6 +50,7 @@ LAYER_OF = {
     "identity.invitations": "domain",
     "identity.accounts": "domain",
     "identity.deliveries": "domain",
+    "identity.reminders": "domain",
     "identity.landing": "domain",
     "identity.abuse": "domain",
     "identity.retention": "domain",

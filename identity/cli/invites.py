@@ -1,10 +1,11 @@
-"""`flask invites revoke|list|purge-expired`: pending 3PID invitations for admins."""
+"""`flask invites revoke|list|purge-expired|remind-due`: pending 3PID invitations for admins."""
 
 from datetime import datetime
 from datetime import timedelta
 
 import click
 
+from identity import worker
 from identity.accounts import server_of
 from identity.addresses import normalise_email
 from identity.addresses import redact
@@ -158,3 +159,11 @@ def purge_expired(days: int) -> None:
     count = invites.delete_expired(now=_now(), older_than=timedelta(days=days))
     db.session.commit()
     click.echo(f"Deleted {count} expired invitation(s).")
+
+
+@group.command("remind-due")
+def remind_due() -> None:
+    """Send the due invitation reminders now (each instance's background thread does too)."""
+    sent = worker.run_reminders(now=_now())
+    done, waiting = invites.reminder_counts(now=_now())
+    click.echo(f"Sent {sent} reminder(s); {done} sent in all, {waiting} still to send.")

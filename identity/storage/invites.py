@@ -254,3 +254,96 @@ def delete_for_address(medium: str, address: str) -> int:
     db.session.execute(delete(Delivery).where(Delivery.invitation_id.in_(ids)))
     result = db.session.execute(delete(Invitation).filter_by(medium=medium, address=address))
     return rowcount(result) or 0
+
+
+# -- the reminder (identity.reminders) --------------------------------------------------
+# Claimed like the onbind deliveries, by a conditional UPDATE: whoever's UPDATE matched
+# the row owns the reminder until the lease ends; a concurrent one (thread, process or
+# host) matches nothing. PostgreSQL re-checks the WHERE clause on the committed row,
+# SQLite lets one writer at a time.
+
+
+def _reminder_due(now: datetime, lead: timedelta, max_attempts: int) -> list[ColumnElement[bool]]:
+    return [
+        Invitation.pending_at(now),
+        Invitation.reminder_key.is_not(None),
+        Invitation.reminded_at.is_(None),
+        Invitation.expires_at <= now + lead,
+        or_(Invitation.reminder_claimed_until.is_(None), Invitation.reminder_claimed_until <= now),
+        Invitation.reminder_attempts < max_attempts,
+    ]
+
+
+def due_reminders(*, now: datetime, lead: timedelta, max_attempts: int, limit: int) -> list[int]:
+    """The ids of pending invitations whose reminder is due and unclaimed, soonest
+    expiry first: candidates only, `claim_reminder` decides."""
+    query = (
+        select(Invitation.id)
+        .where(*_reminder_due(now, lead, max_attempts))
+        .order_by(Invitation.expires_at, Invitation.id)
+        .limit(limit)
+    )
+    return list(db.session.scalars(query))
+
+
+def claim_reminder(
+    invitation_id: int, *, now: datetime, lead: timedelta, max_attempts: int, until: datetime
+) -> bool:
+    """Claim the invitation's reminder until `until`, counting an attempt, if it is still
+    due and nobody holds it; False when another worker took it or it is no longer due."""
+    result = db.session.execute(
+        update(Invitation)
+        .where(Invitation.id == invitation_id, *_reminder_due(now, lead, max_attempts))
+        .values(
+            reminder_claimed_until=until,
+            reminder_attempts=Invitation.reminder_attempts + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return rowcount(result) == 1
+
+
+def mark_reminded(invitation_id: int, *, now: datetime) -> None:
+    """The SMTP server accepted the reminder: never another one; the sealed key, needed
+    for nothing more, is emptied."""
+    db.session.execute(
+        update(Invitation)
+        .where(Invitation.id == invitation_id)
+        .values(reminded_at=now, reminder_claimed_until=None, reminder_key=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def retry_reminder_at(invitation_id: int, moment: datetime) -> None:
+    """A failed attempt: the reminder waits until `moment` (its claim held until then)."""
+    db.session.execute(
+        update(Invitation)
+        .where(Invitation.id == invitation_id, Invitation.reminded_at.is_(None))
+        .values(reminder_claimed_until=moment)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def give_up_reminder(invitation_id: int) -> None:
+    """No reminder can be made (its key no longer opens): none is attempted again."""
+    db.session.execute(
+        update(Invitation)
+        .where(Invitation.id == invitation_id, Invitation.reminded_at.is_(None))
+        .values(reminder_key=None, reminder_claimed_until=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def reminder_counts(*, now: datetime) -> tuple[int, int]:
+    """(reminders sent, reminders waiting: pending invitations with one still to send)."""
+    sent = select(func.count()).select_from(Invitation).where(Invitation.reminded_at.is_not(None))
+    waiting = (
+        select(func.count())
+        .select_from(Invitation)
+        .where(
+            Invitation.pending_at(now),
+            Invitation.reminder_key.is_not(None),
+            Invitation.reminded_at.is_(None),
+        )
+    )
+    return db.session.scalar(sent) or 0, db.session.scalar(waiting) or 0

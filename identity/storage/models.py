@@ -125,11 +125,28 @@ class Pepper(Model):
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+# An invitation still waiting for its reminder (the partial index's condition).
+_REMINDER_WAITING = (
+    "reminder_key IS NOT NULL AND reminded_at IS NULL"
+    " AND revoked_at IS NULL AND accepted_at IS NULL"
+)
+
+
 class Invitation(Model):
     """A pending 3PID invitation stored by a homeserver with store-invite."""
 
     __tablename__ = "invitation"
-    __table_args__ = (Index("ix_invitation_medium_address", "medium", "address"),)
+    __table_args__ = (
+        Index("ix_invitation_medium_address", "medium", "address"),
+        # The reminders' due query (identity.storage.invites.due_reminders): only the
+        # invitations still waiting for theirs, by expiry.
+        Index(
+            "ix_invitation_reminder_due",
+            "expires_at",
+            sqlite_where=text(_REMINDER_WAITING),
+            postgresql_where=text(_REMINDER_WAITING),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token: Mapped[str] = mapped_column(String(128), unique=True)
@@ -158,6 +175,19 @@ class Invitation(Model):
     # room's third-party invite names that peer's key, so the delivery is signed
     # with it. None: stored here.
     stored_by: Mapped[str | None] = mapped_column(String(255))
+    # The reminder (identity.reminders). The ephemeral private key, sealed with a key
+    # derived from the landing secret (identity.landing.seal_key), so that the reminder
+    # can link to the invitation's landing page; NULL when no reminder is to be sent
+    # (switched off, an invitation too short-lived, made before 0008, or imported), and
+    # emptied once the reminder is sent.
+    reminder_key: Mapped[str | None] = mapped_column(String(255))
+    # A worker that claimed the reminder owns it until then; after a failed attempt,
+    # the next attempt waits until then too.
+    reminder_claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Claims so far, a crashed or failed attempt included: bounded (identity.reminders).
+    reminder_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the SMTP server accepted the reminder: never another one after that.
+    reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     # The one definition of an invitation's life, in Python and in SQL: *open* while
     # neither expired nor revoked (its keys sign, its delivery goes out); *pending*
