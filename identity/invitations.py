@@ -65,6 +65,9 @@ class InvitationMail:
     web_client_location: str
     guest: bool  # the address's platform takes only invited people
     already_invited: bool
+    # An earlier invitation to the same room expired or was revoked unaccepted: this one
+    # replaces it (its link, not the old one, opens the room).
+    renewed: bool = False
     # Which mail: "invite" (stored just now) or "reminder" (identity.reminders); each
     # is a template of its own, built and sent the same way.
     kind: str = "invite"
@@ -172,6 +175,7 @@ def store_invite(
         raise ThreepidInUse("Binding already known", mxid=bound.mxid)
     abuse.check_quotas(policy.quotas, medium=medium, address=address, sender=sender, now=now)
     already_invited = invites.has_live(medium, address, now=now)
+    renewed = invites.has_lapsed(medium, address, room_id, now=now)
     ephemeral = nacl.signing.SigningKey.generate()
     ephemeral_private = encode_key(ephemeral.encode())
     expires_at = now + policy.validity
@@ -202,6 +206,7 @@ def store_invite(
         web_client_location=web_client_location_of(invitation, policy),
         guest=routing.resolve(address).platform.requires_invite,
         already_invited=already_invited,
+        renewed=renewed,
     )
     # To the mailbox as written: case-folding may change it (Straße → strasse).
     send(written.mailbox, mail, brand=brand)

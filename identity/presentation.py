@@ -77,6 +77,7 @@ def send_invitation(
         web_client_location=mail.web_client_location,
         guest=mail.guest,
         already_invited=mail.already_invited,
+        renewed=mail.renewed,
     )
     mailer.send_template(mail.kind, to, context, brand=brand)
 
@@ -113,6 +114,7 @@ def invitation_context(
     web_client_location: str,
     guest: bool = False,
     already_invited: bool = False,
+    renewed: bool = False,
 ) -> dict[str, Any]:
     """The variables of the invitation mail and of its landing page.
 
@@ -125,6 +127,7 @@ def invitation_context(
     :param guest: the address's platform takes invited guests (an account will be
         created); otherwise the address belongs to an administration's platform.
     :param already_invited: other invitations for the address are pending.
+    :param renewed: an earlier invitation to the room expired or was revoked unaccepted.
     """
     details = {field: "" for field in OPTIONAL_FIELDS} | dict(invitation.details)
     details.pop(WEB_CLIENT_LOCATION_ARG, None)
@@ -171,6 +174,7 @@ def invitation_context(
         "expires_at": invitation.expires_at,
         "guest": guest,
         "already_invited": already_invited,
+        "renewed": renewed,
     }
     # Sydent-layout templates take the subject ready-made (Sydent's `subject_header_value`).
     subject = i18n.join_lines(i18n.render_each_language("mail/invite_subject.txt", **context))

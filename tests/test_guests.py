@@ -5,6 +5,7 @@ import json
 import re
 from urllib.parse import quote
 from urllib.parse import unquote
+from urllib.parse import urlencode
 from urllib.parse import urlsplit
 
 import pytest
@@ -165,6 +166,63 @@ def test_reinviting_works_and_says_so(client, smtp):
     text = smtp.last().text()
     assert "celle-ci est une nouvelle invitation, pour le salon « Budget »" in text
     assert 'this is a new one, to the room "Budget"' in text
+
+
+def sign_url_of(client, mail) -> str:
+    page = client.get(relative(landing_link_from_mail(mail)))
+    query = query_of(web_client_link_from_page(page.text).replace("#/room/", ""))
+    return relative(unquote(query["signurl"]))
+
+
+@pytest.mark.parametrize("how", ["expired", "revoked"])
+def test_inviting_again_after_expiry_or_revocation_mails_a_fresh_working_link(
+    app, client, smtp, clock, runner, fake_homeserver, how
+):
+    """The inviter invites the address again: a new invitation of its own (token, key,
+    link) that works, while the old link keeps saying what became of the old one."""
+    first = store_invite(client).json
+    old_mail = smtp.last()
+    old_sign_url = sign_url_of(client, old_mail)
+    if how == "expired":
+        clock.advance(days=31)
+    else:
+        runner.invoke(args=["invites", "revoke", first["token"]])
+    second = store_invite(client)
+    assert second.status_code == 200, second.json
+    assert second.json["token"] != first["token"]
+    assert second.json["public_keys"][1] != first["public_keys"][1]  # a key of its own
+    new_mail = smtp.last()
+    assert new_mail.message["Subject"] == old_mail.message["Subject"]
+    text = new_mail.text()
+    assert "Votre précédente invitation à ce salon n'est plus valable" in text
+    assert "Your previous invitation to this room is no longer valid" in text
+    assert "celle-ci est une nouvelle invitation" not in text  # none other is pending
+    assert landing_link_from_mail(new_mail) != landing_link_from_mail(old_mail)
+    # The old link says what became of the old invitation; the new one works.
+    old_page = client.get(relative(landing_link_from_mail(old_mail)))
+    said = "Cette invitation a expiré" if how == "expired" else "Cette invitation a été annulée"
+    assert old_page.status_code == 410 and said in old_page.text
+    assert client.get(relative(landing_link_from_mail(new_mail))).status_code == 200
+    mxid = fake_homeserver.user_id("claire")
+    signed = client.post(sign_url_of(client, new_mail) + "&" + urlencode({"mxid": mxid}))
+    assert signed.status_code == 200 and signed.json["token"] == second.json["token"]
+    refused = client.post(old_sign_url + "&" + urlencode({"mxid": mxid}))
+    assert refused.status_code == 403
+    # The bind delivers the new invitation only.
+    sid = validate_address(client, smtp, GUEST, secret="b")
+    body = {"sid": sid, "client_secret": "b", "mxid": mxid}
+    assert client.post(f"{V1}/3pid/bind", json=body).status_code == 200
+    with app.app_context():
+        assert worker.run_due(now=services(app).clock.now()) == 1
+    [call] = fake_homeserver.onbind_calls
+    assert [invite["signed"]["token"] for invite in call["invites"]] == [second.json["token"]]
+
+
+def test_an_expired_invitation_to_another_room_is_not_replaced(client, smtp, clock):
+    store_invite(client, room_id="!autre:agent.dinum.tchap.gouv.fr")
+    clock.advance(days=31)
+    store_invite(client)
+    assert "précédente invitation" not in smtp.last().text()
 
 
 def test_display_name_reveals_what_is_configured(make_app, smtp):

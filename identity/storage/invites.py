@@ -134,6 +134,17 @@ def has_live(medium: str, address: str, *, now: datetime) -> bool:
     return db.session.scalar(query.limit(1)) is not None
 
 
+def has_lapsed(medium: str, address: str, room_id: str, *, now: datetime) -> bool:
+    """Whether an invitation of the address to the room expired or was revoked before
+    anyone accepted it (the guest may still hold its mail)."""
+    query = (
+        select(Invitation.id)
+        .filter_by(medium=medium, address=address, room_id=room_id)
+        .where(~Invitation.open_at(now), Invitation.accepted_at.is_(None))
+    )
+    return db.session.scalar(query.limit(1)) is not None
+
+
 # What `search` and `state_of` call an invitation, in order of precedence.
 STATES = ("revoked", "accepted", "expired", "pending")
 
