@@ -367,3 +367,61 @@ def test_a_guest_joins_from_the_landing_page_and_the_link_admits_no_one_else(
     page = identity_server.get(relative(landing_link_from_mail(mail)))
     assert page.status_code == 409
     assert synapse.server_name in page.text and guest.user_id not in page.text
+
+
+def test_inviting_again_after_expiry_mails_a_fresh_link_that_works(synapse, identity_server, smtp):
+    """8. An email invitation expires; the inviter invites the address again through
+    Synapse. A fresh mail arrives whose link works; the guest binds the address and
+    Synapse, told by our onbind, invites them with the new invitation and they join.
+    The old link keeps saying the old invitation expired."""
+    alice, guest = synapse.register(), synapse.register()
+    address = guest_address("again")
+    room_id = invite_by_email(synapse, identity_server, smtp, alice, address)
+    (old_mail,) = mails_to(smtp, address)
+    [(old_token,)] = identity_server.query(
+        "SELECT token FROM invitation WHERE address = ?", address
+    )
+    # It expires (its expiry moved back to its creation: in the past).
+    identity_server.query(
+        "UPDATE invitation SET expires_at = created_at WHERE address = ?", address
+    )
+    old_page = identity_server.get(relative(landing_link_from_mail(old_mail)))
+    assert old_page.status_code == 410 and "Cette invitation a expiré" in old_page.text
+
+    token = our_token(synapse, identity_server, alice)
+    r = synapse.invite_email(alice, room_id, address, identity_server.host, token)
+    assert r.status_code == 200, r.text
+    new_mail = mails_to(smtp, address, 2)[-1]
+    [(new_token,)] = identity_server.query(
+        "SELECT token FROM invitation WHERE address = ? AND token <> ?", address, old_token
+    )
+    assert "Votre précédente invitation à ce salon n'est plus valable" in new_mail.text()
+    new_link = landing_link_from_mail(new_mail)
+    assert new_link != landing_link_from_mail(old_mail)
+    page = identity_server.get(relative(new_link))
+    assert page.status_code == 200, page.text
+    # The room holds both third-party invitations; only the new one is live.
+    state = synapse.room_state(alice, room_id)
+    tokens = {e["state_key"] for e in state if e["type"] == "m.room.third_party_invite"}
+    assert tokens == {old_token, new_token}
+
+    # The guest validates the address with us and binds it through Synapse.
+    guest_token = our_token(synapse, identity_server, guest)
+    sid = validate_with_us(identity_server, smtp, guest_token, address, "again-secret-8")
+    r = bind_through_synapse(synapse, identity_server, guest, guest_token, sid, "again-secret-8")
+    assert r.status_code == 200, r.text
+    wait_until(
+        lambda: synapse.membership(alice, room_id, guest.user_id) == "invite",
+        timeout=30,
+        what="Synapse to invite the guest after our onbind",
+    )
+    member = synapse.member_event(alice, room_id, guest.user_id)
+    assert member["third_party_invite"]["signed"]["token"] == new_token
+    r = synapse.request("POST", f"{CLIENT}/rooms/{quote(room_id)}/join", guest, json={})
+    assert r.status_code == 200, r.text
+    assert synapse.membership(alice, room_id, guest.user_id) == "join"
+    # The old link still says expired; the new one, accepted on Synapse's server.
+    old_page = identity_server.get(relative(landing_link_from_mail(old_mail)))
+    assert old_page.status_code == 410 and "Cette invitation a expiré" in old_page.text
+    page = identity_server.get(relative(new_link))
+    assert page.status_code == 409 and synapse.server_name in page.text
