@@ -22,3 +22,8 @@ INVITATIONS_STORED = Counter("identity_invitations_stored_total", "Invitations s
 INVITATIONS_DELIVERED = Counter(
     "identity_invitations_delivered_total", "Invitations delivered to homeservers (onbind)"
 )
+INVITATION_REMINDERS = Counter(
+    "identity_invitation_reminders_total",
+    "Invitation reminders attempted, by outcome (sent, failed, given up)",
+    ["outcome"],
+)

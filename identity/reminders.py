@@ -20,6 +20,7 @@ from datetime import datetime
 from datetime import timedelta
 
 from identity import landing
+from identity import metrics
 from identity.addresses import redact
 from identity.errors import MatrixError
 from identity.invitations import InvitationMail
@@ -88,6 +89,7 @@ def attempt(
         # open either.
         logger.warning("Invitation %s: its key no longer opens, no reminder", invitation.id)
         invites.give_up_reminder(invitation.id)
+        metrics.INVITATION_REMINDERS.labels("given_up").inc()
         return 0
     mail = InvitationMail(
         invitation,
@@ -103,12 +105,14 @@ def attempt(
         attempts = invitation.reminder_attempts
         retry = now + retry_delay(attempts)
         invites.retry_reminder_at(invitation.id, retry)
+        metrics.INVITATION_REMINDERS.labels("failed").inc()
         logger.info(
             "Reminder of invitation %s to %s not sent (attempt %s of %s): %s",
             invitation.id, redact(invitation.address), attempts, MAX_ATTEMPTS, e.errcode,
         )  # fmt: skip
         return 0
     invites.mark_reminded(invitation.id, now=now)
+    metrics.INVITATION_REMINDERS.labels("sent").inc()
     logger.info("Reminder of invitation %s sent to %s", invitation.id, redact(invitation.address))
     return 1
 

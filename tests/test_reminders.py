@@ -275,6 +275,9 @@ def test_a_refused_mail_is_retried_later_and_sent_once(app, client, smtp, clock)
     assert len(reminders_to(smtp)) == 1
     clock.advance(hours=1)
     assert remind(app) == 0
+    metrics = client.get("/metrics").text
+    for outcome in ("sent", "failed"):
+        assert f'identity_invitation_reminders_total{{outcome="{outcome}"}}' in metrics
 
 
 def test_failed_attempts_are_bounded(app, client, smtp, clock):
@@ -472,11 +475,13 @@ def run_two_instances(db_url, smtp, tmp_path):
                 for _ in range(20):
                     requests.get(f"{base}/health", timeout=10)
             everyone = pending + [a for group in others.values() for a in group]
+            tokens = []
             for n, address in enumerate(everyone):
                 base = (one.base, two.base)[n % 2]
                 body = {"medium": "email", "address": address, "room_id": ROOM, "sender": SENDER}
                 r = requests.post(f"{base}{V1}/store-invite", json=body, timeout=10)
                 assert r.status_code == 200, r.text
+                tokens.append(r.json()["token"])
             for address in others["accepted"]:
                 [mail] = smtp.to(address)
                 page = requests.get(one.base + relative(landing_link_from_mail(mail)), timeout=10)
@@ -528,7 +533,7 @@ def run_two_instances(db_url, smtp, tmp_path):
             "reminders sent by each instance:",
             [log.count("Reminder of invitation") for log in logs],
         )
-        for address in pending:
-            assert all(address not in log for log in logs)  # addresses redacted
+        for secret in pending + tokens:  # addresses redacted, tokens never written
+            assert all(secret not in log for log in logs)
     finally:
         engine.dispose()
