@@ -44,7 +44,7 @@ MAX_PER_PASS = 50
 
 def send_due(
     *,
-    now: datetime,
+    clock: Callable[[], datetime],
     policy: Policy,
     routing: RoutingTable,
     send: InviteSender,
@@ -53,6 +53,9 @@ def send_due(
 ) -> int:
     """Claim, send and mark the due reminders one at a time; return how many were sent.
 
+    :param clock: the current time, read afresh for each claim and each outcome: a
+        pass may last a while (a slow SMTP server), and a lease must start when its
+        claim is taken.
     :param send: words and mails the reminder (`presentation.send_invitation`, the
         invitation's own path: same headers, another template).
     :param commit: ends a transaction (the caller owns the session): each claim is
@@ -62,22 +65,30 @@ def send_due(
     if lead <= timedelta(0):
         return 0
     sent = 0
-    candidates = invites.due_reminders(now=now, lead=lead, max_attempts=MAX_ATTEMPTS, limit=limit)
+    candidates = invites.due_reminders(
+        now=clock(), lead=lead, max_attempts=MAX_ATTEMPTS, limit=limit
+    )
     commit()
     for invitation_id in candidates:
+        now = clock()
         claimed = invites.claim_reminder(
             invitation_id, now=now, lead=lead, max_attempts=MAX_ATTEMPTS, until=now + LEASE
         )
         commit()
         if not claimed:
             continue  # another worker has it, or it is no longer due
-        sent += attempt(invitation_id, now=now, policy=policy, routing=routing, send=send)
+        sent += attempt(invitation_id, clock=clock, policy=policy, routing=routing, send=send)
         commit()
     return sent
 
 
 def attempt(
-    invitation_id: int, *, now: datetime, policy: Policy, routing: RoutingTable, send: InviteSender
+    invitation_id: int,
+    *,
+    clock: Callable[[], datetime],
+    policy: Policy,
+    routing: RoutingTable,
+    send: InviteSender,
 ) -> int:
     """Send one claimed reminder and record the outcome (flushed: the caller commits)."""
     invitation = invites.by_id(invitation_id)
@@ -103,7 +114,7 @@ def attempt(
         send(invitation.mailbox or invitation.address, mail, brand=None)
     except MatrixError as e:  # M_EMAIL_SEND_ERROR, M_LIMIT_EXCEEDED, M_INVALID_EMAIL
         attempts = invitation.reminder_attempts
-        retry = now + retry_delay(attempts)
+        retry = clock() + retry_delay(attempts)
         invites.retry_reminder_at(invitation.id, retry)
         metrics.INVITATION_REMINDERS.labels("failed").inc()
         logger.info(
@@ -111,7 +122,7 @@ def attempt(
             invitation.id, redact(invitation.address), attempts, MAX_ATTEMPTS, e.errcode,
         )  # fmt: skip
         return 0
-    invites.mark_reminded(invitation.id, now=now)
+    invites.mark_reminded(invitation.id, now=clock())
     metrics.INVITATION_REMINDERS.labels("sent").inc()
     logger.info("Reminder of invitation %s sent to %s", invitation.id, redact(invitation.address))
     return 1

@@ -9,6 +9,7 @@ identity.retention; this module gives them the app's services and commits.
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 
@@ -51,7 +52,7 @@ def run_due(*, now: datetime) -> int:
     )
 
 
-def run_reminders(*, now: datetime) -> int:
+def run_reminders(*, clock: Callable[[], datetime]) -> int:
     """Send every due invitation reminder once, with the app's mailer and policy.
 
     The caller's side of `reminders.send_due`: needs an app context, and commits the
@@ -62,7 +63,7 @@ def run_reminders(*, now: datetime) -> int:
     current = services()
     policy = current.invitation_policy()
     return reminders.send_due(
-        now=now,
+        clock=clock,
         policy=policy,
         routing=current.routing.table(),
         send=partial(presentation.send_invitation, policy=policy, mailer=current.mailer),
@@ -130,7 +131,7 @@ def _work(app: Flask, stop: threading.Event) -> None:
             with app.app_context():
                 now = current.clock.now()
                 run_due(now=now)
-                run_reminders(now=now)
+                run_reminders(clock=current.clock.now)
                 if purges.is_due():
                     deleted = purge(retention, now=now)
                     db.session.commit()

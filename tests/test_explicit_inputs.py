@@ -9,6 +9,7 @@ from flask import Flask
 
 from identity import invitations
 from identity import keys
+from identity import reminders
 from identity import validation
 from identity.extensions import db
 from identity.services import services
@@ -54,6 +55,15 @@ def test_store_invite_needs_no_app_configuration(app, bare, clock):
         assert stored is not None and stored.address == "marie.dupont@example.fr"
     assert [(to, brand) for to, _, brand in sent] == [("Marie.Dupont@example.fr", None)]
     assert response["public_key"] == keys.public_key_base64(signing_key)
+    # Its reminder, when due, takes the same arguments: the policy, routing, a sender.
+    clock.advance(days=27)
+    with bare.app_context():
+        assert reminders.send_due(
+            clock=clock.now, policy=policy, routing=table, send=send, commit=db.session.commit
+        )
+        [(to, reminder, brand)] = sent[1:]
+        assert (to, reminder.kind, brand) == ("Marie.Dupont@example.fr", "reminder", None)
+        assert reminder.invitation.token == response["token"]
 
 
 def test_request_code_needs_no_app_configuration(app, bare, clock):

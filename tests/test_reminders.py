@@ -70,7 +70,7 @@ def store_invite(client, address=GUEST, **extra):
 
 def remind(app):
     with app.app_context():
-        return worker.run_reminders(now=services(app).clock.now())
+        return worker.run_reminders(clock=services(app).clock.now)
 
 
 def reminders_to(smtp, address=GUEST):
@@ -360,7 +360,7 @@ def test_threads_racing_send_each_reminder_once(make_app, smtp, clock):
         try:
             with app.app_context():
                 barrier.wait(timeout=30)
-                sent.append(worker.run_reminders(now=clock.now()))
+                sent.append(worker.run_reminders(clock=clock.now))
         except Exception as e:
             errors.append(e)
 

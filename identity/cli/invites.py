@@ -164,6 +164,6 @@ def purge_expired(days: int) -> None:
 @group.command("remind-due")
 def remind_due() -> None:
     """Send the due invitation reminders now (each instance's background thread does too)."""
-    sent = worker.run_reminders(now=_now())
+    sent = worker.run_reminders(clock=services().clock.now)
     done, waiting = invites.reminder_counts(now=_now())
     click.echo(f"Sent {sent} reminder(s); {done} sent in all, {waiting} still to send.")
