@@ -143,6 +143,7 @@ class Invitation(Model):
         Index(
             "ix_invitation_reminder_due",
             "expires_at",
+            "id",
             sqlite_where=text(_REMINDER_WAITING),
             postgresql_where=text(_REMINDER_WAITING),
         ),

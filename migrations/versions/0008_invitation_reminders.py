@@ -35,7 +35,7 @@ def upgrade():
         )
         batch_op.add_column(sa.Column('reminded_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index(
-            'ix_invitation_reminder_due', ['expires_at'], unique=False,
+            'ix_invitation_reminder_due', ['expires_at', 'id'], unique=False,
             sqlite_where=sa.text(WAITING),
             postgresql_where=sa.text(WAITING),
         )
