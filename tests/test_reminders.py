@@ -132,15 +132,15 @@ def test_the_reminder_says_it_in_french_then_english_and_links_to_the_same_page(
         if header.lower() != "content-type":
             assert message[header] == invitation_mail.message[header], header
     body = mail.text()
-    french = body.index("Marie Dupont vous a invité à rejoindre le salon « Projet X »")
-    english = body.index('Marie Dupont invited you to join the room "Projet X"')
+    french = body.index("Pour rappel, Marie Dupont vous invite à rejoindre le salon « Projet X »")
+    english = body.index('As a reminder, Marie Dupont invites you to join the room "Projet X"')
     assert french < english
     assert "Cette invitation expire le 24 décembre 2026" in body
     assert "This invitation expires on 24 December 2026" in body
     assert "C'est le seul rappel que vous recevrez" in body
     assert "This is the only reminder you will receive" in body
     html = mail.html()
-    assert html.index("vous a invité") < html.index("invited you")
+    assert html.index("Pour rappel") < html.index("As a reminder")
     assert "<title>Rappel : invitation Tchap / Reminder: Tchap invitation</title>" in html
     # Its buttons open the invitation's landing page, pending, in each language.
     for lang in ("fr", "en"):
