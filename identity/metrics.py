@@ -22,3 +22,13 @@ INVITATIONS_STORED = Counter("identity_invitations_stored_total", "Invitations s
 INVITATIONS_DELIVERED = Counter(
     "identity_invitations_delivered_total", "Invitations delivered to homeservers (onbind)"
 )
+INVITATIONS_REFUSED = Counter(
+    "identity_invitations_refused_total",
+    "store-invite requests refused because the guest refused or the sender was reported",
+    ["reason"],
+)
+GUEST_CHOICES = Counter(
+    "identity_guest_choices_total",
+    "Refusals, reports and lifted refusals recorded from guests' pages and mails",
+    ["choice"],
+)

@@ -52,6 +52,7 @@ LAYER_OF = {
     "identity.deliveries": "domain",
     "identity.landing": "domain",
     "identity.abuse": "domain",
+    "identity.refusals": "domain",
     "identity.retention": "domain",
     "identity.peers": "domain",
     "identity.health": "domain",
