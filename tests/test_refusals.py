@@ -450,3 +450,48 @@ def test_no_log_line_holds_the_address_or_the_token(app, client, smtp, caplog):
     text = our_log(caplog).lower()
     assert "refused invitations" in text and "reported the sender" in text
     assert GUEST not in text and token.lower() not in text
+
+
+# -- every way an invitation mail is built ----------------------------------------
+
+
+def test_sydent_layout_invitation_mails_carry_the_headers_too(make_app, smtp):
+    from tests.test_mailer import SYDENT_TEMPLATES
+
+    app = make_app(TEMPLATES_PATH=SYDENT_TEMPLATES, DEFAULT_BRAND="tchap")
+    client = app.test_client()
+    assert store_invite(client).status_code == 200
+    mail = smtp.last()
+    assert b"/guest/refuse/" in mail.raw.split(b"\r\n\r\n", 1)[0]  # among the headers
+    url = unsubscribe_url(mail)
+    assert one_click(app, url).status_code == 200
+    assert store_invite(client).status_code == 403
+
+
+def test_the_headers_come_from_one_function(app, client, smtp):
+    """A reminder built later goes through presentation.send_invitation_mail, which adds
+    them (presentation.invitation_mail_headers)."""
+    from identity import presentation
+    from identity import refusals
+    from identity.services import services
+
+    assert store_invite(client).status_code == 200
+    with app.app_context():
+        invitation = db.session.scalars(select(Invitation)).one()
+        policy = services().invitation_policy()
+        headers = presentation.invitation_mail_headers(invitation, policy)
+        # Each token has a nonce of its own: the link differs, not what it opens.
+        assert headers["List-Unsubscribe-Post"] == ONE_CLICK
+        mailed = unsubscribe_url(smtp.last())
+        built = re.fullmatch(r"<(https://[^>]+)>", headers["List-Unsubscribe"]).group(1)
+        assert built.rsplit("/", 1)[0] == mailed.rsplit("/", 1)[0]
+        opened = [
+            refusals.open_link(
+                url.rsplit("/", 1)[1],
+                keys=policy.guest_keys,
+                link_lifetime=policy.guest_link_lifetime,
+                now=invitation.created_at,
+            )
+            for url in (built, mailed)
+        ]
+        assert [i.id for i in opened] == [invitation.id, invitation.id]
