@@ -252,6 +252,15 @@ def test_the_landing_page_offers_the_same_choices(client, smtp, lang):
         assert "Stop receiving invitations" in page and "Report this invitation" in page
 
 
+@pytest.mark.parametrize("lang", ["fr", "en"])
+def test_the_landing_page_of_a_refused_invitation_says_so(app, client, smtp, lang):
+    invite_and_refuse(app, client, smtp)
+    r = client.get(relative(landing_link_from_mail(smtp.messages[-1], lang)))
+    assert r.status_code == 410
+    heading = "Vous avez refusé les invitations" if lang == "fr" else "You have refused"
+    assert heading in r.text and "/guest/refuse/" in r.text
+
+
 # -- undo, by the owner only ---------------------------------------------------
 
 
@@ -495,3 +504,32 @@ def test_the_headers_come_from_one_function(app, client, smtp):
             for url in (built, mailed)
         ]
         assert [i.id for i in opened] == [invitation.id, invitation.id]
+
+
+def test_admins_lift_one_scope_or_one_sender(app, client, smtp, runner):
+    invite_and_refuse(app, client, smtp)  # the platform
+    assert store_invite(client, "bob@partenaire.example").status_code == 200
+    url = unsubscribe_url(smtp.last())
+    client.post(path_of(url), data={"scope": "sender"}, content_type=FORM)
+    client.post(path_of(url), data={"scope": "all"}, content_type=FORM)
+    lift = ["invites", "refusals", "lift", "bob@partenaire.example"]
+    result = runner.invoke(args=[*lift, "--sender", SENDER, "--all"])
+    assert result.exit_code == 2
+    assert "Lifted 1 refusal(s)." in runner.invoke(args=[*lift, "--sender", SENDER]).output
+    assert store_invite(client, "bob@partenaire.example").status_code == 403  # the platform's
+    assert "Lifted 1 refusal(s)." in runner.invoke(args=[*lift, "--all"]).output
+    assert store_invite(client, "bob@partenaire.example").status_code == 200
+    assert store_invite(client).status_code == 403  # another address's refusal stays
+    out = runner.invoke(args=["invites", "reports", "clear", "@nobody:a.example"]).output
+    assert "Cleared 0 report(s)" in out
+
+
+def test_a_new_secret_forgets_refusals_unless_the_old_one_is_kept(make_app, smtp):
+    first = make_app(SECRET_KEY="first-secret")
+    invite_and_refuse(first, first.test_client(), smtp)
+    forgetting = make_app(SECRET_KEY="second-secret")
+    assert store_invite(forgetting.test_client(), "x@partenaire.example").status_code == 200
+    assert store_invite(forgetting.test_client()).status_code == 200
+    remembering = make_app(SECRET_KEY="third-secret", GUEST_PREVIOUS_SECRETS=["first-secret"])
+    r = store_invite(remembering.test_client())
+    assert (r.status_code, r.json["error"]) == (403, REFUSED_FROM_PLATFORM)
