@@ -197,6 +197,9 @@ def _guest_page(
     template: str, invitation: Invitation | None, *, status: int = 200, **outcome: Any
 ) -> tuple[str, int, dict[str, str]]:
     context = presentation.guest_page(invitation, invite_policy(), **outcome)
+    if invitation is not None:
+        # The forms post back to the link the guest holds (and its rate limit).
+        context["token"] = (request.view_args or {}).get("token", context["token"])
     if invitation is None and status == 200:
         status = 404  # a forged, altered or expired link: the page says so
     page = render_template(template, other_languages=i18n.other_languages(), **context)
