@@ -74,6 +74,9 @@ DEFAULTS: dict[str, Any] = {
     "RATELIMIT_PER_USER": "300/minute",
     # Mails one address may receive, whatever asks for them (codes and invitations).
     "MAIL_LIMIT_PER_ADDRESS": "10/hour",
+    # Posts to one invitation's refusal and report pages (beside the per-IP limit, which
+    # mailbox providers' one-click posts share).
+    "RATELIMIT_PER_GUEST_LINK": "10/minute;30/day",
     # Reverse proxies in front of the service whose X-Forwarded-For is trusted.
     "TRUSTED_PROXY_COUNT": 0,
     # Service identity.
@@ -131,6 +134,14 @@ DEFAULTS: dict[str, Any] = {
     "INVITE_BLOCKED_KEYWORDS": [],
     "INVITE_BLOCKED_HOMESERVERS": [],
     "INVITE_BLOCKED_ROOMS": [],
+    # Reports of "I don't know this person": this many distinct reporters of one sender
+    # within the window block its invitations until `flask invites reports clear`
+    # (0: reports never block).
+    "INVITE_REPORTS_BLOCK_THRESHOLD": 3,
+    "INVITE_REPORTS_WINDOW_DAYS": 30,
+    # Previous values of SECRET_KEY whose refusals and reports still count (the kept
+    # hashes are keyed with it: docs/privacy.md).
+    "GUEST_PREVIOUS_SECRETS": [],
     # Characters of the local part and of the domain the room sees before the guest joins.
     "INVITE_REVEAL_LOCAL": 3,
     "INVITE_REVEAL_DOMAIN": 3,
@@ -198,6 +209,7 @@ _POSITIVE_INT_KEYS = (
     "INVITE_RETENTION_DAYS",
     "INVITE_MAX_PER_ADDRESS_PER_DAY",
     "INVITE_MAX_PER_SENDER_PER_DAY",
+    "INVITE_REPORTS_WINDOW_DAYS",
     "DELIVERY_MAX_BACKOFF_SECONDS",
 )
 _SECONDS_KEYS = (
@@ -224,6 +236,7 @@ _STRING_LIST_KEYS = (
     "WEB_CLIENT_LOCATION_ALLOWLIST",
     "REGISTER_HOMESERVER_ALLOWLIST",
     "SECURITY_TXT_CONTACT",
+    "GUEST_PREVIOUS_SECRETS",
 )
 
 
@@ -278,6 +291,7 @@ def check_config(config: Any, *, production: bool = False) -> None:
         "INVITE_REVEAL_LOCAL",
         "INVITE_REVEAL_DOMAIN",
         "INVITE_REMINDER_BEFORE_EXPIRY_SECONDS",
+        "INVITE_REPORTS_BLOCK_THRESHOLD",
     ):
         config[key] = _as_count(key, config[key])
     config["HSTS_MAX_AGE_SECONDS"] = _as_count(
@@ -561,6 +575,9 @@ class Settings:
     invite_reveal_domain: int
     # Zero: no reminders.
     invite_reminder_before_expiry: timedelta = timedelta(0)
+    invite_reports_block_threshold: int = 3
+    invite_reports_window_days: int = 30
+    guest_previous_secrets: tuple[str, ...] = ()
     signing_key_path: str = ""
     hsts_max_age_seconds: int = 0
     security_txt_contact: tuple[str, ...] = ()
@@ -618,6 +635,9 @@ class Settings:
             invite_reminder_before_expiry=timedelta(
                 seconds=config["INVITE_REMINDER_BEFORE_EXPIRY_SECONDS"]
             ),
+            invite_reports_block_threshold=config["INVITE_REPORTS_BLOCK_THRESHOLD"],
+            invite_reports_window_days=config["INVITE_REPORTS_WINDOW_DAYS"],
+            guest_previous_secrets=tuple(config["GUEST_PREVIOUS_SECRETS"]),
             signing_key_path=config["SIGNING_KEY_PATH"],
             hsts_max_age_seconds=config["HSTS_MAX_AGE_SECONDS"],
             security_txt_contact=tuple(config["SECURITY_TXT_CONTACT"]),

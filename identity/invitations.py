@@ -8,7 +8,9 @@ homeserver (`identity.deliveries`).
 
 import base64
 import logging
+import secrets
 from dataclasses import dataclass
+from dataclasses import field
 from datetime import datetime
 from datetime import timedelta
 from typing import Any
@@ -24,6 +26,7 @@ from identity import abuse
 from identity import keys
 from identity import landing
 from identity import metrics
+from identity import refusals
 from identity.abuse import Blocklists
 from identity.abuse import Quotas
 from identity.addresses import parse_email
@@ -99,15 +102,23 @@ class Policy:
     refuse_special_use_domains: bool = False
     # How long before its expiry a pending invitation's one reminder is due; zero: none.
     reminder_lead: timedelta = timedelta(0)
+    # The guest's refusal and report links and the hashes kept (identity.refusals).
+    guest_keys: refusals.GuestKeys = field(
+        default_factory=lambda: refusals.GuestKeys.from_secret(secrets.token_hex(32))
+    )
+    # How long after the invitation's expiry its refusal link still works.
+    guest_link_lifetime: timedelta = timedelta(days=30)
+    reports: refusals.ReportRule = refusals.ReportRule(threshold=None, window=timedelta(days=30))
 
     @classmethod
     def from_settings(cls, config: Settings, signing_key: SigningKey) -> "Policy":
+        landing_secret = landing.secret_from(config.secret_key, signing_key)
         return cls(
             validity=timedelta(seconds=config.invite_validity_seconds),
             base_url=config.public_base_url,
             web_client_location=config.web_client_location,
             web_client_hosts=config.web_client_location_allowlist,
-            landing_secret=landing.secret_from(config.secret_key, signing_key),
+            landing_secret=landing_secret,
             long_term_public_key=keys.public_key_base64(signing_key),
             reveal_local=config.invite_reveal_local,
             reveal_domain=config.invite_reveal_domain,
@@ -122,6 +133,14 @@ class Policy:
             ),
             refuse_special_use_domains=config.refuse_special_use_domains,
             reminder_lead=config.invite_reminder_before_expiry,
+            guest_keys=refusals.GuestKeys.from_secret(
+                landing_secret, config.guest_previous_secrets
+            ),
+            guest_link_lifetime=timedelta(days=config.invite_retention_days),
+            reports=refusals.ReportRule(
+                threshold=config.invite_reports_block_threshold or None,
+                window=timedelta(days=config.invite_reports_window_days),
+            ),
         )
 
 
@@ -153,7 +172,9 @@ def store_invite(
     :raises MatrixError: 403 M_FORBIDDEN when `caller` is not `sender`, M_UNRECOGNIZED
         for a medium other than email, M_INVALID_EMAIL,
         M_INVALID_PARAM for a room ID over 255 bytes or a malformed sender, M_FORBIDDEN
-        for a blocklisted invitation, M_THREEPID_IN_USE (with the bound mxid),
+        for a blocklisted invitation, a sender blocked by reports or an address whose
+        guest refused invitations (from this sender or at all), M_THREEPID_IN_USE
+        (with the bound mxid),
         M_LIMIT_EXCEEDED (with retry_after_ms), M_EMAIL_SEND_ERROR.
     """
     if caller is not None and caller != sender:
@@ -170,9 +191,12 @@ def store_invite(
     abuse.check_blocklists(
         policy.blocklists, room_id=room_id, sender=sender, texts=[sender, *details.values()]
     )
+    refusals.check_sender(sender, rule=policy.reports, now=now)
     bound = associations.find(medium, address)
     if bound is not None:
         raise ThreepidInUse("Binding already known", mxid=bound.mxid)
+    # The guest's own say (identity.refusals): nothing is stored, nothing is mailed.
+    refusals.check_refusals(address, sender, keys=policy.guest_keys)
     abuse.check_quotas(policy.quotas, medium=medium, address=address, sender=sender, now=now)
     already_invited = invites.has_live(medium, address, now=now)
     renewed = invites.has_lapsed(medium, address, room_id, now=now)

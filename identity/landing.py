@@ -153,9 +153,12 @@ def page_context(landing: Landing, details: dict[str, Any] | None) -> dict[str, 
 
     :param details: the invitation's variables (identity.presentation), if it is known.
     """
-    admitted = landing.invitation.admitted_mxid if landing.invitation is not None else None
+    invitation = landing.invitation
+    admitted = invitation.admitted_mxid if invitation is not None else None
     return {
         "state": landing.state.word,
         **(details or {}),
         "admitted_server": server_of(admitted or "") or "",
+        # Revoked because its guest refused invitations (identity.refusals).
+        "refused": invitation is not None and invitation.refused_at is not None,
     }

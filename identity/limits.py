@@ -76,6 +76,7 @@ class Limits:
     per_user: tuple[Window, ...]  # authenticated v2 requests, by Matrix user
     mails_per_address: tuple[Window, ...]  # every mail, by recipient
     windows: _Windows | None  # None: every limit is off
+    per_guest_link: tuple[Window, ...] = ()  # posts to a refusal or report page, by link
 
     def check(self, kind: str, key: str) -> None:
         """Count one event of `kind` for `key`.
@@ -130,7 +131,12 @@ class LimitSettings:
             redis_timeout=config["REDIS_TIMEOUT_SECONDS"] or None,
             limits={
                 key: str(config[key])
-                for key in ("RATELIMIT_PER_IP", "RATELIMIT_PER_USER", "MAIL_LIMIT_PER_ADDRESS")
+                for key in (
+                    "RATELIMIT_PER_IP",
+                    "RATELIMIT_PER_USER",
+                    "MAIL_LIMIT_PER_ADDRESS",
+                    "RATELIMIT_PER_GUEST_LINK",
+                )
             },
         )
 
@@ -161,6 +167,7 @@ def build(settings: LimitSettings) -> "Limits":
         per_ip=_items("RATELIMIT_PER_IP", settings),
         per_user=_items("RATELIMIT_PER_USER", settings),
         mails_per_address=_items("MAIL_LIMIT_PER_ADDRESS", settings),
+        per_guest_link=_items("RATELIMIT_PER_GUEST_LINK", settings),
         windows=windows,
     )
 

@@ -5,7 +5,8 @@ Call sites log addresses only through `identity.addresses.redact`, and never cod
 tokens, secrets or keys. As a safety net, every line our handlers write is scrubbed
 once formatted, tracebacks included: query strings (they carry addresses, sids,
 client secrets and codes), landing-page tokens in paths (they carry an invitation's
-private key) and anything shaped like an email address.
+private key), the tokens of the guest's refusal and report links, and anything shaped
+like an email address.
 
 Every line has one shape, whoever writes it (the application, gunicorn's error log,
 the access log): a JSON object with `time` (ISO 8601, UTC, milliseconds), `level`,
@@ -41,7 +42,10 @@ def current_request_id() -> str:
 # unescaped double quote, so that the line stays valid JSON.
 _QUERY_TEXT = re.compile(r"(/[^\s?]*)\?\S*")
 _QUERY_JSON = re.compile(r"(/[^\s?\"]*)\?(?:[^\s\"\\]|\\.)*")
-_LANDING_TOKEN = re.compile(r"(/_matrix/identity/invitation/)[^\s?\"'/\\]+")
+# The landing page's, and the guest's refusal and report pages' (identity.refusals).
+_LANDING_TOKEN = re.compile(
+    r"(/_matrix/identity/(?:invitation|guest/refuse|guest/report)/)[^\s?\"'/\\]+"
+)
 _EMAIL = re.compile(r"([^\s@\"'<>(),;:/=\\]+)(?:@|%40)([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
 # Colours Werkzeug's development server puts around status codes.
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -65,7 +69,13 @@ def scrub(text: str, *, json_line: bool = False) -> str:
 
     :param json_line: `text` is a JSON document: keep its quoting intact.
     """
-    if "?" not in text and "@" not in text and "%40" not in text and "/invitation/" not in text:
+    if (
+        "?" not in text
+        and "@" not in text
+        and "%40" not in text
+        and "/invitation/" not in text
+        and "/guest/" not in text
+    ):
         return text  # nothing to scrub: most access-log atoms, most lines
     text = (_QUERY_JSON if json_line else _QUERY_TEXT).sub(r"\1?…", text)
     text = _LANDING_TOKEN.sub(r"\1…", text)

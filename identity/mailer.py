@@ -127,7 +127,13 @@ class Mailer:
         self.limits = limits
 
     def send_template(
-        self, name: str, to: str, context: Mapping[str, Any], *, brand: str | None = None
+        self,
+        name: str,
+        to: str,
+        context: Mapping[str, Any],
+        *,
+        brand: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         """Render the `name` mail for `to` and send it.
 
@@ -137,6 +143,8 @@ class Mailer:
         :param context: the template variables (Sydent's names, e.g. ``token``, ``link``).
         :param brand: a brand folder of TEMPLATES_PATH; unknown brands fall back to
             DEFAULT_BRAND.
+        :param headers: more headers (those of a mail about an invitation:
+            `presentation.invitation_mail_headers`), Sydent-layout mails included.
         :raises MatrixError: M_LIMIT_EXCEEDED when the address got too many mails lately,
             M_EMAIL_SEND_ERROR when the mail cannot be handed to the server,
             M_INVALID_EMAIL when the mailbox needs SMTPUTF8 and the server does not offer it.
@@ -147,11 +155,14 @@ class Mailer:
         settings = self.settings
         sydent_template = sydent_template_path(name, brand, settings)
         if sydent_template is not None:
-            raw = render_sydent_mail(sydent_template, to, context, settings)
+            raw = with_headers(render_sydent_mail(sydent_template, to, context, settings), headers)
             self._deliver(to, raw=raw.encode("utf-8"), code=context.get("code"))
             return
         subject, body, html = render_mail(name, context)
-        message = Message(subject=subject, recipients=[to], body=body, html=html)
+        extra = {name: single_line(value) for name, value in (headers or {}).items()}
+        message = Message(
+            subject=subject, recipients=[to], body=body, html=html, extra_headers=extra
+        )
         self._deliver(to, message=message, code=context.get("code"))
 
     def _deliver(
@@ -244,6 +255,15 @@ def render_sydent_mail(
     }
     relative = os.path.relpath(path, root)
     return _sydent_environment(root).get_template(relative.replace(os.sep, "/")).render(variables)
+
+
+def with_headers(raw: str, headers: Mapping[str, str] | None) -> str:
+    """A rendered Sydent-layout message with `headers` added before its own."""
+    if not headers:
+        return raw
+    newline = "\r\n" if "\r\n" in raw.partition("\n")[0] + "\n" else "\n"
+    added = "".join(f"{name}: {single_line(value)}{newline}" for name, value in headers.items())
+    return added + raw.lstrip("\r\n")
 
 
 @cache

@@ -27,3 +27,13 @@ INVITATION_REMINDERS = Counter(
     "Invitation reminders attempted, by outcome (sent, failed, given up)",
     ["outcome"],
 )
+INVITATIONS_REFUSED = Counter(
+    "identity_invitations_refused_total",
+    "store-invite requests refused because the guest refused or the sender was reported",
+    ["reason"],
+)
+GUEST_CHOICES = Counter(
+    "identity_guest_choices_total",
+    "Refusals, reports and lifted refusals recorded from guests' pages and mails",
+    ["choice"],
+)

@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 from identity import i18n
 from identity import landing
+from identity import refusals
 from identity.invitations import WEB_CLIENT_LOCATION_ARG
 from identity.invitations import InvitationMail
 from identity.invitations import Policy
@@ -79,7 +80,74 @@ def send_invitation(
         already_invited=mail.already_invited,
         renewed=mail.renewed,
     )
-    mailer.send_template(mail.kind, to, context, brand=brand)
+    send_invitation_mail(
+        mail.kind, to, mail.invitation, context, brand=brand, policy=policy, mailer=mailer
+    )
+
+
+def send_invitation_mail(
+    name: str,
+    to: str,
+    invitation: Invitation,
+    context: dict[str, Any],
+    *,
+    brand: str | None,
+    policy: Policy,
+    mailer: Mailer,
+) -> None:
+    """Send the `name` mail about `invitation` (the invitation, a reminder of it) with
+    the headers every mail about an invitation carries (`invitation_mail_headers`).
+
+    Every such mail goes through here, so that none goes out without its one-click
+    refusal.
+    """
+    headers = invitation_mail_headers(invitation, policy)
+    mailer.send_template(name, to, context, brand=brand, headers=headers)
+
+
+def invitation_mail_headers(invitation: Invitation, policy: Policy) -> dict[str, str]:
+    """The headers of a mail about `invitation`: its one-click refusal (RFC 8058).
+
+    Mailbox providers show an unsubscribe button for `List-Unsubscribe` (RFC 2369) and,
+    with `List-Unsubscribe-Post`, POST ``List-Unsubscribe=One-Click`` to its https URL,
+    without cookies: that refuses invitations from the platform (identity.pages).
+    """
+    return {
+        "List-Unsubscribe": f"<{refusal_url(invitation, policy)}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
+def refusal_url(invitation: Invitation, policy: Policy) -> str:
+    """The invitation's refusal page (and one-click refusal URL); no address in it."""
+    token = refusals.link_token(invitation, policy.guest_keys)
+    return f"{policy.base_url}{refusals.REFUSE_PATH}/{token}"
+
+
+def report_url(invitation: Invitation, policy: Policy) -> str:
+    """The page where the guest reports not knowing the invitation's sender."""
+    token = refusals.link_token(invitation, policy.guest_keys)
+    return f"{policy.base_url}{refusals.REPORT_PATH}/{token}"
+
+
+def guest_page(invitation: Invitation | None, policy: Policy, **outcome: Any) -> dict[str, Any]:
+    """The variables of the refusal and report pages: who invited, whether the guest
+    refused them (or the platform) already, and what the request just did (`outcome`).
+
+    `invitation` None: the link is forged, altered or expired (the page says so, 404).
+    """
+    if invitation is None:
+        return {"state": "unknown", **outcome}
+    inviter = one_line(inviter_name(invitation.details) or invitation.sender, DISPLAY_LIMIT)
+    return {
+        "state": "open",
+        "inviter_text": inviter,
+        "inviter_id_text": invitation.sender if invitation.sender_verified else "",
+        "room_text": one_line(invitation.details.get("room_name", ""), DISPLAY_LIMIT),
+        "refused": refusals.refusal_of(invitation, policy.guest_keys),
+        "token": refusals.link_token(invitation, policy.guest_keys),
+        **outcome,
+    }
 
 
 def landing_page(
@@ -172,6 +240,9 @@ def invitation_context(
         "landing_link": landing_page + "?lang=fr",
         "landing_link_en": landing_page + "?lang=en",
         "expires_at": invitation.expires_at,
+        # The guest's own say (identity.refusals): no address in either link.
+        "refuse_url": refusal_url(invitation, policy),
+        "report_url": report_url(invitation, policy),
         "guest": guest,
         "already_invited": already_invited,
         "renewed": renewed,

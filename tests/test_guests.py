@@ -72,9 +72,12 @@ def test_the_mail_tells_who_invites_where_until_when(client, smtp, clock):
     # The expiry, 30 days after the fake clock's start, in both languages.
     assert "valable jusqu'au 24 décembre 2026" in text and "valid until 24 December 2026" in text
     assert "Vous ne connaissez pas Marie Dupont" in text and "You do not know Marie Dupont" in text
-    # One button per language, to our landing page; no image to load.
+    # One button per language, to our landing page; no image to load. The other
+    # links are the guest's refusal and report pages (tests/test_refusals.py).
     links = re.findall(r'href="([^"]+)"', html)
-    assert len(links) == 2 and all("/_matrix/identity/invitation/" in link for link in links)
+    buttons = [link for link in links if "/_matrix/identity/invitation/" in link]
+    guest_links = [link for link in links if "/_matrix/identity/guest/" in link]
+    assert len(buttons) == 2 and len(guest_links) == 4 and len(links) == 6
     assert "<img" not in html
     # The address never travels in the link.
     for link in links:

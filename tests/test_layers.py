@@ -53,6 +53,7 @@ LAYER_OF = {
     "identity.reminders": "domain",
     "identity.landing": "domain",
     "identity.abuse": "domain",
+    "identity.refusals": "domain",
     "identity.retention": "domain",
     "identity.peers": "domain",
     "identity.health": "domain",

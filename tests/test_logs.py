@@ -42,6 +42,18 @@ def test_scrub():
     assert scrub("@marie:agent.dinum.tchap.gouv.fr") == "@marie:agent.dinum.tchap.gouv.fr"
 
 
+def test_scrub_the_guest_links_tokens():
+    line = (
+        '"POST /_matrix/identity/guest/refuse/Abc_d-123 HTTP/1.1" 200 '
+        '"GET /_matrix/identity/guest/report/Xyz987?lang=en HTTP/1.1" 200 '
+        '"POST /_matrix/identity/guest/refuse/Qrs456/undo HTTP/1.1" 200'
+    )
+    cleaned = scrub(line)
+    for secret in ("Abc_d-123", "Xyz987", "Qrs456"):
+        assert secret not in cleaned
+    assert "/guest/refuse/… HTTP/1.1" in cleaned and "/guest/refuse/…/undo" in cleaned
+
+
 @pytest.mark.parametrize(
     "line",
     [
@@ -124,6 +136,25 @@ def test_a_full_scenario_leaves_no_secret_in_the_logs(make_app, serve, smtp, cap
     used += [landing.rsplit("/", 1)[1].split("?")[0]]
     page = api.get(base + landing.split("https://id.tchap.test", 1)[1], timeout=5)
     assert page.status_code == 200
+
+    # The guest's one-click refusal (RFC 8058), its page, a report, and the way back.
+    refuse = str(smtp.last().message["List-Unsubscribe"]).strip("<>")
+    guest_token = refuse.rsplit("/", 1)[1]
+    used += [guest_token]
+    refuse_path = refuse.split("https://id.tchap.test", 1)[1]
+    assert api.get(base + refuse_path, timeout=5).status_code == 200
+    one_click = {"Content-Type": "application/x-www-form-urlencoded"}
+    # A fresh session each time, as mailbox providers post: no cookie.
+    r = requests.post(
+        base + refuse_path, data="List-Unsubscribe=One-Click", headers=one_click, timeout=5
+    )
+    assert r.status_code == 200
+    report_path = refuse_path.replace("/refuse/", "/report/")
+    assert requests.post(base + report_path, headers=one_click, timeout=5).status_code == 200
+    r = requests.post(base + refuse_path + "/undo", headers=one_click, timeout=5)
+    assert r.status_code == 200
+    used += [code_from_mail(smtp.last())]
+    assert api.post(f"{base}{V1}/store-invite", json=invite).status_code == 403
 
     # Validation by code and by link, then a bind and lookups.
     body = {"client_secret": "client-s3cret", "email": agent, "send_attempt": 1}

@@ -9,6 +9,7 @@ from alembic.migration import MigrationContext
 from flask_migrate import downgrade
 from flask_migrate import upgrade
 from sqlalchemy import insert
+from sqlalchemy import inspect
 from sqlalchemy import text
 
 from identity.extensions import db
@@ -69,3 +70,23 @@ def test_0003_hashes_the_unicode_spelling_of_existing_bindings(app, client, fake
     body = {"addresses": [known], "algorithm": "sha256", "pepper": pepper.value}
     r = client.post(f"{V2}/lookup", json=body, headers=headers)
     assert r.json == {"mappings": {known: "@u0:a.fr"}}
+
+
+def test_0007_downgrades_keeping_refused_invitations_revoked(app, client, smtp):
+    """Down to 0006, the refusals and reports go and refused invitations stay revoked;
+    up again, the tables are back, empty."""
+    from tests.test_refusals import invite_and_refuse
+
+    invite_and_refuse(app, client, smtp)
+    directory = app.extensions["migrate"].directory
+    with app.app_context():
+        downgrade(directory=directory, revision="0006")
+        tables = set(inspect(db.engine).get_table_names())
+        assert not {"guest_refusal", "invite_report", "reported_sender"} & tables
+        revoked = db.session.execute(text("SELECT revoked_at FROM invitation")).scalar_one()
+        assert revoked is not None
+        db.session.commit()
+        upgrade(directory=directory)
+        assert db.session.execute(text("SELECT count(*) FROM guest_refusal")).scalar_one() == 0
+        refused = db.session.execute(text("SELECT refused_at FROM invitation")).scalar_one()
+        assert refused is None

@@ -83,6 +83,11 @@ HTML_PAGES = {
     f"{PREFIX}/api/v1/validate/email/submitToken",
     f"{PREFIX}/v2/validate/email/submitToken",
     f"{PREFIX}/invitation/<token>",
+    # The guest's refusal and report pages (identity.refusals).
+    f"{PREFIX}/guest/refuse/<token>",
+    f"{PREFIX}/guest/refuse/<token>/undo",
+    f"{PREFIX}/guest/refuse/<token>/lift",
+    f"{PREFIX}/guest/report/<token>",
 }
 NOT_JSON = {"/metrics", "/static/<path:filename>"}
 
@@ -106,6 +111,7 @@ class World:
     client_secret: str
     invite_token: str
     landing_token: str
+    guest_token: str  # of the invitation's refusal and report links
     ephemeral_public_key: str
     long_term_public_key: str
     mxid: str
@@ -132,6 +138,9 @@ class World:
             "token_type": ["Bearer"],
             "next_link": ["https://www.tchap.gouv.fr/", "https://a.example:99999/"],
             "send_attempt": [1, 2, "3"],
+            "List-Unsubscribe": ["One-Click"],
+            "scope": ["sender", "all"],
+            "code": ["ABCD-EFGH"],
         }.get(field, [])
 
     def row_counts(self) -> dict[str, int]:
@@ -263,6 +272,7 @@ def _world(smtp, tmp, database_url: str):
         client_secret="s3cret",
         invite_token=invite.json["token"],
         landing_token=relative(landing_link_from_mail(smtp.last())).split("?")[0].split("/")[-1],
+        guest_token=smtp.last().message["List-Unsubscribe"].strip("<>").rsplit("/", 1)[1],
         ephemeral_public_key=keys[1]["public_key"],
         long_term_public_key=keys[0]["public_key"],
         mxid=homeserver.user_id("alice"),
@@ -493,6 +503,10 @@ BODY_FIELDS = {
     "terms": ["user_accepts"],
     "internal/bind": ["address", "mxid", "medium"],
     "internal/unbind": ["address", "mxid", "medium"],
+    "guest/refuse/<token>": ["List-Unsubscribe", "scope"],
+    "guest/refuse/<token>/undo": [],
+    "guest/refuse/<token>/lift": ["sid", "client_secret", "code"],
+    "guest/report/<token>": [],
 }
 QUERY_FIELDS = {
     "3pid/getValidated3pid": ["sid", "client_secret"],
@@ -556,8 +570,11 @@ def requests(draw, world: World, method: str, rule: str):
         )
         path = path.replace("<key_id>", quote(key_id, safe=""))
     if "<token>" in path:
-        token = draw(st.one_of(st.sampled_from([world.landing_token, world.invite_token]), TEXT))
-        path = path.replace("<token>", quote(token, safe="") or "x")
+        known = [world.landing_token, world.invite_token]
+        if "/guest/" in rule:
+            known = [world.guest_token, world.guest_token, world.landing_token]
+        token = draw(st.one_of(st.sampled_from(known), TEXT))
+        path = path.replace("<token>", quote(token, safe="", errors="surrogatepass") or "x")
     if "<path:filename>" in path:
         filename = draw(st.sampled_from(["", "x", "../app.py", "%2e%2e/app.py", "a/../../x"]))
         path = path.replace("<path:filename>", filename or "nothing")

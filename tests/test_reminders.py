@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 import pytest
 import requests
 from sqlalchemy import create_engine
+from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import text
 from sqlalchemy import update
@@ -27,6 +28,7 @@ from identity import worker
 from identity.extensions import db
 from identity.services import services
 from identity.storage import invites
+from identity.storage.models import GuestRefusal
 from identity.storage.models import Invitation
 from testing.faults import HangingSmtp
 from testing.processes import OWNER
@@ -44,6 +46,8 @@ from tests.helpers import query_of
 from tests.helpers import relative
 from tests.helpers import web_client_link_from_page
 from tests.support import FakeClock
+from tests.test_refusals import one_click
+from tests.test_refusals import unsubscribe_url
 
 GUEST = "claire.martin@partenaire.example"
 ROOM = "!projetx:agent.dinum.tchap.gouv.fr"
@@ -129,7 +133,8 @@ def test_the_reminder_says_it_in_french_then_english_and_links_to_the_same_page(
         k.lower() for k in invitation_mail.message
     } - PER_MAIL_HEADERS
     for header in set(invitation_mail.message.keys()) - {"Date", "Message-ID", "Subject"}:
-        if header.lower() != "content-type":
+        # The refusal link is sealed afresh for each mail (a random nonce): same invitation.
+        if header.lower() not in ("content-type", "list-unsubscribe"):
             assert message[header] == invitation_mail.message[header], header
     body = mail.text()
     french = body.index("Pour rappel, Marie Dupont vous invite à rejoindre le salon « Projet X »")
@@ -151,6 +156,26 @@ def test_the_reminder_says_it_in_french_then_english_and_links_to_the_same_page(
         assert "Projet X" in page.text
     # The page of the reminder is the invitation's: its web client link signs as well.
     assert sign_url_of(client, mail) == sign_url_of(client, invitation_mail)
+
+
+def test_the_reminder_offers_the_refusal_and_its_one_click_post_refuses(app, client, smtp, clock):
+    store_invite(client)
+    [invitation_mail] = smtp.to(GUEST)
+    clock.advance(days=27)
+    assert remind(app) == 1
+    [mail] = reminders_to(smtp)
+    url = unsubscribe_url(mail)
+    assert url.rsplit("/", 1)[0] == unsubscribe_url(invitation_mail).rsplit("/", 1)[0]
+    text, html = mail.text(), mail.html()
+    for body in (text, html):
+        assert "/guest/refuse/" in body and "/guest/report/" in body
+    assert "Pour ne plus recevoir d'invitations" in text and "To stop receiving invitations" in text
+    assert one_click(app, url).status_code == 200
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(GuestRefusal)) == 1
+    # Refused: a second invitation is refused, and no reminder follows.
+    assert client.post(f"{V1}/store-invite", json={"medium": "email", "address": GUEST,
+        "room_id": ROOM, "sender": SENDER}).status_code == 403  # fmt: skip
 
 
 def test_the_reminder_escapes_and_defangs_what_the_request_wrote(app, client, smtp, clock):

@@ -1,10 +1,13 @@
-"""`flask invites revoke|list|purge-expired|remind-due`: pending 3PID invitations for admins."""
+"""`flask invites revoke|list|purge-expired|remind-due|refusals|reports`: pending 3PID
+invitations for admins, their reminders, and the guests' refusals and reports."""
 
+import logging
 from datetime import datetime
 from datetime import timedelta
 
 import click
 
+from identity import refusals
 from identity import worker
 from identity.accounts import server_of
 from identity.addresses import normalise_email
@@ -14,6 +17,9 @@ from identity.errors import MatrixError
 from identity.extensions import db
 from identity.services import services
 from identity.storage import invites
+from identity.storage import refusals as refusal_store
+
+logger = logging.getLogger(__name__)
 
 # Characters of a token `list` shows; `revoke` accepts any unique prefix.
 TOKEN_SHOWN = 8
@@ -167,3 +173,94 @@ def remind_due() -> None:
     sent = worker.run_reminders(clock=services().clock.now)
     done, waiting = invites.reminder_counts(now=_now())
     click.echo(f"Sent {sent} reminder(s); {done} sent in all, {waiting} still to send.")
+
+
+# -- the guests' own say (identity.refusals) -----------------------------------
+
+
+@group.group("refusals")
+def refusals_group() -> None:
+    """Guests' refusals of invitations (kept as keyed hashes, never addresses)."""
+
+
+@refusals_group.command("list")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="At most this many of the most refused senders.",
+)
+def refusals_list(limit: int) -> None:
+    """How many refusals of each scope are kept, and the senders most refused."""
+    counts = refusal_store.refusal_counts()
+    click.echo(f"Refusals of every invitation from the platform: {counts.get(refusals.ALL, 0)}")
+    click.echo(f"Refusals of one sender's invitations: {counts.get(refusals.SENDER, 0)}")
+    for sender, count in refusal_store.most_refused_senders(limit):
+        click.echo(f"  {count:>6}  {sender}")
+
+
+@refusals_group.command("lift")
+@click.argument("address")
+@click.option("--sender", help="Only the refusal of this Matrix user ID's invitations.")
+@click.option(
+    "--all",
+    "platform",
+    is_flag=True,
+    help="Only the refusal of every invitation from the platform.",
+)
+def refusals_lift(address: str, sender: str | None, platform: bool) -> None:
+    """Lift the refusals of ADDRESS (all of them, or one with --sender or --all), at its
+    owner's request. The audit log names neither the address nor its hash."""
+    if sender is not None and platform:
+        raise click.UsageError("Give at most one of --sender or --all.")
+    try:
+        key = normalise_email(address)
+    except MatrixError as e:
+        raise click.BadParameter(e.error, param_hint="'ADDRESS'") from None
+    scope = refusals.ALL if platform else refusals.SENDER if sender is not None else None
+    count = refusals.lift(
+        key, keys=services().invitation_policy().guest_keys, scope=scope, sender=sender
+    )
+    db.session.commit()
+    click.echo(f"Lifted {count} refusal(s).")
+
+
+@group.group("reports")
+def reports_group() -> None:
+    """Senders reported by guests who do not know them ("I don't know this person")."""
+
+
+@reports_group.command("list")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="At most this many senders, blocked ones first, then the most reported.",
+)
+def reports_list(limit: int) -> None:
+    """Reported senders: distinct reporters within INVITE_REPORTS_WINDOW_DAYS, in all,
+    and whether their invitations are blocked."""
+    rule = services().invitation_policy().reports
+    found = refusal_store.reported_senders(_now() - rule.window, limit)
+    for sender, recent, total, blocked_at in found:
+        state = f"blocked since {_when(blocked_at)}" if blocked_at is not None else "not blocked"
+        click.echo(f"{recent:>6} recent  {total:>6} in all  {state}  {sender}")
+    click.echo(f"{len(found)} reported sender(s).")
+
+
+@reports_group.command("clear")
+@click.argument("sender")
+def reports_clear(sender: str) -> None:
+    """Forget the reports of SENDER and lift its block: its invitations go out again."""
+    reports, was_blocked = refusal_store.clear_sender(sender)
+    db.session.commit()
+    logger.warning(
+        "Audit: an administrator cleared %s report(s) of %s%s",
+        reports, sender, " and lifted its block" if was_blocked else "",
+    )  # fmt: skip
+    click.echo(
+        f"Cleared {reports} report(s) of {sender}"
+        + ("; its invitations are no longer blocked." if was_blocked else ".")
+    )

@@ -165,6 +165,8 @@ class Invitation(Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set with revoked_at when the guest refused invitations (identity.refusals).
+    refused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # An invitation admits one account (unless INVITE_SINGLE_USE is off): the first to
     # obtain a signature with sign-ed25519 or to bind the address. Set once, together,
     # by one conditional UPDATE (identity.storage.invites.admit).
@@ -208,6 +210,53 @@ class Invitation(Model):
     def pending_at(cls, now: Any) -> ColumnElement[bool]:
         """SQL for `is_pending`; `now` is a datetime or a bound parameter."""
         return and_(cls.open_at(now), cls.accepted_at.is_(None))
+
+
+class GuestRefusal(Model):
+    """A guest's refusal of invitations: never the address, only its keyed hash.
+
+    `address_hash` is HMAC-SHA256 of the address's key (identity.addresses) under a
+    server secret (identity.refusals): without the secret, a dump does not tell whose
+    refusal a row is. `sender` is the inviting account for the "not from this person"
+    scope, "" for the whole platform (a NULL would escape the unique key on both engines).
+    """
+
+    __tablename__ = "guest_refusal"
+    __table_args__ = (UniqueConstraint("address_hash", "scope", "sender"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address_hash: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(16))  # "sender" or "all"
+    sender: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class InviteReport(Model):
+    """ "I don't know this person": one per reporting address (its keyed hash) and sender."""
+
+    __tablename__ = "invite_report"
+    __table_args__ = (
+        UniqueConstraint("reporter_hash", "sender"),
+        Index("ix_invite_report_sender_created_at", "sender", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reporter_hash: Mapped[str] = mapped_column(String(64))
+    sender: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ReportedSender(Model):
+    """A sender someone reported: the row each new report locks (so that concurrent
+    reports are counted one after the other), and the block once enough came."""
+
+    __tablename__ = "reported_sender"
+
+    sender: Mapped[str] = mapped_column(String(255), primary_key=True)
+    last_report_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Set when INVITE_REPORTS_BLOCK_THRESHOLD distinct reporters came within the
+    # window; kept until `flask invites reports clear`.
+    blocked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class EphemeralKey(Model):

@@ -1,7 +1,7 @@
 """Invitation reminders: the sealed key the reminder links with, its claim and its sending
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-07 00:00:00
 
 One reminder per pending invitation, claimed in the database like the onbind
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 
 revision = '0008'
-down_revision = '0006'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
