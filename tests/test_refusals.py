@@ -128,6 +128,20 @@ def test_the_mail_offers_the_one_click_refusal_and_the_post_records_it(app, clie
     assert count(app, GuestRefusal) == 1
 
 
+def test_the_one_click_post_may_come_as_multipart_form_data(app, client, smtp):
+    """RFC 8058 3.1: the receiver SHOULD send multipart/form-data, MAY send urlencoded."""
+    assert store_invite(client).status_code == 200
+    url = unsubscribe_url(smtp.last())
+    bare = app.test_client(use_cookies=False)
+    r = bare.post(
+        path_of(url), data={"List-Unsubscribe": "One-Click"}, content_type="multipart/form-data"
+    )
+    assert r.status_code == 200
+    [refusal] = rows(app, GuestRefusal)
+    assert refusal.scope == "all"
+    assert store_invite(client).status_code == 403
+
+
 def test_nothing_of_the_address_is_kept(app, client, smtp):
     invite_and_refuse(app, client, smtp)
     with app.app_context():
