@@ -425,3 +425,34 @@ def test_inviting_again_after_expiry_mails_a_fresh_link_that_works(synapse, iden
     assert old_page.status_code == 410 and "Cette invitation a expiré" in old_page.text
     page = identity_server.get(relative(new_link))
     assert page.status_code == 409 and synapse.server_name in page.text
+
+
+def test_a_guest_who_refused_is_not_invited_again_through_synapse(synapse, identity_server, smtp):
+    """9. The guest refuses with the mail's one-click POST (RFC 8058); the inviter invites
+    the address again through Synapse. We answer Synapse's store-invite 403 M_FORBIDDEN
+    with our text, and nothing reaches the room or the guest's mailbox. Stock Synapse
+    does not relay an identity server's error: the inviter gets its own 500 (see
+    docs/guests.md)."""
+    alice = synapse.register()
+    address = guest_address("refuses")
+    room_id = invite_by_email(synapse, identity_server, smtp, alice, address)
+    (mail,) = mails_to(smtp, address)
+    assert mail.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    url = re.fullmatch(r"<(https://[^>]+)>", str(mail.message["List-Unsubscribe"])).group(1)
+    assert url.startswith(identity_server.base + "/")
+    r = identity_server.post(
+        relative(url),
+        data="List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 200, r.text
+
+    log_start = len(requests_seen(identity_server))
+    token = our_token(synapse, identity_server, alice)
+    r = synapse.invite_email(alice, room_id, address, identity_server.host, token)
+    assert answered(identity_server, log_start, "POST", f"{V2}/store-invite") == [403]
+    assert r.status_code == 500, r.text  # Synapse's own "Internal server error"
+    state = synapse.room_state(alice, room_id)
+    assert len([e for e in state if e["type"] == "m.room.third_party_invite"]) == 1
+    time.sleep(1)
+    assert len(smtp.to(address)) == 1
