@@ -250,7 +250,7 @@ def test_gunicorn_errors_leave_no_secret_in_the_logs(tmp_path, smtp):
         PROPAGATE_EXCEPTIONS="true",
     )
     migrate(env)
-    with (tmp_path / "gunicorn.log").open("w+") as log:
+    with (tmp_path / "gunicorn.log").open("a+") as log:
         server = Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log)
         try:
             address = "Agathe.Roux@ac-nantes.fr"
@@ -290,7 +290,7 @@ def test_printed_mails_keep_one_json_object_per_line(tmp_path, raw):
                       PUBLIC_BASE_URL="https://id.tchap.example")  # fmt: skip
     migrate(env)
     address = "Agathe.Roux@ac-nantes.fr"
-    with (tmp_path / "gunicorn.log").open("w+") as log:
+    with (tmp_path / "gunicorn.log").open("a+") as log:
         with Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log) as server:
             body = {"client_secret": "pr-s3cret", "email": address, "send_attempt": 1}
             r = requests.post(f"{server.base}{V1}/validate/email/requestToken", json=body,

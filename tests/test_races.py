@@ -53,7 +53,7 @@ def served(database, smtp, tmp_path):
     )
     migrate(env)
     with (
-        (tmp_path / "gunicorn.log").open("w+") as log,
+        (tmp_path / "gunicorn.log").open("a+") as log,
         Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log) as server,
     ):
         yield server, log

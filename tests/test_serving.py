@@ -48,7 +48,7 @@ def gunicorn(tmp_path):
     )
     migrate(env)
     with (
-        (tmp_path / "gunicorn.log").open("w+") as log,
+        (tmp_path / "gunicorn.log").open("a+") as log,
         Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log) as server,
     ):
         yield server, server.base, log
@@ -150,6 +150,12 @@ def _fresh_postgres_database():
     return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name, drop
 
 
+def complete_lines(text: str) -> list[str]:
+    """The lines of a log still being written: the last one may be half written."""
+    lines = text.splitlines(keepends=True)
+    return [line for line in lines if line.endswith("\n")]
+
+
 def _lookup(base: str) -> int:
     params = {"medium": "email", "address": "a@b.fr"}
     url = f"{base}/_matrix/identity/api/v1/lookup"
@@ -171,7 +177,7 @@ def test_cold_starts_migrate_once_and_every_worker_serves(tmp_path, engine):
         env = _gunicorn_env(here, url, WORKERS="4", THREADS="1",
                             AUTO_MIGRATE="true")  # fmt: skip
         try:
-            with (here / "gunicorn.log").open("w+") as log:
+            with (here / "gunicorn.log").open("a+") as log:
                 server = Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log)
                 try:
                     assert (here / "signing.key").exists()  # before any request needed it
@@ -185,7 +191,7 @@ def test_cold_starts_migrate_once_and_every_worker_serves(tmp_path, engine):
                         log.flush()
                         log.seek(0)
                         pids = {
-                            record["pid"] for record in map(json.loads, log.read().splitlines())
+                            record["pid"] for record in map(json.loads, complete_lines(log.read()))
                             if record["logger"] == "gunicorn.access"
                             and "/lookup?" in record["request"]
                         }  # fmt: skip
@@ -232,7 +238,7 @@ def test_a_reload_serves_new_code_and_refuses_a_version_that_cannot_load(tmp_pat
     env = {**_gunicorn_env(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}", WORKERS="2"),
            "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
     options = ("-c", str(ROOT / "gunicorn.conf.py"), "--chdir", str(tmp_path))
-    with (tmp_path / "gunicorn.log").open("w+") as log:
+    with (tmp_path / "gunicorn.log").open("a+") as log:
         server = Gunicorn(env, options, log=log, app="reloadable:create_app()", ready_path="/")
 
         def serves(body: bytes) -> None:
@@ -272,7 +278,7 @@ def test_workers_build_the_app_themselves_if_the_master_cannot(tmp_path):
     )
     env = _gunicorn_env(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}", WORKERS="2")
     options = ("-c", str(ROOT / "gunicorn.conf.py"), "--chdir", str(tmp_path))
-    with (tmp_path / "gunicorn.log").open("w+") as log:
+    with (tmp_path / "gunicorn.log").open("a+") as log:
         server = Gunicorn(env, options, log=log, app="reloadable:create_app()", ready_path="/")
         try:
             assert requests.get(server.base, timeout=30).content == b"built by a worker"
@@ -328,7 +334,7 @@ def test_workers_fork_with_the_app_but_no_connection_and_no_alembic(
     config = tmp_path / "reporting.conf.py"
     config.write_text(_REPORTING_CONFIG.format(config=str(ROOT / "gunicorn.conf.py"),
                                                directory=str(tmp_path)))  # fmt: skip
-    with (tmp_path / "gunicorn.log").open("w+") as log:
+    with (tmp_path / "gunicorn.log").open("a+") as log:
         server = Gunicorn(env, ("-c", str(config)), log=log)
         try:
             for _ in range(10):
@@ -491,7 +497,7 @@ def test_new_workers_start_on_the_last_good_rules_after_a_broken_edit(tmp_path):
                         THREADS="2")  # fmt: skip
     migrate(env)
     info = {"medium": "email", "address": "marie.dupont@ac-versailles.fr"}
-    with (tmp_path / "gunicorn.log").open("w+") as log:
+    with (tmp_path / "gunicorn.log").open("a+") as log:
         server = Gunicorn(env, ("-c", "gunicorn.conf.py"), log=log)
         try:
             before = requests.get(f"{server.base}{V1}/info", params=info, timeout=30).json()
