@@ -43,6 +43,7 @@ from bench_small_requests import Server
 from bench_small_requests import load
 from bench_small_requests import on_each_setup
 from bench_vs_sydent import PG
+from bench_vs_sydent import V1
 from bench_vs_sydent import V2
 from bench_vs_sydent import write_requests
 from bench_vs_sydent import wrk
@@ -172,7 +173,7 @@ def long_run(args: argparse.Namespace, tmp: Path) -> dict:
                                          TOKEN], CONNECTIONS // 2),
             "v2 lookups": (f"{V2}/lookup", [str(HERE / "rotate_lines.lua"),
                                             str(files["lookup_v2"]), "POST", TOKEN], 2),
-            "requestToken": (f"{V2}/validate/email/requestToken",
+            "requestToken": (f"{V1}/validate/email/requestToken",
                              [str(HERE / "request_token.lua"), "mem", "justice.fr"], 2),
         }  # fmt: skip
         results: dict = {"bindings": args.bindings, "minutes": args.minutes, "wrk": {}}
