@@ -346,12 +346,14 @@ def plan_times(database: str, count: int) -> dict[str, dict[str, float]]:
             str(by_hash),
             by_hash.construct_params({"hashes": json.dumps(hashes), "now": now}),
         ),
-        "for comparison, v2 lookup until 2026-12: lookup_hash IN (500 hashes), two per request": (
+        "for comparison, v2 lookup until 2026-12: lookup_hash IN (500 hashes),"
+        " one of its two statements": (
             f"SELECT lookup_hash, mxid FROM association WHERE lookup_hash IN ({in_list})"  # noqa: S608
             " AND not_after > %s",
             [*hashes[::2], now],
         ),
-        "for comparison, bulk_lookup until 2026-11: address IN (500 addresses), two per request": (
+        "for comparison, bulk_lookup until 2026-11: address IN (500 addresses),"
+        " one of its two statements": (
             "SELECT * FROM association WHERE medium = 'email'"  # noqa: S608
             f" AND address IN ({in_list}) AND not_after > %s",
             [*addresses[::2], now],
