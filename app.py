@@ -190,6 +190,8 @@ def _under_gunicorn() -> bool:
 def _end_session(error: BaseException | None) -> None:
     """End the request's session: roll back what it left open. A database gone since
     the answer was made costs the connection (dropped from the pool), not a 500."""
+    if not db.session.registry.has():  # no session this request (the hot reads use none)
+        return
     try:
         db.session.remove()
     except SQLAlchemyError as e:

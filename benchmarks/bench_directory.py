@@ -19,6 +19,12 @@ postgres, trust auth); no Redis (rate limits off). About 15 minutes at 10,000,00
    turns, so that the machine's other load falls on each alike: ratios are the figures
    to read. With `--baseline ROOT`, a second service runs from the source tree at ROOT
    (an older commit, `git archive`d there) on the same database, in the same rounds.
+3. In each round, after the hot bodies, fresh hashes: bodies of 1,000 hashes no
+   request has asked before (half bound, at random among all the bindings), each sent
+   once, at 1 connection (p50, p99), against PostgreSQL's execution time of the same
+   statement for other fresh bodies (`EXPLAIN (ANALYZE, BUFFERS)`): pages outside
+   shared_buffers, read from the system's page cache (the run does not empty it: the
+   machine is shared), with the blocks found in shared_buffers and those read.
 
 Writes its section of docs/performance.md (between the directory markers) and prints
 it; the database is dropped at the end.
@@ -27,6 +33,7 @@ it; the database is dropped at the end.
 import argparse
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -36,6 +43,7 @@ from datetime import datetime
 from pathlib import Path
 
 import psycopg
+from bench_vs_sydent import BATCH
 from bench_vs_sydent import PEPPER
 from bench_vs_sydent import PG
 from bench_vs_sydent import TOKEN
@@ -65,6 +73,11 @@ HERE = Path(__file__).resolve().parent
 START, END, NOTES = markers("directory")
 COLUMNS = "id, medium, address, lookup_hash, mxid, created_at, not_before, not_after"
 CREATED, NOT_AFTER = "2024-01-01 00:00:00+00", "2123-12-08 00:00:00+00"
+# Fresh hashes: bodies written per second of a run at 1 connection (a lookup at 10,000,000
+# bindings takes more than 7 ms), and bodies whose database time is taken, per service
+# and round.
+FRESH_PER_SECOND = 140
+COLD_BODIES = 24
 
 
 def rows(count: int) -> Iterator[tuple]:
@@ -119,16 +132,68 @@ def sizes(database: str) -> dict[str, int]:
 
 def database_times(database: str, bodies: list[dict]) -> float:
     """PostgreSQL's execution time (ms) of the lookup statement of each body, median."""
+    return explain(database, bodies)["ms"]
+
+
+def explain(database: str, bodies: list[dict]) -> dict[str, float]:
+    """Medians over `bodies` of the lookup statement's execution time (ms) and of the
+    blocks it found in shared_buffers (hit) and read from the system (read)."""
     compiled = _BY_HASH["postgresql", 0].compile(dialect=psycopg_dialect())
     now = datetime.now(UTC)
-    times = []
+    found: dict[str, list[float]] = {"ms": [], "hit": [], "read": []}
     with psycopg.connect(f"{PG}/{database}") as conn:
         for body in bodies:
             values = {"hashes": json.dumps(body["addresses"]), "now": now}
             params = compiled.construct_params(values)
-            plan = conn.execute(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {compiled}", params)
-            times.append(plan.fetchone()[0][0]["Execution Time"])
-    return statistics.median(times)
+            plan = conn.execute(
+                f"EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, FORMAT JSON) {compiled}", params
+            ).fetchone()[0][0]
+            found["ms"].append(plan["Execution Time"])
+            found["hit"].append(plan["Plan"]["Shared Hit Blocks"])
+            found["read"].append(plan["Plan"]["Shared Read Blocks"])
+    return {key: statistics.median(values) for key, values in found.items()}
+
+
+def fresh_bodies(count: int, hot: list[dict], rounds: int, per_round: int) -> list[list[dict]]:
+    """For each round, `per_round` bodies of hashes no other body holds: half bound
+    (bindings drawn at random among all `count`, none of the hot bodies'), half not.
+    Below 2 × the bindings drawn, the bound hashes are drawn at random, repeats allowed."""
+    rng = random.Random(count + 1)
+    taken = {h for body in hot for h in body["addresses"]}
+    half = BATCH // 2
+    # A small directory has too few bindings for every body's to be new: they may repeat.
+    exclusive = len(taken) + rounds * per_round * half <= count // 2
+    rounds_bodies = []
+    for _ in range(rounds):
+        bodies = []
+        for _ in range(per_round):
+            picked: list[int] = []
+            while len(picked) < half:
+                i = rng.randrange(count)
+                digest = lookup_hash("email", address(i), PEPPER)
+                if not exclusive or digest not in taken:
+                    taken.add(digest)
+                    picked.append(i)
+            unbound = count + rng.randrange(10**9)
+            hashes = [lookup_hash("email", address(i), PEPPER) for i in picked]
+            hashes += [lookup_hash("email", address(unbound + n), PEPPER) for n in range(half)]
+            rng.shuffle(hashes)
+            bodies.append({"addresses": hashes, "algorithm": "sha256", "pepper": PEPPER})
+        rounds_bodies.append(bodies)
+    return rounds_bodies
+
+
+def measure_fresh(service: "Service", lines: Path, seconds: float) -> dict[str, float]:
+    """p50 and p99 at 1 connection, each body of `lines` sent once (more bodies than
+    the run asks for)."""
+    url = f"{service.gunicorn.base}{V2}/lookup"
+    result = wrk(url, [str(HERE / "rotate_lines.lua"), str(lines), "POST", TOKEN], 1, seconds)
+    settle(service.gunicorn.base)
+    repeated = max(0, result["requests"] - sum(1 for _ in lines.open()))
+    if repeated:
+        log(f"{lines.name}: {repeated} requests of {result['requests']} repeated a body")
+    return {"p50": result["p50"], "p99": result["p99"], "errors": result["errors"],
+            "requests": result["requests"], "repeated": repeated}  # fmt: skip
 
 
 class Service:
@@ -163,7 +228,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
         env = {
             **os.environ,
             "IDENTITY_SQLALCHEMY_DATABASE_URI": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
-            "IDENTITY_SIGNING_KEY_PATH": str(tmp / "signing.key"),
+            # A server makes its signing key in its instance folder only (not at a path given).
+            "IDENTITY_INSTANCE_PATH": str(tmp),
             "IDENTITY_AUTO_MIGRATE": "false",
             "IDENTITY_RATELIMIT_ENABLED": "false",
             "IDENTITY_DELIVERY_WORKER_ENABLED": "false",
@@ -176,6 +242,13 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
         results: dict = {"load": times, "sizes": sizes(database), "rounds": []}
         files = write_requests(tmp, args.bindings)
         bodies = [json.loads(line) for line in files["lookup_v2"].read_text().splitlines()]
+        # Fresh bodies: those the services are sent (more than a run at 1 connection
+        # asks), then as many as the database's times are taken of, for each service.
+        per_service = args.seconds * FRESH_PER_SECOND
+        names = ["ours"] + (["baseline"] if args.baseline else [])
+        log("writing the fresh bodies")
+        fresh = fresh_bodies(args.bindings, bodies, args.rounds,
+                             len(names) * (per_service + COLD_BODIES))  # fmt: skip
         services = [Service("ours", env, tmp, ROOT)]
         if args.baseline:
             services.append(Service("baseline", env, tmp, Path(args.baseline)))
@@ -185,11 +258,22 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
                 assert len(found) == len(bodies[0]["addresses"]) // 2, (service.name, len(found))
             database_times(database, bodies)  # warms the pages read
             for number in range(args.rounds):
-                measured = {"database": database_times(database, bodies)}
+                measured = {"database": database_times(database, bodies),
+                            "load": os.getloadavg()[0]}  # fmt: skip
                 order = services if number % 2 == 0 else services[::-1]
                 for service in order:
                     measured[service.name] = measure(service, files, args.seconds)
-                log(f"round {number + 1}: {measured}")
+                unused = iter(fresh[number])
+                for service in order:
+                    cold = [next(unused) for _ in range(COLD_BODIES)]
+                    lines = tmp / f"fresh-{service.name}-{number}.txt"
+                    with lines.open("w") as out:
+                        for _ in range(per_service):
+                            out.write(json.dumps(next(unused)) + "\n")
+                    measured[f"{service.name} fresh"] = {
+                        **measure_fresh(service, lines, args.seconds),
+                        "database": explain(database, cold),
+                    }
                 results["rounds"].append(measured)
         finally:
             for service in services:
@@ -207,6 +291,7 @@ def median_of(rounds: list[dict], name: str, key: str) -> float:
 def report(results: dict, args: argparse.Namespace, elapsed: float) -> str:
     count, times, found = args.bindings, results["load"], results["sizes"]
     rounds = results["rounds"]
+    loads = ", ".join(f"{r['load']:.1f}" for r in rounds)
     database = statistics.median(r["database"] for r in rounds)
     names = ["ours"] + (["baseline"] if args.baseline else [])
     lines = [
@@ -214,8 +299,9 @@ def report(results: dict, args: argparse.Namespace, elapsed: float) -> str:
         "## A national directory (`benchmarks/bench_directory.py`)",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}. Full run:"
-        f" {elapsed / 60:.0f} minutes. The machine was shared with other work during the run:"
-        " absolute times are noisy, the ratios within a round are the figures to read.",
+        f" {elapsed / 60:.0f} minutes. The machine was shared with other work during the run"
+        f" (1-minute load average at the start of each round: {loads}): absolute times are"
+        " noisy, the ratios within a round are the figures to read.",
         "",
         f"**Load** of {count:,} bindings (one COPY, indexes built after it in the same"
         f" transaction): {count / times['load']:,.0f} bindings/s ({times['copy']:.0f} s of"
@@ -251,7 +337,45 @@ def report(results: dict, args: argparse.Namespace, elapsed: float) -> str:
     lines += ["", "Per round (p50 ms at 1 connection, req/s at 8, database ms):", ""]
     for number, r in enumerate(rounds, 1):
         parts = [f"{name} {r[name]['p50']:.1f} / {r[name]['rps']:.0f}" for name in names]
-        lines.append(f"- round {number}: {', '.join(parts)}, database {r['database']:.1f}")
+        lines.append(
+            f"- round {number}: {', '.join(parts)}, database {r['database']:.1f}"
+            f" (load average {r['load']:.1f})"
+        )
+    lines += [
+        "",
+        f"**Fresh hashes**: in each round, {args.seconds * FRESH_PER_SECOND} bodies of 1,000"
+        " hashes asked by no request before (half bound, drawn at random among all the"
+        f" bindings), each sent once, at 1 connection for {args.seconds} s; the database's"
+        " time is that of the same statement for"
+        f" {COLD_BODIES} other fresh bodies (`EXPLAIN (ANALYZE, BUFFERS, TIMING OFF)`), with"
+        " the blocks it found in shared_buffers (hit) and asked the system for (read):"
+        " pages outside shared_buffers, from the system's page cache (the run does not"
+        " empty it). Medians of the rounds.",
+        "",
+        "| server | p50 ms (1 conn) | p99 ms (1 conn) | database ms (cold) | p50 / database |"
+        " blocks hit / read per lookup | hot p50 ms | fresh / hot p50 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        key = f"{name} fresh"
+        p50 = median_of(rounds, key, "p50")
+        cold = {
+            k: statistics.median(r[key]["database"][k] for r in rounds)
+            for k in ("ms", "hit", "read")
+        }
+        hot = median_of(rounds, name, "p50")
+        lines.append(
+            f"| {name} | {p50:.1f} | {median_of(rounds, key, 'p99'):.1f} | {cold['ms']:.1f}"
+            f" | {p50 / cold['ms']:.2f} | {cold['hit']:,.0f} / {cold['read']:,.0f}"
+            f" | {hot:.1f} | {p50 / hot:.2f} |"
+        )
+    lines += ["", "Per round, fresh (p50 ms, database ms cold):", ""]
+    for number, r in enumerate(rounds, 1):
+        fresh = [r[f"{name} fresh"] for name in names]
+        parts = [f"{name} {f['p50']:.1f} / {f['database']['ms']:.1f} ({f['requests']}"
+                 f" requests, {f['repeated']} of them a body sent before)"
+                 for name, f in zip(names, fresh, strict=True)]  # fmt: skip
+        lines.append(f"- round {number}: {', '.join(parts)}")
     return "\n".join([*lines, "", NOTES, END])
 
 

@@ -114,12 +114,14 @@ def compare(servers: dict[str, Server], tmp: Path, args: argparse.Namespace) -> 
         lines = tmp / f"{abs(hash(name))}.txt"
         lines.write_text("\n".join(paths) + "\n")
         runs: dict[str, list] = {label: [] for label in servers}
+        started_load = os.getloadavg()[0]
         for server in servers.values():  # warm-up, discarded
             load(server, lines, token, 1)
         for _ in range(args.rounds):
             for label, server in servers.items():
                 runs[label].append(load(server, lines, token, args.seconds))
         results[name] = r = summary(runs)
+        r["load"] = f"{started_load:.1f}–{os.getloadavg()[0]:.1f}"
         rounds = ", ".join(f"{x:.2f}" for x in r["ratios"])
         print(f"{name}: ours {r['ours']:,.0f} / floor {r['floor']:,.0f} / bare {r['bare']:,.0f}"
               f" req/s; ours / bare {r['ratio']:.2f} ({rounds}),"
@@ -146,12 +148,15 @@ def summary(runs: dict[str, list[dict]]) -> dict:
     return {
         **{label: statistics.mean(r["rps"] for r in rounds) for label, rounds in runs.items()},
         "bare_p99": statistics.median(r["p99"] for r in runs["bare"]),
+        "floor_p99": statistics.median(r["p99"] for r in runs["floor"]),
         "ours_p99": statistics.median(r["p99"] for r in runs["ours"]),
         "ratios": per_round,
         "ratio": statistics.median(per_round),
         "floor_ratio": statistics.median(ratios("floor", "bare")),
         "ours_over_floor": statistics.median(ratios("ours", "floor")),
         "p99_ratio": statistics.median(ratios("ours", "bare", "p99")),
+        "p99_over_floor": statistics.median(ratios("ours", "floor", "p99")),
+        "ours_over_floor_rounds": ratios("ours", "floor"),
     }
 
 
@@ -186,22 +191,28 @@ def report(runs: dict[str, dict], args: argparse.Namespace, loads: list[str]) ->
         f" {args.rounds} rounds of {args.seconds} s per endpoint, the three servers in turn,"
         " after a 1 s warm-up of each. ours / bare = median of the rounds' requests/s of ours"
         " / bare (each round's in brackets: the host's speed drifts between rounds, so each"
-        " run is set against the runs next to it); the other ratios likewise; req/s are"
-        f" means and p99 medians of the rounds. {BINDINGS:,} bindings.",
+        " run is set against the runs next to it); the other ratios likewise (ours / floor:"
+        " each round's in brackets); req/s are means and p99 medians of the rounds; load:"
+        " the 1-minute load average at the start and at the end of the endpoint's rounds."
+        f" {BINDINGS:,} bindings. Targets (issue 23): ours / floor at least 0.90, p99 / floor"
+        " at most 1.5.",
         "",
     ]
     for label, run_ in runs.items():
         lines += [f"### {label}", "",
                   "| endpoint | bare req/s | floor req/s | ours req/s | ours / bare"
-                  " | floor / bare | ours / floor | bare p99 ms | ours p99 ms | p99 ratio |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+                  " | floor / bare | ours / floor | bare p99 ms | floor p99 ms | ours p99 ms"
+                  " | p99 / bare | p99 / floor | load |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for name, r in run_["results"].items():
             rounds = ", ".join(f"{x:.2f}" for x in r["ratios"])
+            over_floor = ", ".join(f"{x:.2f}" for x in r["ours_over_floor_rounds"])
             lines.append(
                 f"| {name} | {r['bare']:,.0f} | {r['floor']:,.0f} | {r['ours']:,.0f}"
                 f" | **{r['ratio']:.2f}** ({rounds}) | {r['floor_ratio']:.2f}"
-                f" | **{r['ours_over_floor']:.2f}** | {r['bare_p99']:.1f} | {r['ours_p99']:.1f}"
-                f" | {r['p99_ratio']:.2f} |"
+                f" | **{r['ours_over_floor']:.2f}** ({over_floor}) | {r['bare_p99']:.1f}"
+                f" | {r['floor_p99']:.1f} | {r['ours_p99']:.1f} | {r['p99_ratio']:.2f}"
+                f" | **{r['p99_over_floor']:.2f}** | {r['load']} |"
             )
         if all("cpu" in r for r in run_["results"].values()):
             lines += cpu_table(run_["results"])

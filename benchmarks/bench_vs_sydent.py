@@ -21,6 +21,12 @@ Writes its section of docs/performance.md (between the sydent markers) and print
 compares only the named lookup workloads, the three servers running side by side and
 taking turns, `--rounds` times; it prints each round and the median ratios, and writes
 nothing (the section needs every measure).
+
+    .venv/bin/python benchmarks/bench_vs_sydent.py --plans    # about a minute, no Sydent
+
+measures only the PostgreSQL planning and execution of the lookup statements (our schema
+at the largest size, 1,000,000 bindings by default) and rewrites that table alone in the
+section, dated, the rest of the section as it was.
 """
 
 import argparse
@@ -48,6 +54,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
+from docs_section import REPORT
 from docs_section import markers
 from docs_section import write_section
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
@@ -339,12 +346,14 @@ def plan_times(database: str, count: int) -> dict[str, dict[str, float]]:
             str(by_hash),
             by_hash.construct_params({"hashes": json.dumps(hashes), "now": now}),
         ),
-        "for comparison, v2 lookup until 2026-12: lookup_hash IN (500 hashes), two per request": (
+        "for comparison, v2 lookup until 2026-12: lookup_hash IN (500 hashes),"
+        " one of its two statements": (
             f"SELECT lookup_hash, mxid FROM association WHERE lookup_hash IN ({in_list})"  # noqa: S608
             " AND not_after > %s",
             [*hashes[::2], now],
         ),
-        "for comparison, bulk_lookup until 2026-11: address IN (500 addresses), two per request": (
+        "for comparison, bulk_lookup until 2026-11: address IN (500 addresses),"
+        " one of its two statements": (
             "SELECT * FROM association WHERE medium = 'email'"  # noqa: S608
             f" AND address IN ({in_list}) AND not_after > %s",
             [*addresses[::2], now],
@@ -963,6 +972,43 @@ def loading_line(loading: dict) -> str:
     )
 
 
+PLANS_TITLE = "### PostgreSQL planning and execution of the lookup statements"
+
+
+def plans_only(args: argparse.Namespace) -> None:
+    """`--plans`: the plans table alone, on our schema filled at the largest size."""
+    count = max(args.sizes)
+    name = f"bench_plans_{os.getpid()}"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-plans-") as tmp:
+            env = {**os.environ, "IDENTITY_INSTANCE_PATH": tmp,
+                   "IDENTITY_SQLALCHEMY_DATABASE_URI":
+                   f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"}  # fmt: skip
+            migrate(env)
+        log(f"filling {count:,} bindings")
+        fill_postgres(name, count)
+        plans = plan_times(name, count)
+    finally:
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    table = plans_table(plans, count)
+    table[2] += (
+        f" Measured {time.strftime('%Y-%m-%d')} by `--plans` alone (the 1-minute load average"
+        f" {os.getloadavg()[0]:.1f}), after the rest of this section."
+    )
+    print("\n".join(table))
+    if args.no_write:
+        return
+    text = REPORT.read_text()
+    section_start, section_end = text.index(START), text.index(END)
+    begin = text.index(PLANS_TITLE, section_start, section_end)
+    following = text.find("\n### ", begin + len(PLANS_TITLE), section_end)
+    stop = following + 1 if following != -1 else text.index("\n<!-- sydent:notes", begin) + 1
+    REPORT.write_text(text[:begin] + "\n".join(table) + "\n\n" + text[stop:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="10,000 bindings, 5 s runs")
@@ -976,12 +1022,16 @@ def main() -> None:
         help="only these lookups (lookup_v2,bulk_lookup), interleaved; prints, writes nothing",
     )
     parser.add_argument("--rounds", type=int, default=3, help="turns of each server (--only)")
+    parser.add_argument("--plans", action="store_true", help="only the statements' plans table")
     args = parser.parse_args()
     if args.only and not set(args.only) <= {"lookup_v2", "bulk_lookup"}:
         parser.error("--only takes lookup_v2, bulk_lookup or both")
     args.sizes = args.sizes or ([10_000] if args.quick else [100_000, 1_000_000])
     args.seconds = args.seconds or (5 if args.quick else 10)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
+    if args.plans:
+        plans_only(args)
+        return
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     started = time.monotonic()

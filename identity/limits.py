@@ -245,7 +245,8 @@ class _LibraryWindows:
 # KEYS: one list per window, newest entry first; ARGV: now, then (limit, seconds) per key.
 # Like the library's acquire_moving_window.lua, for every window at once: all of them
 # have room, and each records the hit; or none records it, and the answer is the
-# seconds until the fullest one has room again.
+# seconds until the fullest one has room again. A list is trimmed only once it holds
+# more than its limit (LPUSH answers its length): one command less per window and hit.
 _HIT_ALL = """
 local now = tonumber(ARGV[1])
 local wait = 0
@@ -265,8 +266,9 @@ end
 for i, key in ipairs(KEYS) do
     local limit = tonumber(ARGV[2 * i])
     local expiry = tonumber(ARGV[2 * i + 1])
-    redis.call('lpush', key, ARGV[1])
-    redis.call('ltrim', key, 0, limit - 1)
+    if redis.call('lpush', key, ARGV[1]) > limit then
+        redis.call('ltrim', key, 0, limit - 1)
+    end
     redis.call('expire', key, expiry)
 end
 return false

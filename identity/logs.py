@@ -211,25 +211,35 @@ class GunicornLogger(GunicornBaseLogger):
                         handler.addFilter(RequestIdFilter())
 
     def access(self, resp, req, environ, request_time) -> None:
+        """One record per request, its fields read straight from the environ and the
+        response: gunicorn's `atoms` formats every request header, response header and
+        environ key, for the five fields this line has (a tenth of the worker's Python
+        time on a small request)."""
         if not self.access_log_enabled:
             return
-        atoms = self.atoms(resp, req, environ, request_time)
-        status = str(atoms["s"])
-        sent = atoms.get("B")
-        request_id = dict((k.lower(), v) for k, v in resp.headers).get("x-request-id", "-")
+        status = resp.status
+        if isinstance(status, str):
+            status = status.split(None, 1)[0]
+        status = str(status)
+        sent = getattr(resp, "sent", None)
+        remote = environ.get("REMOTE_ADDR", "-")
+        method, uri = environ.get("REQUEST_METHOD", "-"), environ.get("RAW_URI", "-")
+        request_line = scrub(f"{method} {uri} {environ.get('SERVER_PROTOCOL', '-')}")
+        duration_ms = request_time.seconds * 1000 + request_time.microseconds // 1000
+        request_id = environ.get(REQUEST_ID) or _header(resp.headers, "x-request-id") or "-"
         self.access_log.info(
             '%s "%s" %s %s B %s ms',
-            atoms["h"],
-            atoms["r"],
+            remote,
+            request_line,
             status,
             sent if sent is not None else "-",
-            atoms["M"],
+            duration_ms,
             extra={
-                "remote": atoms["h"],
-                "request": atoms["r"],
+                "remote": remote,
+                "request": request_line,
                 "status": int(status) if status.isdigit() else status,
                 "bytes": sent,
-                "duration_ms": atoms["M"],
+                "duration_ms": duration_ms,
                 "request_id": request_id,
             },
         )
@@ -242,3 +252,12 @@ class GunicornLogger(GunicornBaseLogger):
         if atoms.get("q"):
             atoms["q"] = "…"
         return atoms
+
+
+def _header(headers: Any, name: str) -> str | None:
+    """The value of the response header `name` (lower case), for a response the
+    envelope did not see (its request id then came from elsewhere)."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None

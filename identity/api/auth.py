@@ -5,6 +5,7 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from flask import g
 from flask import request
@@ -29,12 +30,25 @@ def bearer_token(*, allow_query: bool = False) -> str | None:
         (access logs never show query strings).
     """
     environ = request.environ
-    # The header as the environ holds it: what `request.headers` would read, without
-    # building the headers view on every request.
+    bearer, token = _header_token(environ)
+    if bearer or not allow_query:
+        return token
+    return _query_token(environ)
+
+
+def _header_token(environ: dict[str, Any]) -> tuple[bool, str | None]:
+    """Whether the Authorization header names the Bearer scheme, and its token.
+
+    The header as the environ holds it: what `request.headers` would read, without
+    building the headers view on every request."""
     scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() == "bearer":
-        return token.strip() or None
-    if not allow_query or not _may_carry_token(environ.get("QUERY_STRING", "")):
+        return True, token.strip() or None
+    return False, None
+
+
+def _query_token(environ: dict[str, Any]) -> str | None:
+    if not _may_carry_token(environ.get("QUERY_STRING", "")):
         return None
     return request.args.get("access_token") or None
 
@@ -70,10 +84,14 @@ def limit_request() -> None:
     :raises MatrixError: 429 M_LIMIT_EXCEEDED.
     """
     current = services()  # looked up once: this runs on every request
-    token = bearer_token()
-    if _is_trusted(token, current.settings):
+    # The environ read once (`bearer_token`'s steps, `request.remote_addr`'s value).
+    environ = request.environ
+    remote = environ.get("REMOTE_ADDR")
+    bearer, token = _header_token(environ)
+    if _is_trusted(token, current.settings, remote or ""):
         return
-    token = token or bearer_token(allow_query=True)
+    if not bearer:
+        token = _query_token(environ)
     try:
         user_id = _known_user(token) if token else None
     except DBAPIError as e:
@@ -84,7 +102,7 @@ def limit_request() -> None:
         outages.warn(dependency, e, effect="tokens counted as unknown by the rate limits")
         user_id = None
     if user_id is None:
-        current.limits.check("per_ip", request.remote_addr or "unknown")
+        current.limits.check("per_ip", remote or "unknown")
         return
     current.limits.check("per_user", user_id)
     g.identity_counted_user = user_id
@@ -113,14 +131,15 @@ def is_trusted_caller() -> bool:
     They call from INTERNAL_API_TRUSTED_NETWORKS, or present INTERNAL_API_SECRET as
     their bearer token (in the Authorization header, never the query string).
     """
-    return _is_trusted(bearer_token(), settings())
+    return _is_trusted(bearer_token(), settings(), request.remote_addr or "")
 
 
-def _is_trusted(token: str | None, config: Settings) -> bool:
+def _is_trusted(token: str | None, config: Settings, remote: str) -> bool:
     secret = config.internal_api_secret
     if secret and token and hmac.compare_digest(token.encode(), secret.encode()):
         return True
-    return is_from(config.internal_api_trusted_networks)
+    networks = config.internal_api_trusted_networks
+    return bool(networks) and _address_in(remote, networks)
 
 
 def require_internal_caller() -> None:
