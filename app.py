@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 from flask import Flask
-from flask import request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -124,7 +123,7 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     register_cli(app)
     # Request ids and the headers each kind of response carries (identity/wsgi.py).
     app.wsgi_app = ResponseEnvelope(  # type: ignore[method-assign]
-        app.wsgi_app, _response_headers(app)
+        app.wsgi_app, _response_headers(app), observe=metrics.count_answer
     )
     if app.config["TRUSTED_PROXY_COUNT"]:
         # Client IPs (rate limits, trusted networks) come from the proxies' X-Forwarded-For.
@@ -261,7 +260,7 @@ def _load_config(app: Flask, config: Mapping[str, Any] | None) -> dict[str, str]
     return given
 
 
-def _limit_body_sizes(app: Flask) -> None:
+def _limit_body_sizes(app: Application) -> None:
     """MAX_REQUEST_BYTES for every request, except lookups: room for their maximum
     number of entries (LOOKUP_MAX_ADDRESSES, BULK_LOOKUP_MAX_THREEPIDS)."""
     base = app.config["MAX_REQUEST_BYTES"]
@@ -269,9 +268,6 @@ def _limit_body_sizes(app: Flask) -> None:
         "/_matrix/identity/v2/lookup": app.config["LOOKUP_MAX_ADDRESSES"],
         "/_matrix/identity/api/v1/bulk_lookup": app.config["BULK_LOOKUP_MAX_THREEPIDS"],
     }
-    limits = {path: base + entries * LOOKUP_ENTRY_BYTES for path, entries in larger.items()}
-
-    @app.before_request
-    def allow_larger_lookups() -> None:
-        if (limit := limits.get(request.path)) is not None:
-            request.max_content_length = limit
+    app.body_limits = {
+        path: base + entries * LOOKUP_ENTRY_BYTES for path, entries in larger.items()
+    }

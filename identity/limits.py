@@ -186,35 +186,39 @@ class _MemoryWindows:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._hits: dict[str, tuple[deque[float], int]] = {}  # key → (times, expiry)
+        # (window, kind, key) → (times, expiry)
+        self._hits: dict[tuple[str, str, str], tuple[deque[float], int]] = {}
         self._next_sweep = time.monotonic() + self.SWEEP_SECONDS
 
     def hit(self, windows: tuple[Window, ...], kind: str, key: str) -> int | None:
         if not windows:
             return None
         now = time.time()
-        keyed = [(window.key(kind, key), window.limit, window.seconds) for window in windows]
         with self._lock:
             wait = 0.0
-            for name, limit, expiry in keyed:
-                hits = self._recent(name, now, expiry)
-                if limit < 1:
-                    wait = max(wait, expiry)
-                elif len(hits) >= limit:  # full of hits still in the window
-                    wait = max(wait, hits[-1] + expiry - now)
+            counts = []
+            for window in windows:
+                hits = self._recent((window.suffix, kind, key), window, now)
+                counts.append(hits)
+                if window.limit < 1:
+                    wait = max(wait, window.seconds)
+                elif len(hits) >= window.limit:  # full of hits still in the window
+                    wait = max(wait, hits[-1] + window.seconds - now)
             if wait > 0:
                 return max(0, math.ceil(wait * 1000))
-            for name, limit, expiry in keyed:
-                hits, _ = self._hits.setdefault(name, (deque(maxlen=limit), expiry))
+            for hits in counts:
                 hits.appendleft(now)
             if time.monotonic() >= self._next_sweep:
                 self._sweep(now)
         return None
 
-    def _recent(self, name: str, now: float, expiry: int) -> deque[float]:
+    def _recent(self, name: tuple[str, str, str], window: Window, now: float) -> deque[float]:
         """The key's hits still in its window (older ones dropped from the end)."""
-        hits, _ = self._hits.get(name, (_NO_HITS, expiry))
-        while hits and hits[-1] < now - expiry:
+        entry = self._hits.get(name)
+        if entry is None:
+            entry = self._hits[name] = (deque(maxlen=max(window.limit, 0)), window.seconds)
+        hits = entry[0]
+        while hits and hits[-1] < now - window.seconds:
             hits.pop()
         return hits
 
@@ -223,9 +227,6 @@ class _MemoryWindows:
         for name, (hits, expiry) in list(self._hits.items()):
             if not hits or hits[0] < now - expiry:
                 del self._hits[name]
-
-
-_NO_HITS: deque[float] = deque(maxlen=0)
 
 
 class _LibraryWindows:

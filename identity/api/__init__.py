@@ -49,9 +49,12 @@ def limit_api_requests() -> None:
     The internal API (/_matrix/identity/internal/) answers trusted callers only and is
     not limited.
     """
-    path = request.path
-    if request.method == "OPTIONS" or not path.startswith(API_PREFIX):
+    # The environ read once (each attribute of `request` costs a lookup), the path as
+    # Flask routes it: "//_matrix/…" reaches the same view as "/_matrix/…".
+    environ = request.environ
+    path = "/" + environ.get("PATH_INFO", "").lstrip("/")
+    if environ.get("REQUEST_METHOD", "").upper() == "OPTIONS" or not path.startswith(API_PREFIX):
         return
     if path.startswith(INTERNAL_PREFIX):
         return
-    limit_request()
+    limit_request(environ)

@@ -74,18 +74,18 @@ def require_user(check_terms: bool = True, *, allow_query_token: bool = False) -
     return user_id
 
 
-def limit_request() -> None:
+def limit_request(environ: dict[str, Any]) -> None:
     """Count a request against its user once its token is valid, else against its IP.
 
     A made-up token (`Authorization: Bearer junk`, `?access_token=junk`) counts against
     the IP like no token at all, on every endpoint, those that never read the token
     included. Trusted callers (`is_trusted_caller`) are not held to the public limits.
 
+    :param environ: the request's WSGI environ.
     :raises MatrixError: 429 M_LIMIT_EXCEEDED.
     """
     current = services()  # looked up once: this runs on every request
-    # The environ read once (`bearer_token`'s steps, `request.remote_addr`'s value).
-    environ = request.environ
+    # Read from the environ (`bearer_token`'s steps, `request.remote_addr`'s value).
     remote = environ.get("REMOTE_ADDR")
     bearer, token = _header_token(environ)
     if _is_trusted(token, current.settings, remote or ""):

@@ -57,7 +57,8 @@ class LookupQuery:
 
 
 def signer() -> binding.Signer:
-    return binding.Signer(settings().server_name, services().keys.key())
+    current = services()
+    return binding.Signer(current.settings.server_name, current.keys.key())
 
 
 @route(bp, "/3pid/bind", methods=["POST"], auth=require_user, v1_switch="v1_bind_enabled")

@@ -6,7 +6,6 @@ themselves live in identity/metrics.py.
 """
 
 import os
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -14,7 +13,6 @@ from typing import Any
 from flask import Blueprint
 from flask import Flask
 from flask import Response
-from flask import request
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client import CollectorRegistry
 from prometheus_client import generate_latest
@@ -28,7 +26,6 @@ from identity.metrics import REQUESTS
 from identity.routing import RoutingSource
 from identity.services import services
 from identity.storage import deliveries
-from identity.wsgi import STARTED
 
 bp = Blueprint("metrics", __name__)
 
@@ -81,27 +78,28 @@ class _StateCollector(Collector):
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
-    app.after_request(_count)
 
 
 # (route, method, status) → its request counter and latency histogram. `labels()`
 # validates and locks on every call; the children never change, so look each up once.
-_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 
-def _count(response: Response) -> Response:
-    # The route's template, never the path: paths may hold tokens.
-    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    key = (endpoint, request.method, response.status_code)
+def count_answer(environ: dict[str, Any], status: str, seconds: float) -> None:
+    """Count an answered request and its time (the response envelope's observer)."""
+    # The route's template, never the path: paths may hold tokens. Flask's request
+    # (werkzeug keeps it in the environ until the request ends) knows which rule matched.
+    rule = getattr(environ.get("werkzeug.request"), "url_rule", None)
+    endpoint = rule.rule if rule is not None else "unmatched"
+    method = environ.get("REQUEST_METHOD", "")
+    code = status[:3]
+    key = (endpoint, method, code)
     children = _children.get(key)
     if children is None:
         children = _children[key] = (
-            REQUESTS.labels(endpoint, request.method, str(response.status_code)),
+            REQUESTS.labels(endpoint, method, code),
             LATENCY.labels(endpoint),
         )
     requests, latency = children
     requests.inc()
-    started = request.environ.get(STARTED)  # set by the response envelope
-    if started is not None:
-        latency.observe(time.perf_counter() - started)
-    return response
+    latency.observe(seconds)

@@ -78,13 +78,14 @@ def _reads() -> "_Reads":
     """The app's hot-read connections: to a server, autocommit and unpinged; to SQLite,
     as the ORM's engine makes them. Each is made by an engine (its connect events
     apply) and detached from the engine's pool: `IdleConnections` keeps them."""
-    reads = current_app.extensions.get(_EXTENSION)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # resolved once
+    reads = app.extensions.get(_EXTENSION)
     if reads is None:
         main = db.engine
         engine = main
         if main.dialect.name != "sqlite":
             # The ORM engine's connect arguments: its time limits (storage.timeouts).
-            connect_args = current_app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("connect_args", {})
+            connect_args = app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("connect_args", {})
             engine = create_engine(
                 main.url,
                 isolation_level="AUTOCOMMIT",
@@ -105,7 +106,7 @@ def _reads() -> "_Reads":
             dialect = copy.copy(dialect)
             dialect.paramstyle, dialect.positional = "numeric_dollar", True
             reader = LibpqReader
-        reads = current_app.extensions[_EXTENSION] = _Reads(
+        reads = app.extensions[_EXTENSION] = _Reads(
             dialect, IdleConnections(partial(_detached, engine, reader), _close), final
         )
         # Closed with the ORM's (a test's app torn down, say).
@@ -208,12 +209,10 @@ def _run(statement: Select | CompoundSelect, values: dict[str, Any], *, one: boo
             return rows
         converters = prepared.results
         return [
-            tuple(
-                value if convert is None else convert(value)
-                for value, convert in zip(row, converters, strict=True)
-            )
+            tuple([value if convert is None else convert(value)
+                   for value, convert in zip(row, converters, strict=True)])
             for row in rows
-        ]
+        ]  # fmt: skip
     raise AssertionError("unreachable")
 
 
