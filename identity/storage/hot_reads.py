@@ -50,7 +50,9 @@ def _prepare(statement: Select | CompoundSelect, dialect: Dialect) -> Prepared:
         processors = {
             name: processor
             for name, bind in compiled.binds.items()
-            if (processor := bind.type.bind_processor(dialect)) is not None
+            # The dialect's own form of each type, as a compiled statement's execution
+            # uses (a datetime on SQLite: the text SQLAlchemy stores, not sqlite3's).
+            if (processor := bind.type._cached_bind_processor(dialect)) is not None
         }
         positions = tuple(compiled.positiontup or ()) if compiled.positional else None
         results = tuple(
@@ -176,12 +178,13 @@ def _run(statement: Select | CompoundSelect, values: dict[str, Any], *, one: boo
     reads = _reads()
     dialect = reads.dialect
     prepared = _prepare(statement, dialect)
-    values = {**prepared.defaults, **values}  # what `Compiled.construct_params` gives
+    if prepared.defaults:
+        values = {**prepared.defaults, **values}  # what `Compiled.construct_params` gives
     for name, convert in prepared.processors.items():
         values[name] = convert(values[name])
     params: Any = values
     if prepared.positions is not None:
-        params = tuple(values[name] for name in prepared.positions)
+        params = tuple([values[name] for name in prepared.positions])
     for attempt in (1, 2):
         connection = None
         try:
@@ -210,7 +213,7 @@ def _run(statement: Select | CompoundSelect, values: dict[str, Any], *, one: boo
         converters = prepared.results
         return [
             tuple([value if convert is None else convert(value)
-                   for value, convert in zip(row, converters, strict=True)])
+                   for value, convert in zip(row, converters, strict=False)])  # same length
             for row in rows
         ]  # fmt: skip
     raise AssertionError("unreachable")

@@ -1,5 +1,7 @@
 """SQLAlchemy models. Data only: the queries live in the sibling modules."""
 
+import contextlib
+from collections.abc import Callable
 from datetime import UTC
 from datetime import datetime
 from typing import Any
@@ -17,6 +19,7 @@ from sqlalchemy import TypeDecorator
 from sqlalchemy import UniqueConstraint
 from sqlalchemy import and_
 from sqlalchemy import text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
@@ -42,6 +45,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        """On SQLite, the text SQLAlchemy stored (naive UTC) read in one step: a tenth of
+        the time of its parser followed by `process_result_value` (2.5 µs a value), three
+        values in each association read. Any other text takes the general way."""
+        general = super().result_processor(dialect, coltype)
+        if dialect.name != "sqlite" or general is None:
+            return general
+
+        def from_text(value: Any) -> Any:
+            if isinstance(value, str):
+                with contextlib.suppress(ValueError):
+                    return datetime.fromisoformat(value + "+00:00")  # tzinfo is UTC itself
+            return general(value)
+
+        return from_text
 
 
 class ValidationSession(Model):
