@@ -198,7 +198,13 @@ class _MemoryWindows:
             wait = 0.0
             counts = []
             for window in windows:
-                hits = self._recent((window.suffix, kind, key), window, now)
+                name = (window.suffix, kind, key)
+                entry = self._hits.get(name)
+                if entry is None:
+                    entry = self._hits[name] = (deque(maxlen=max(window.limit, 0)), window.seconds)
+                hits = entry[0]
+                while hits and hits[-1] < now - window.seconds:  # out of the window
+                    hits.pop()
                 counts.append(hits)
                 if window.limit < 1:
                     wait = max(wait, window.seconds)
@@ -211,16 +217,6 @@ class _MemoryWindows:
             if time.monotonic() >= self._next_sweep:
                 self._sweep(now)
         return None
-
-    def _recent(self, name: tuple[str, str, str], window: Window, now: float) -> deque[float]:
-        """The key's hits still in its window (older ones dropped from the end)."""
-        entry = self._hits.get(name)
-        if entry is None:
-            entry = self._hits[name] = (deque(maxlen=max(window.limit, 0)), window.seconds)
-        hits = entry[0]
-        while hits and hits[-1] < now - window.seconds:
-            hits.pop()
-        return hits
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = time.monotonic() + self.SWEEP_SECONDS
