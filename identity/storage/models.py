@@ -1,6 +1,5 @@
 """SQLAlchemy models. Data only: the queries live in the sibling modules."""
 
-import contextlib
 from collections.abc import Callable
 from datetime import UTC
 from datetime import datetime
@@ -55,10 +54,10 @@ class UTCDateTime(TypeDecorator[datetime]):
             return general
 
         def from_text(value: Any) -> Any:
-            if isinstance(value, str):
-                with contextlib.suppress(ValueError):
-                    return datetime.fromisoformat(value + "+00:00")  # tzinfo is UTC itself
-            return general(value)
+            try:
+                return datetime.fromisoformat(value + "+00:00")  # tzinfo is UTC itself
+            except (TypeError, ValueError):  # None, or text of another form
+                return general(value)
 
         return from_text
 
