@@ -63,14 +63,21 @@ def test_workers_metrics_logs_and_reload(gunicorn):
         assert r.status_code == 200
     requests.get(f"{base}/_matrix/identity/invitation/WzEsInNlY3JldCJd.x.y", timeout=5)
 
-    # /metrics adds up every worker's counters.
-    text = requests.get(f"{base}/metrics", timeout=5).text
-    line = next(
-        line for line in text.splitlines()
-        if line.startswith("identity_requests_total{")
-        and 'endpoint="/_matrix/identity/api/v1/info"' in line and 'status="200"' in line
-    )  # fmt: skip
-    assert float(line.rsplit(" ", 1)[1]) == 20
+    # /metrics adds up every worker's counters, each written within a second.
+    def answered() -> float:
+        text = requests.get(f"{base}/metrics", timeout=5).text
+        line = next(
+            (line for line in text.splitlines()
+             if line.startswith("identity_requests_total{")
+             and 'endpoint="/_matrix/identity/api/v1/info"' in line and 'status="200"' in line),
+            " 0",
+        )  # fmt: skip
+        return float(line.rsplit(" ", 1)[1])
+
+    deadline = time.monotonic() + 5
+    while answered() < 20 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert answered() == 20
 
     # A graceful reload (SIGHUP) keeps answering.
     server.signal(signal.SIGHUP)

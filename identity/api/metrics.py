@@ -21,8 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY
 from prometheus_client.registry import Collector
 
-from identity.metrics import LATENCY
-from identity.metrics import REQUESTS
+from identity.metrics import ANSWERS
 from identity.routing import RoutingSource
 from identity.services import services
 from identity.storage import deliveries
@@ -32,6 +31,7 @@ bp = Blueprint("metrics", __name__)
 
 @bp.get("/metrics")
 def metrics() -> Response:
+    ANSWERS.flush()  # this process's latest answers; other workers' are a second old at most
     # Our counters: every worker's added up, or this process's own registry.
     counters = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -80,26 +80,10 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
 
 
-# (route, method, status) → its request counter and latency histogram. `labels()`
-# validates and locks on every call; the children never change, so look each up once.
-_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-
-
 def count_answer(environ: dict[str, Any], status: str, seconds: float) -> None:
     """Count an answered request and its time (the response envelope's observer)."""
     # The route's template, never the path: paths may hold tokens. Flask's request
     # (werkzeug keeps it in the environ until the request ends) knows which rule matched.
     rule = getattr(environ.get("werkzeug.request"), "url_rule", None)
     endpoint = rule.rule if rule is not None else "unmatched"
-    method = environ.get("REQUEST_METHOD", "")
-    code = status[:3]
-    key = (endpoint, method, code)
-    children = _children.get(key)
-    if children is None:
-        children = _children[key] = (
-            REQUESTS.labels(endpoint, method, code),
-            LATENCY.labels(endpoint),
-        )
-    requests, latency = children
-    requests.inc()
-    latency.observe(seconds)
+    ANSWERS.add(endpoint, environ.get("REQUEST_METHOD", ""), status[:3], seconds)
