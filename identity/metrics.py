@@ -8,6 +8,7 @@ every worker's values are added up at scrape time.
 import atexit
 import bisect
 import os
+import signal
 import threading
 import time
 
@@ -104,6 +105,9 @@ class AnswerTally:
         threading.Thread(target=self._write_every_second, daemon=True, name="metrics").start()
 
     def _write_every_second(self) -> None:
+        # Signals are the main thread's: a SIGHUP the process sends itself (domains.yaml
+        # reloaded at once) is then handled before kill() returns, not when this wakes.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         while True:
             time.sleep(self.FLUSH_SECONDS)
             self.flush()
