@@ -26,9 +26,9 @@ from bench_small_requests import TOKEN
 from bench_small_requests import WORKLOADS
 from bench_small_requests import production_setups
 from docs_section import markers
-from docs_section import write_section
+from docs_section import publish
 
-START, END, NOTES = markers("in-process")
+START, _, _ = markers("in-process")
 BATCH = 1000  # requests per measured batch; the best batch of each is kept
 BATCHES = 12
 
@@ -135,11 +135,7 @@ def main() -> None:
                 from identity.extensions import db
 
                 db.engine.dispose()
-    lines += ["", NOTES, END]
-    section = "\n".join(lines)
-    print(section)
-    if not args.no_write:
-        write_section("in-process", section)
+    publish("in-process", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

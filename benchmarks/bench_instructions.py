@@ -28,9 +28,9 @@ from bench_in_process import environ
 from bench_small_requests import WORKLOADS
 from bench_small_requests import production_setups
 from docs_section import markers
-from docs_section import write_section
+from docs_section import publish
 
-START, END, NOTES = markers("instructions")
+START, _, _ = markers("instructions")
 HERE = Path(__file__).resolve().parent
 WARM_UP = 300  # requests before counting: caches filled, connections open
 
@@ -129,11 +129,7 @@ def main() -> None:
                 lines.append(f"| {workload} | {floor:,.0f} | {ours:,.0f} | **{ours - floor:,.0f}**"
                              f" | {ours / floor:.2f} |")  # fmt: skip
                 print(lines[-1], file=sys.stderr, flush=True)
-    lines += ["", NOTES, END]
-    section = "\n".join(lines)
-    print(section)
-    if not args.no_write:
-        write_section("instructions", section)
+    publish("instructions", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -27,3 +27,13 @@ def write_section(name: str, section: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     REPORT.write_text(text)
+
+
+def publish(name: str, lines: list[str], *, write: bool) -> None:
+    """End a benchmark's report (its notes marker, its end marker), print it, and write
+    it into docs/performance.md when `write`."""
+    _, end, notes = markers(name)
+    section = "\n".join([*lines, "", notes, end])
+    print(section)
+    if write:
+        write_section(name, section)
