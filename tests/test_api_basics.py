@@ -1,7 +1,12 @@
 """Behaviour common to every endpoint: versions, status, CORS and Matrix errors."""
 
-import pytest
+import dataclasses
 
+import pytest
+from werkzeug.datastructures import MultiDict
+
+from identity.api.http import parse
+from identity.errors import MatrixError
 from tests.helpers import V1
 
 CORS = {
@@ -120,3 +125,33 @@ def test_an_escaped_backslash_before_u0000_is_no_nul(client):
     # The text "\u0000" (a backslash, then u0000) is not a NUL character.
     r = client.post(f"{V1}/bulk_lookup", json={"threepids": [["email", "a\\u0000@x.fr"]]})
     assert (r.status_code, r.json) == (200, {"threepids": []})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Query:
+    count: int
+    name: str
+    label: str = "none"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"count": "3", "name": "a"}, _Query(3, "a")),
+        ({"count": 3, "name": "a", "label": ""}, _Query(3, "a", "")),  # "" kept when optional
+        ({"count": "x", "name": ""}, "M_MISSING_PARAMS: Missing parameters: name"),
+        ({"name": 1}, "M_MISSING_PARAMS: Missing parameters: count"),
+        ({"count": "x", "name": 1}, "M_INVALID_PARAM: count must be an integer"),
+        ({"count": 1, "name": 1, "label": 2}, "M_INVALID_PARAM: name must be of type str"),
+        ({"count": "1\x00", "name": "a"}, "M_INVALID_PARAM: count must not contain NUL characters"),
+        (MultiDict([("count", "1"), ("name", "a"), ("name", "b")]), _Query(1, "a")),
+    ],
+)
+def test_parse_checks_every_field_then_tells_the_first_problem(data, expected):
+    """Missing fields are told before wrong ones, all of them; of the wrong ones, the
+    first. A query string's repeated argument counts by its first value."""
+    try:
+        parsed = parse(_Query, data)
+    except MatrixError as e:
+        parsed = f"{e.errcode}: {e.error}"
+    assert parsed == expected

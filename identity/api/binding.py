@@ -129,7 +129,7 @@ def lookup_v2():
 
 @route(bp, "/lookup", methods=["GET"], v2=False, v1_switch="v1_lookup_enabled")
 def lookup_v1(v2: bool):
-    query = parse(LookupQuery, request.args.to_dict())
+    query = parse(LookupQuery, request.args)
     # Signed only when found: most lookups of a busy server find nobody.
     return lookup.lookup_v1(
         query.medium, query.address, now=now(), sign=lambda payload: signer().sign(payload)

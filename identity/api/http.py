@@ -7,6 +7,7 @@ import re
 import types
 import typing
 from collections.abc import Callable
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from typing import TypeVar
@@ -160,36 +161,51 @@ def _has_lone_surrogate(body: Any) -> bool:
     return False
 
 
-def parse(model: type[M], data: dict[str, Any]) -> M:
-    """Check `data` against a dataclass `model` and build it.
+def parse(model: type[M], data: Mapping[str, Any]) -> M:
+    """Check `data` (a JSON object, or a query string's arguments: the first value of
+    each) against a dataclass `model` and build it.
 
-    :raises MatrixError: M_MISSING_PARAMS listing every missing field,
+    :raises MatrixError: M_MISSING_PARAMS listing every missing field, else
         M_INVALID_PARAM naming the first field of the wrong type.
     """
-    fields = _fields(typing.cast(type, model))
-    missing = [
-        field.name for field in fields if field.required and data.get(field.name) in (None, "")
-    ]
+    values: dict[str, Any] = {}
+    missing: list[str] = []
+    wrong: InvalidParam | None = None
+    # One pass (every request parses); the errors are told in the order above.
+    for name, expected, required in _fields(typing.cast(type, model)):
+        value = data.get(name)
+        if value is None or value == "":
+            if required:
+                missing.append(name)
+                continue
+            if value is None:
+                continue
+        if wrong is not None:
+            continue
+        if isinstance(value, str):
+            if "\x00" in value:  # a query string's %00 (see json_body)
+                wrong = InvalidParam(f"{name} must not contain NUL characters")
+                continue
+            if expected is str:
+                values[name] = value
+                continue
+        if expected is int:
+            try:
+                values[name] = _integer(name, value)
+            except InvalidParam as e:
+                wrong = e
+        elif isinstance(value, expected):
+            values[name] = value
+        else:
+            wrong = InvalidParam(f"{name} must be of type {expected.__name__}")
     if missing:
         raise MissingParams("Missing parameters: " + ", ".join(missing))
-    values: dict[str, Any] = {}
-    for field in fields:
-        value = data.get(field.name)
-        if value is None:
-            continue
-        if isinstance(value, str) and "\x00" in value:  # a query string's %00 (see json_body)
-            raise InvalidParam(f"{field.name} must not contain NUL characters")
-        if field.expected is int:
-            values[field.name] = _integer(field.name, value)
-        elif isinstance(value, field.expected):
-            values[field.name] = value
-        else:
-            raise InvalidParam(f"{field.name} must be of type {field.expected.__name__}")
+    if wrong is not None:
+        raise wrong
     return model(**values)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Field:
+class _Field(typing.NamedTuple):
     name: str
     expected: type  # the type its value must have (int: see `_integer`)
     required: bool  # no default

@@ -55,7 +55,7 @@ def _queried_address() -> str:
     :raises MatrixError: M_MISSING_PARAMS, M_UNRECOGNIZED for a medium other than
         email, M_INVALID_EMAIL.
     """
-    query = parse(InfoQuery, request.args.to_dict())
+    query = parse(InfoQuery, request.args)
     if query.medium not in ("", "email"):
         raise Unrecognized(f"Unsupported medium {query.medium!r}: only email", status=400)
     # Some clients send the address unencoded: the + of a local part arrives as a space.

@@ -44,13 +44,13 @@ def public_key(v2: bool, key_id: str):
 
 @route(bp, "/pubkey/isvalid", methods=["GET"])
 def is_valid(v2: bool):
-    query = parse(PublicKeyQuery, request.args.to_dict())
+    query = parse(PublicKeyQuery, request.args)
     return {"valid": peers.is_long_term_key(query.public_key, services().keys.key())}
 
 
 @route(bp, "/pubkey/ephemeral/isvalid", methods=["GET"])
 def is_valid_ephemeral(v2: bool):
-    query = parse(PublicKeyQuery, request.args.to_dict())
+    query = parse(PublicKeyQuery, request.args)
     valid = invitations.check_ephemeral_key(query.public_key, now=now())
     db.session.commit()
     return {"valid": valid}

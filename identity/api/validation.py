@@ -86,7 +86,7 @@ def submit_token(v2: bool):
 def submit_token_page(v2: bool):
     """The link in the mail: validate, then redirect to next_link or show a page."""
     try:
-        session = _submit(parse(SubmitTokenBody, request.args.to_dict()))
+        session = _submit(parse(SubmitTokenBody, request.args))
     except MatrixError as e:
         return _result_page(success=False, errcode=e.errcode), e.status
     if next_link := validation.redirect_for(session, settings().next_link_domain_allowlist):
@@ -96,7 +96,7 @@ def submit_token_page(v2: bool):
 
 @route(bp, "/3pid/getValidated3pid", methods=["GET"], auth=require_user)
 def get_validated_3pid(v2: bool):
-    query = parse(SessionQuery, request.args.to_dict())
+    query = parse(SessionQuery, request.args)
     session = validation.get_validated_session(
         query.sid,
         query.client_secret,
