@@ -30,13 +30,15 @@ from identity.storage.models import Association
 VALIDITY = timedelta(days=100 * 365)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one per key (Services.signer): compared by identity
 class Signer:
+    """Signs what the service asserts with its long-term key."""
+
     server_name: str
     key: SigningKey
 
     def sign(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return keys.sign_flat(payload, self.server_name, self.key)
+        return keys.sign(payload, self.server_name, self.key)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,5 @@
 """The service's long-term ed25519 signing key: loading, generation and signing."""
 
-import functools
 import logging
 import os
 import tempfile
@@ -183,23 +182,3 @@ def public_key_base64(key: SigningKey) -> str:
 def sign(payload: dict[str, Any], server_name: str, key: SigningKey) -> dict[str, Any]:
     """Return `payload` signed per the Signing JSON rules of the appendices."""
     return signedjson.sign.sign_json(dict(payload), server_name, key)
-
-
-def sign_flat(payload: dict[str, str | int], server_name: str, key: SigningKey) -> dict[str, Any]:
-    """`sign` for a payload of plain values, such as an association, remembering the
-    latest signatures made.
-
-    Ed25519 signatures are deterministic: the same content signed again gives the same
-    bytes. A binding looked up again (homeservers ask on every invite) then costs no
-    signing, the largest part of a v1 lookup's time; the content is read every time.
-    """
-    signatures = _flat_signatures(tuple(payload.items()), server_name, key)
-    return {**payload, "signatures": {server_name: dict(signatures)}}
-
-
-@functools.lru_cache(maxsize=1024)
-def _flat_signatures(
-    items: tuple[tuple[str, str | int], ...], server_name: str, key: SigningKey
-) -> tuple[tuple[str, str], ...]:
-    signed = sign(dict(items), server_name, key)
-    return tuple(signed["signatures"][server_name].items())

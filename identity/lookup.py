@@ -8,6 +8,7 @@ the hash of each.
 """
 
 import base64
+import functools
 import hashlib
 from collections.abc import Callable
 from datetime import datetime
@@ -159,12 +160,29 @@ def lookup_v1(
 ) -> dict[str, Any]:
     """The legacy v1 lookup of one address: its signed association, or {} when unbound.
 
-    :param sign: signs the association with the service's long-term key.
+    :param sign: signs the association with the service's long-term key; the same
+        callable (`Signer.sign` of the signer made once per key) for every lookup.
     """
     # Straight on the pool (storage.hot_reads), not through the ORM: v1 lookups are hot.
     association = associations.find_committed(medium, lookup_form(address))
     if association is None or association.not_after <= now:
         return {}
+    signed = _signed_association(association, sign)
+    # A copy: the remembered answer is never the caller's to change.
+    return {
+        **signed,
+        "signatures": {name: dict(by_key) for name, by_key in signed["signatures"].items()},
+    }
+
+
+@functools.lru_cache(maxsize=1024)
+def _signed_association(
+    association: CommittedAssociation, sign: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """The signed answer for an association, remembered: homeservers look the same
+    addresses up again and again (on every invite), and an Ed25519 signature of the same
+    content is the same bytes. The association as read is the key, every column of it,
+    so a changed binding is signed afresh; so is everything after a change of key."""
     return sign(association_json(association))
 
 

@@ -12,6 +12,7 @@ from dataclasses import field
 from flask import Flask
 from flask import current_app
 
+from identity import binding
 from identity import invitations
 from identity import limits
 from identity import routing
@@ -54,6 +55,15 @@ class Services:
     deliveries_thread: threading.Thread | None = None
     # The invitation policy and the key it was derived from (see `invitation_policy`).
     _invitation_policy: tuple[object, invitations.Policy] | None = field(default=None, repr=False)
+    _signer: binding.Signer | None = field(default=None, repr=False)
+
+    def signer(self) -> binding.Signer:
+        """The signer of what the service asserts, one per signing key: v1 lookups
+        remember their signed answers by signer (identity.lookup)."""
+        key = self.keys.key()
+        if self._signer is None or self._signer.key is not key:
+            self._signer = binding.Signer(self.settings.server_name, key)
+        return self._signer
 
     def invitation_policy(self) -> invitations.Policy:
         """The deployment's invitation policy (store-invite and the landing page), derived

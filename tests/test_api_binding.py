@@ -17,8 +17,10 @@ from sqlalchemy import insert
 from sqlalchemy import text
 
 from identity import keys
+from identity import lookup
 from identity.accounts import token_hash
 from identity.extensions import db
+from identity.services import services
 from identity.storage import associations
 from identity.storage import hot_reads
 from identity.storage.libpq import LibpqReader
@@ -497,13 +499,45 @@ def test_a_lost_pepper_is_recreated_once_whatever_the_concurrency(
     engine.dispose()
 
 
-def test_remembered_signatures_are_those_signing_gives_and_never_shared():
-    key = signedjson.key.generate_signing_key("0")
-    payload = {"address": ADDRESS, "medium": "email", "mxid": MXID, "ts": 1}
-    first = keys.sign_flat(payload, "id.tchap.test", key)
-    assert first == keys.sign(payload, "id.tchap.test", key)
+def test_remembered_v1_answers_are_those_signing_gives_never_shared_nor_stale(
+    app, client, smtp, clock
+):
+    """v1 answers are remembered by association and signer: each is what signing gives,
+    a caller changing its copy changes nobody else's, and a rebinding or a new key
+    (imported from Sydent) is answered afresh."""
+    bind(client, validate_address(client, smtp, ADDRESS))
+    current = services(app)
+
+    def lookup_v1() -> dict:
+        with app.app_context():
+            return lookup.lookup_v1("email", ADDRESS, now=clock.now(), sign=current.signer().sign)
+
+    def signed_with(key) -> bool:
+        try:
+            signedjson.sign.verify_signed_json(
+                lookup_v1(), "id.tchap.test", signedjson.key.get_verify_key(key)
+            )
+        except signedjson.sign.SignatureVerifyException:
+            return False
+        return True
+
+    first = lookup_v1()
+    assert current.signer() is current.signer()  # one per key: answers are remembered
+    with app.app_context():
+        row = associations.find_committed("email", ADDRESS)
+    assert first == current.signer().sign(lookup.association_json(row))
     first["signatures"]["id.tchap.test"]["ed25519:0"] = "tampered"
-    assert keys.sign_flat(payload, "id.tchap.test", key) == keys.sign(payload, "id.tchap.test", key)
-    other = keys.sign_flat({**payload, "ts": 2}, "id.tchap.test", key)  # content is the key
-    signedjson.sign.verify_signed_json(other, "id.tchap.test", signedjson.key.get_verify_key(key))
-    assert other["ts"] == 2
+    first["mxid"] = "@mallory:evil.example"
+    assert lookup_v1() == current.signer().sign(lookup.association_json(row))
+    assert signed_with(current.keys.key())
+
+    clock.advance(seconds=5)
+    other_mxid = "@marie:agent.externe.tchap.gouv.fr"
+    bind(client, validate_address(client, smtp, ADDRESS, secret="again"), other_mxid,
+         secret="again")  # fmt: skip
+    rebound = lookup_v1()
+    assert rebound["mxid"] == other_mxid and rebound["ts"] > lookup.association_json(row)["ts"]
+
+    old_key = current.keys.key()
+    current.keys.replace(signedjson.key.generate_signing_key("1"))
+    assert signed_with(current.keys.key()) and not signed_with(old_key)

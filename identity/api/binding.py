@@ -57,8 +57,7 @@ class LookupQuery:
 
 
 def signer() -> binding.Signer:
-    current = services()
-    return binding.Signer(current.settings.server_name, current.keys.key())
+    return services().signer()
 
 
 @route(bp, "/3pid/bind", methods=["POST"], auth=require_user, v1_switch="v1_bind_enabled")
@@ -130,9 +129,9 @@ def lookup_v2():
 @route(bp, "/lookup", methods=["GET"], v2=False, v1_switch="v1_lookup_enabled")
 def lookup_v1(v2: bool):
     query = parse(LookupQuery, request.args)
-    # Signed only when found: most lookups of a busy server find nobody.
+    current = services()
     return lookup.lookup_v1(
-        query.medium, query.address, now=now(), sign=lambda payload: signer().sign(payload)
+        query.medium, query.address, now=current.clock.now(), sign=current.signer().sign
     )
 
 
