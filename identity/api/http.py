@@ -20,6 +20,7 @@ from identity import invitations
 from identity.config import Settings
 from identity.errors import BadJson
 from identity.errors import InvalidParam
+from identity.errors import MatrixError
 from identity.errors import MissingParams
 from identity.errors import NotJson
 from identity.errors import Unrecognized
@@ -170,7 +171,7 @@ def parse(model: type[M], data: Mapping[str, Any]) -> M:
     """
     values: dict[str, Any] = {}
     missing: list[str] = []
-    wrong: InvalidParam | None = None
+    wrong: MatrixError | None = None
     # One pass (every request parses); the errors are told in the order above.
     for name, expected, required in _fields(typing.cast(type, model)):
         value = data.get(name)
