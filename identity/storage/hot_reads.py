@@ -56,8 +56,9 @@ def _prepare(statement: Select | CompoundSelect, dialect: Dialect) -> Prepared:
         }
         positions = tuple(compiled.positiontup or ()) if compiled.positional else None
         results = tuple(
-            column.type._cached_result_processor(dialect, None)
-            for column in statement.selected_columns
+            (position, processor)
+            for position, column in enumerate(statement.selected_columns)
+            if (processor := column.type._cached_result_processor(dialect, None)) is not None
         )
         defaults = {
             name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required
@@ -67,7 +68,7 @@ def _prepare(statement: Select | CompoundSelect, dialect: Dialect) -> Prepared:
             positions,
             defaults,
             processors,
-            results if any(results) else None,
+            results or None,
             f"identity_hot_read_{len(_prepared)}".encode(),
         )
     return prepared
@@ -208,15 +209,17 @@ def _run(statement: Select | CompoundSelect, values: dict[str, Any], *, one: boo
             reads.idle.close_all()
             continue
         reads.idle.give(connection)
-        if prepared.results is None:
+        if prepared.results is None or not rows:
             return rows
-        converters = prepared.results
-        return [
-            tuple([value if convert is None else convert(value)
-                   for value, convert in zip(row, converters, strict=False)])  # same length
-            for row in rows
-        ]  # fmt: skip
+        return [_converted(row, prepared.results) for row in rows]
     raise AssertionError("unreachable")
+
+
+def _converted(row: tuple, results: tuple[tuple[int, Any], ...]) -> tuple:
+    values = list(row)
+    for position, convert in results:
+        values[position] = convert(values[position])
+    return tuple(values)
 
 
 def _as_orm_raises(error: Exception, sql: str, dialect: Dialect) -> StatementError:

@@ -10,5 +10,6 @@ class Prepared:
     positions: tuple[str, ...] | None  # parameter order for positional paramstyles
     defaults: dict[str, Any]  # the statement's own values (a LIMIT, say), by bind name
     processors: dict[str, Any]  # bind name → the column type's conversion
-    results: tuple[Any, ...] | None  # per selected column, its conversion (None: none)
+    # (position, conversion) of each selected column its type converts; None: no column
+    results: tuple[tuple[int, Any], ...] | None
     name: bytes  # of the statement prepared on a PostgreSQL connection (storage.libpq)
