@@ -1,5 +1,5 @@
-"""Aware UTC datetimes on SQLite: the shortcuts of `UTCDateTime` write and read the very
-text SQLAlchemy's own conversions do."""
+"""Aware UTC datetimes on SQLite: what `UTCDateTime` writes, its shortcut reads back as
+SQLAlchemy's own conversion does, and the texts sort as the instants."""
 
 from datetime import UTC
 from datetime import datetime
@@ -26,7 +26,7 @@ AWARE = st.datetimes(
 
 
 class _General(TypeDecorator[datetime]):
-    """UTCDateTime without its SQLite shortcuts: SQLAlchemy's own conversions."""
+    """UTCDateTime without its SQLite shortcut: SQLAlchemy's own conversion."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -35,16 +35,14 @@ class _General(TypeDecorator[datetime]):
 
 
 # As statements take them: from the type adapted to the dialect.
-FAST_BIND = UTCDateTime()._cached_bind_processor(DIALECT)
-GENERAL_BIND = _General()._cached_bind_processor(DIALECT)
+BIND = UTCDateTime()._cached_bind_processor(DIALECT)
 FAST_READ = UTCDateTime()._cached_result_processor(DIALECT, None)
 GENERAL_READ = _General()._cached_result_processor(DIALECT, None)
 
 
 @given(AWARE)
-def test_an_aware_datetime_is_written_as_sqlalchemy_writes_it(value):
-    text = FAST_BIND(value)
-    assert text == GENERAL_BIND(value)
+def test_an_aware_datetime_is_read_back_as_sqlalchemy_reads_it(value):
+    text = BIND(value)
     assert FAST_READ(text) == GENERAL_READ(text) == value.astimezone(UTC)
     assert FAST_READ(text).tzinfo is UTC
 
@@ -52,12 +50,12 @@ def test_an_aware_datetime_is_written_as_sqlalchemy_writes_it(value):
 @given(AWARE, AWARE)
 def test_the_texts_written_sort_as_the_instants(a, b):
     """SQLite compares the stored texts: their order must be the instants'."""
-    assert (FAST_BIND(a) < FAST_BIND(b)) == (a < b)
-    assert (FAST_BIND(a) == FAST_BIND(b)) == (a == b)
+    assert (BIND(a) < BIND(b)) == (a < b)
+    assert (BIND(a) == BIND(b)) == (a == b)
 
 
 def test_anything_else_takes_the_general_way():
-    assert FAST_BIND(None) is None and FAST_READ(None) is None
+    assert BIND(None) is None and FAST_READ(None) is None
     with pytest.raises(ValueError, match="naive datetime"):
-        FAST_BIND(datetime(2026, 12, 7, 9, 0))
+        BIND(datetime(2026, 12, 7, 9, 0))
     assert FAST_READ("2026-12-07 09:00:00") == datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
