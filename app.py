@@ -95,7 +95,11 @@ def _create_app(config: Mapping[str, Any] | None, clock: Clock | None) -> Flask:
     serving = _serving()
 
     db.init_app(app)
-    app.teardown_appcontext(_end_session)  # before Flask-SQLAlchemy's (teardowns run last first)
+    # `_end_session` ends the session in its place: the extension's own teardown would
+    # look the session up twice more at the end of every request, most of which (the
+    # hot reads) never open one.
+    app.teardown_appcontext_funcs.remove(db._teardown_session)
+    app.teardown_appcontext(_end_session)
     if not serving:
         # `flask db …`. A server never needs Alembic unless AUTO_MIGRATE (upgrade_schema).
         init_migrations(app, MIGRATIONS_DIR)

@@ -3,10 +3,12 @@
 import dataclasses
 
 import pytest
+from sqlalchemy import text
 from werkzeug.datastructures import MultiDict
 
 from identity.api.http import parse
 from identity.errors import MatrixError
+from identity.extensions import db
 from tests.helpers import V1
 
 CORS = {
@@ -155,3 +157,15 @@ def test_parse_checks_every_field_then_tells_the_first_problem(data, expected):
     except MatrixError as e:
         parsed = f"{e.errcode}: {e.error}"
     assert parsed == expected
+
+
+def test_each_request_ends_the_session_it_opened(app):
+    """Rolled back and removed when its context ends (app._end_session; the extension's
+    own teardown is not registered), and the next one starts afresh."""
+    with app.test_request_context("/_matrix/identity/v2"):
+        db.session.execute(text("SELECT 1"))
+        session = db.session()
+        assert session.in_transaction()
+    assert not session.in_transaction()
+    with app.test_request_context("/_matrix/identity/v2"):
+        assert db.session() is not session

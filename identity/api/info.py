@@ -12,13 +12,12 @@ from flask import request
 from identity.addresses import normalise_email
 from identity.api.auth import is_from
 from identity.api.auth import require_internal_caller
-from identity.api.http import now
 from identity.api.http import parse
 from identity.api.http import route
-from identity.api.http import routing_table
-from identity.api.http import settings
 from identity.errors import Unrecognized
 from identity.routing.answers import homeserver_info
+from identity.services import Services
+from identity.services import services
 
 bp = Blueprint("info", __name__, url_prefix="/_matrix/identity")
 
@@ -31,22 +30,28 @@ class InfoQuery:
 
 @route(bp, "/info", methods=["GET"])
 def info(v2: bool):
-    config = settings()
+    current = services()  # looked up once: clients ask before every login
+    networks = current.settings.info_trusted_networks
     # No list of trusted networks means everyone is trusted (a network without twins).
-    trusted = not config.info_trusted_networks or is_from(config.info_trusted_networks)
-    return _answer(trusted=trusted, internal=False)
+    trusted = not networks or is_from(networks)
+    return _answer(current, trusted=trusted, internal=False)
 
 
 @route(bp, "/internal-info", methods=["GET"])
 def internal_info(v2: bool):
     require_internal_caller()
-    return _answer(trusted=True, internal=True)
+    return _answer(services(), trusted=True, internal=True)
 
 
-def _answer(*, trusted: bool, internal: bool) -> dict:
+def _answer(current: Services, *, trusted: bool, internal: bool) -> dict:
     address = _queried_address()
-    table = routing_table()
-    return homeserver_info(address, table=table, trusted=trusted, internal=internal, now=now())
+    return homeserver_info(
+        address,
+        table=current.routing.table(),
+        trusted=trusted,
+        internal=internal,
+        now=current.clock.now(),
+    )
 
 
 def _queried_address() -> str:
