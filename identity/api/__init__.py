@@ -1,7 +1,6 @@
 """The HTTP API: blueprints, error handlers and the rate-limit hook."""
 
 from flask import Flask
-from flask import request
 
 from identity.api import account
 from identity.api import binding
@@ -15,6 +14,7 @@ from identity.api import validation
 from identity.api import well_known
 from identity.api.auth import limit_request
 from identity.api.errors import register_error_handlers
+from identity.api.http import this_request
 
 # Blueprints of the Identity Service API, all under /_matrix/identity.
 BLUEPRINTS = [
@@ -49,9 +49,9 @@ def limit_api_requests() -> None:
     The internal API (/_matrix/identity/internal/) answers trusted callers only and is
     not limited.
     """
-    # The environ read once (each attribute of `request` costs a lookup), the path as
+    # The environ read once (see `this_request`), the path as
     # Flask routes it: "//_matrix/…" reaches the same view as "/_matrix/…".
-    environ = request.environ
+    environ = this_request().environ
     path = "/" + environ.get("PATH_INFO", "").lstrip("/")
     if environ.get("REQUEST_METHOD", "").upper() == "OPTIONS" or not path.startswith(API_PREFIX):
         return

@@ -7,13 +7,14 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from flask import g
 from flask import request
 from sqlalchemy.exc import DBAPIError
 
 from identity import accounts
 from identity import outages
+from identity.api.http import request_globals
 from identity.api.http import settings
+from identity.api.http import this_request
 from identity.config import Network
 from identity.config import Settings
 from identity.errors import Forbidden
@@ -29,7 +30,7 @@ def bearer_token(*, allow_query: bool = False) -> str | None:
         specification no longer allows but Synapse still sends on /hash_details
         (access logs never show query strings).
     """
-    environ = request.environ
+    environ = this_request().environ
     bearer, token = _header_token(environ)
     if bearer or not allow_query:
         return token
@@ -69,7 +70,7 @@ def require_user(check_terms: bool = True, *, allow_query_token: bool = False) -
     user_id = accounts.authenticate(
         token, current.terms, check_terms=check_terms, user_for=_known_user
     )
-    if g.get("identity_counted_user") != user_id:  # not yet counted by `limit_request`
+    if request_globals().get("identity_counted_user") != user_id:  # not counted yet
         current.limits.check("per_user", user_id)
     return user_id
 
@@ -105,24 +106,25 @@ def limit_request(environ: dict[str, Any]) -> None:
         current.limits.check("per_ip", remote or "unknown")
         return
     current.limits.check("per_user", user_id)
-    g.identity_counted_user = user_id
+    request_globals().identity_counted_user = user_id
 
 
 def _known_user(token: str) -> str | None:
     """The user of `token`, looked up once per request (with the current pepper)."""
-    known = g.setdefault("identity_known_tokens", {})
+    state = request_globals()
+    known = state.setdefault("identity_known_tokens", {})
     if token not in known:
         known[token] = accounts.check_token(token)
     check = known[token]
     if check is None:
         return None
-    g.identity_pepper = check.pepper
+    state.identity_pepper = check.pepper
     return check.user_id
 
 
 def request_pepper() -> tuple[str, int] | None:
     """The current pepper and its slot, when the request's token check read them."""
-    return g.get("identity_pepper")
+    return request_globals().get("identity_pepper")
 
 
 def is_trusted_caller() -> bool:

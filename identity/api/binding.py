@@ -17,6 +17,7 @@ from identity.api.http import parse
 from identity.api.http import route
 from identity.api.http import routing_table
 from identity.api.http import settings
+from identity.api.http import this_request
 from identity.extensions import db
 from identity.services import services
 
@@ -128,7 +129,7 @@ def lookup_v2():
 
 @route(bp, "/lookup", methods=["GET"], v2=False, v1_switch="v1_lookup_enabled")
 def lookup_v1(v2: bool):
-    query = parse(LookupQuery, request.args)
+    query = parse(LookupQuery, this_request().args)
     current = services()
     return lookup.lookup_v1(
         query.medium, query.address, now=current.clock.now(), sign=current.signer().sign

@@ -13,8 +13,10 @@ from typing import Any
 from typing import TypeVar
 
 from flask import Blueprint
+from flask import Request
 from flask import g
 from flask import request
+from flask.ctx import _AppCtxGlobals
 
 from identity import invitations
 from identity.config import Settings
@@ -73,7 +75,7 @@ def route(
                     require_v1_enabled(getattr(settings(), v1_switch))
                 if check is not None:
                     # Set on every request: an app context (and its `g`) may outlive one.
-                    g.identity_user = check() if v2 else None
+                    request_globals().identity_user = check() if v2 else None
                 return view(*args, **kwargs)
 
             endpoint = typing.cast(F, guarded)
@@ -100,7 +102,22 @@ def require_v1_enabled(enabled: bool) -> None:
 
 def current_user() -> str | None:
     """The user the route's `auth` let in, None on a v1 path."""
-    return g.get("identity_user")
+    return request_globals().get("identity_user")
+
+
+# Flask's `request` and `g` are proxies: each attribute read through one resolves it
+# again, at three times the cost of resolving it once (about 2 µs here). Code on the
+# path of every request takes the object itself.
+
+
+def this_request() -> Request:
+    """The request being handled (what `flask.request` stands for)."""
+    return request._get_current_object()  # type: ignore[attr-defined]
+
+
+def request_globals() -> _AppCtxGlobals:
+    """The current `flask.g`."""
+    return g._get_current_object()
 
 
 def json_body(*, allow_form: bool = False) -> dict[str, Any]:

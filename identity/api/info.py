@@ -7,13 +7,13 @@ authentication service ask /internal-info before letting an address register.
 from dataclasses import dataclass
 
 from flask import Blueprint
-from flask import request
 
 from identity.addresses import normalise_email
 from identity.api.auth import is_from
 from identity.api.auth import require_internal_caller
 from identity.api.http import parse
 from identity.api.http import route
+from identity.api.http import this_request
 from identity.errors import Unrecognized
 from identity.routing.answers import homeserver_info
 from identity.services import Services
@@ -60,7 +60,7 @@ def _queried_address() -> str:
     :raises MatrixError: M_MISSING_PARAMS, M_UNRECOGNIZED for a medium other than
         email, M_INVALID_EMAIL.
     """
-    query = parse(InfoQuery, request.args)
+    query = parse(InfoQuery, this_request().args)
     if query.medium not in ("", "email"):
         raise Unrecognized(f"Unsupported medium {query.medium!r}: only email", status=400)
     # Some clients send the address unencoded: the + of a local part arrives as a space.
