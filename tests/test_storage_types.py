@@ -1,5 +1,5 @@
-"""Aware UTC datetimes on SQLite: what `UTCDateTime` writes, its shortcut reads back as
-SQLAlchemy's own conversion does, and the texts sort as the instants."""
+"""Aware UTC datetimes on SQLite: the shortcuts of `UTCDateTime` write and read the very
+text SQLAlchemy's own conversions do, and the texts sort as the instants."""
 
 from datetime import UTC
 from datetime import datetime
@@ -26,7 +26,7 @@ AWARE = st.datetimes(
 
 
 class _General(TypeDecorator[datetime]):
-    """UTCDateTime without its SQLite shortcut: SQLAlchemy's own conversion."""
+    """UTCDateTime without its SQLite shortcuts: SQLAlchemy's own conversions."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -36,13 +36,15 @@ class _General(TypeDecorator[datetime]):
 
 # As statements take them: from the type adapted to the dialect.
 BIND = UTCDateTime()._cached_bind_processor(DIALECT)
+GENERAL_BIND = _General()._cached_bind_processor(DIALECT)
 FAST_READ = UTCDateTime()._cached_result_processor(DIALECT, None)
 GENERAL_READ = _General()._cached_result_processor(DIALECT, None)
 
 
 @given(AWARE)
-def test_an_aware_datetime_is_read_back_as_sqlalchemy_reads_it(value):
+def test_an_aware_datetime_is_written_and_read_as_sqlalchemy_does(value):
     text = BIND(value)
+    assert text == GENERAL_BIND(value)
     assert FAST_READ(text) == GENERAL_READ(text) == value.astimezone(UTC)
     assert FAST_READ(text).tzinfo is UTC
 

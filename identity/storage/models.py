@@ -26,6 +26,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from identity.extensions import Model
 
+# SQLAlchemy's text of a datetime on SQLite (its DATETIME's default storage format).
+_SQLITE_TEXT = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """An aware UTC datetime on every engine (SQLite hands back naive values)."""
@@ -44,6 +47,24 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """On SQLite, an aware datetime written as the text SQLAlchemy stores (naive UTC,
+        microseconds always) in one step: SQLAlchemy's own formatting after
+        `process_bind_param` took 2.3 µs, a parameter of every /info. Anything else
+        takes the general way."""
+        general = super().bind_processor(dialect)
+        if dialect.name != "sqlite" or general is None:
+            return general
+
+        def to_text(value: Any) -> Any:
+            if type(value) is not datetime or value.tzinfo is None:
+                return general(value)  # None, or a naive datetime (refused there)
+            v = value.astimezone(UTC)
+            return _SQLITE_TEXT % (v.year, v.month, v.day, v.hour, v.minute, v.second,
+                                   v.microsecond)  # fmt: skip
+
+        return to_text
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
         """On SQLite, the text SQLAlchemy stored (naive UTC) read in one step: a tenth of
