@@ -183,6 +183,24 @@ def test_invited_follows_the_invitation(make_app, clock, smtp):
     assert hs(client, guest, **internal)["invited"] is False
 
 
+def test_invited_while_any_unanswered_invitation_is_live(make_app, clock, smtp):
+    app = make_app(INTERNAL_API_SECRET="s3cr3t")
+    client, runner = app.test_client(), app.test_cli_runner()
+    internal = {"internal": True, "headers": {"Authorization": "Bearer s3cr3t"}}
+    guest = "claire@partenaire.example"
+    store_invite(client, guest)  # valid for 30 days
+    clock.advance(days=20)
+    later = client.post(f"{V1}/store-invite", json={
+        "medium": "email", "address": guest, "room_id": "!autre:agent.dinum.tchap.gouv.fr",
+        "sender": "@marie:agent.dinum.tchap.gouv.fr",
+    }).json["token"]  # fmt: skip
+    assert "Revoked 1" in runner.invoke(args=["invites", "revoke", later]).output
+    # The latest expiry is the revoked one's: the first invitation still decides.
+    assert hs(client, guest, **internal)["invited"] is True
+    clock.advance(days=11)
+    assert hs(client, guest, **internal)["invited"] is False
+
+
 def bind(client, smtp, address, mxid):
     sid = validate_address(client, smtp, address, secret="bind")
     return client.post(f"{V1}/3pid/bind", json={"sid": sid, "client_secret": "bind", "mxid": mxid})

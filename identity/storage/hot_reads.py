@@ -22,6 +22,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from operator import itemgetter
 from typing import Any
 from typing import Protocol
 
@@ -34,6 +35,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import StatementError
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from identity.extensions import db
 from identity.idle import IdleConnections
@@ -47,31 +49,44 @@ def _prepare(statement: Select | CompoundSelect, dialect: Dialect) -> Prepared:
     prepared = _prepared.get(key)
     if prepared is None:
         compiled = statement.compile(dialect=dialect)
-        processors = {
-            name: processor
-            for name, bind in compiled.binds.items()
-            # The dialect's own form of each type, as a compiled statement's execution
-            # uses (a datetime on SQLite: the text SQLAlchemy stores, not sqlite3's).
-            if (processor := bind.type._cached_bind_processor(dialect)) is not None
-        }
-        positions = tuple(compiled.positiontup or ()) if compiled.positional else None
         results = tuple(
             (position, processor)
             for position, column in enumerate(statement.selected_columns)
             if (processor := column.type._cached_result_processor(dialect, None)) is not None
         )
-        defaults = {
-            name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required
-        }
         prepared = _prepared[key] = Prepared(
             str(compiled),
-            positions,
-            defaults,
-            processors,
+            _arrangement(compiled, dialect),
             results or None,
             f"identity_hot_read_{len(_prepared)}".encode(),
         )
     return prepared
+
+
+def _arrangement(compiled: SQLCompiler, dialect: Dialect) -> Callable[[dict[str, Any]], Any]:
+    """What `Compiled.construct_params` and an execution do to the values, as one call."""
+    defaults = {name: bind.effective_value for name, bind in compiled.binds.items()
+                if not bind.required}  # fmt: skip
+    processors = {
+        name: processor
+        for name, bind in compiled.binds.items()
+        # The dialect's own form of each type, as a compiled statement's execution uses
+        # (a datetime on SQLite: the text SQLAlchemy stores, not sqlite3's).
+        if (processor := bind.type._cached_bind_processor(dialect)) is not None
+    }
+    positions = tuple(compiled.positiontup or ()) if compiled.positional else None
+    if not defaults and not processors and positions:
+        # The common case, in C: itemgetter of one name gives the value, not a tuple.
+        pick = itemgetter(*positions)
+        return pick if len(positions) > 1 else lambda values: (pick(values),)
+
+    def arrange(values: dict[str, Any]) -> Any:
+        values = {**defaults, **values}
+        for name, convert in processors.items():
+            values[name] = convert(values[name])
+        return values if positions is None else tuple([values[name] for name in positions])
+
+    return arrange
 
 
 _EXTENSION = "identity.hot_reads"
@@ -164,37 +179,33 @@ def _close(reader: _Reader) -> None:
     reader.connection.close()
 
 
-def fetch_one(statement: Select, **values: Any) -> tuple | None:
+def fetch_one(statement: Select | CompoundSelect, **values: Any) -> tuple | None:
     """The first row of a module-level `statement` with bindparams named as `values`."""
-    rows = _run(statement, values, one=True)
-    return rows[0] if rows else None
+    prepared, row = _run(statement, values, one=True)
+    if row is None or prepared.results is None:
+        return row
+    return _converted(row, prepared.results)
 
 
 def fetch_all(statement: Select | CompoundSelect, **values: Any) -> list[tuple]:
     """Every row of a module-level `statement` with bindparams named as `values`."""
-    return _run(statement, values, one=False)
+    prepared, rows = _run(statement, values, one=False)
+    if prepared.results is None:
+        return rows
+    return [_converted(row, prepared.results) for row in rows]
 
 
-def _run(statement: Select | CompoundSelect, values: dict[str, Any], *, one: bool) -> list[tuple]:
+def _run(statement: Select | CompoundSelect, values: dict[str, Any], *, one: bool) -> Any:
+    """(the prepared statement, its first row or None if `one`, else its rows)."""
     reads = _reads()
     dialect = reads.dialect
     prepared = _prepare(statement, dialect)
-    if prepared.defaults:
-        values = {**prepared.defaults, **values}  # what `Compiled.construct_params` gives
-    for name, convert in prepared.processors.items():
-        values[name] = convert(values[name])
-    params: Any = values
-    if prepared.positions is not None:
-        params = tuple([values[name] for name in prepared.positions])
+    params = prepared.arrange(values)
     for attempt in (1, 2):
         connection = None
         try:
             connection = reads.idle.take()
-            if one:
-                row = connection.fetch_one(prepared, params)
-                rows = [] if row is None else [row]
-            else:
-                rows = connection.fetch_all(prepared, params)
+            found: Any = (connection.fetch_one if one else connection.fetch_all)(prepared, params)
         except dialect.loaded_dbapi.Error as e:
             if connection is None:  # could not connect
                 raise _as_orm_raises(e, prepared.sql, dialect) from e
@@ -209,9 +220,7 @@ def _run(statement: Select | CompoundSelect, values: dict[str, Any], *, one: boo
             reads.idle.close_all()
             continue
         reads.idle.give(connection)
-        if prepared.results is None or not rows:
-            return rows
-        return [_converted(row, prepared.results) for row in rows]
+        return prepared, found
     raise AssertionError("unreachable")
 
 

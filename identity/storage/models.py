@@ -75,9 +75,11 @@ class UTCDateTime(TypeDecorator[datetime]):
             return general
 
         def from_text(value: Any) -> Any:
+            if value is None:  # an empty column: no exception to raise and catch
+                return None
             try:
                 return datetime.fromisoformat(value + "+00:00")  # tzinfo is UTC itself
-            except (TypeError, ValueError):  # None, or text of another form
+            except (TypeError, ValueError):  # text of another form
                 return general(value)
 
         return from_text
@@ -248,7 +250,12 @@ class Invitation(Model):
     @classmethod
     def pending_at(cls, now: Any) -> ColumnElement[bool]:
         """SQL for `is_pending`; `now` is a datetime or a bound parameter."""
-        return and_(cls.open_at(now), cls.accepted_at.is_(None))
+        return and_(cls.expires_at > now, cls.unanswered())
+
+    @classmethod
+    def unanswered(cls) -> ColumnElement[bool]:
+        """SQL for pending until `expires_at`: neither revoked nor accepted."""
+        return and_(cls.revoked_at.is_(None), cls.accepted_at.is_(None))
 
 
 class GuestRefusal(Model):
