@@ -66,6 +66,19 @@ def parse_email(address: str, *, refuse_special_use: bool = False) -> Email:
         for deployments that only mail real addresses (REFUSE_SPECIAL_USE_DOMAINS).
     :raises MatrixError: M_INVALID_EMAIL when the address is not a valid email address.
     """
+    return Email(_mailbox(address, refuse_special_use))
+
+
+def normalise_email(address: str, *, refuse_special_use: bool = False) -> str:
+    """Return the key of an email address: the form it is stored and matched under.
+
+    :raises MatrixError: M_INVALID_EMAIL when the address is not a valid email address.
+    """
+    return _mailbox(address, refuse_special_use).casefold()  # Email.key, without the Email
+
+
+def _mailbox(address: str, refuse_special_use: bool) -> str:
+    """The mailbox of a valid address (see `parse_email`)."""
     address = address.strip()
     if not address or len(address) > MAX_ADDRESS_LENGTH:
         raise InvalidEmail("Invalid email address")
@@ -76,16 +89,8 @@ def parse_email(address: str, *, refuse_special_use: bool = False) -> Email:
     if at and len(local) <= _MAX_LOCAL_LENGTH and _ASCII_LOCAL_PART.fullmatch(local):
         mailbox = f"{local}@{_domain_forms(domain, refuse_special_use)[0]}"
         if len(mailbox) <= _MAX_NORMALISED_LENGTH:
-            return Email(mailbox)
-    return Email(_validated(address, refuse_special_use)[0])
-
-
-def normalise_email(address: str, *, refuse_special_use: bool = False) -> str:
-    """Return the key of an email address: the form it is stored and matched under.
-
-    :raises MatrixError: M_INVALID_EMAIL when the address is not a valid email address.
-    """
-    return parse_email(address, refuse_special_use=refuse_special_use).key
+            return mailbox
+    return _validated(address, refuse_special_use)[0]
 
 
 def _validated(address: str, refuse_special_use: bool) -> tuple[str, str]:

@@ -5,8 +5,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from identity.routing import schema
+from identity.routing import table as routing_table
 from identity.routing.sydent_info import import_info
 from identity.routing.sydent_info import sydent_target
 from testing.servers import Gunicorn
@@ -55,6 +59,32 @@ def test_the_most_specific_rule_wins():
     assert where("a@lycee.ac-lyon.fr") == ("agent", "*.ac-lyon.fr")
     assert where("jeanne.exemple@laposte.net") == ("education", "jeanne.exemple@laposte.net")
     assert where("a@gouv.fr.example.com") == ("externe", "default")
+
+
+LABELS = st.sampled_from(["gouv", "fr", "education", "ac-lyon", "x", "lycee", "com"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(LABELS, min_size=1, max_size=5).map(".".join), max_size=30))
+def test_a_loaded_table_remembers_each_domain_as_it_resolves_it(domains):
+    sealed = schema.load_text(VALID)
+    fresh = [schema.load_text(VALID).resolve_domain(domain) for domain in domains]
+    # Each domain twice: the second answer is the remembered one.
+    assert [sealed.resolve_domain(d) for d in domains] == fresh
+    assert [sealed.resolve_domain(d) for d in domains] == fresh
+
+
+def test_a_table_being_built_sees_every_rule_and_a_sealed_one_remembers_a_bounded_set(monkeypatch):
+    table = routing_table.RoutingTable(platforms={}, default=schema.load_text(VALID).default)
+    assert table.resolve_domain("a.fr").rule == "default"
+    other = routing_table.Platform(name="p", server="p.example")
+    table.domains[routing_table.Scope.TREE]["a.fr"] = other
+    assert table.resolve_domain("a.fr").platform is other  # not the earlier answer
+    monkeypatch.setattr(routing_table, "MEMO_SIZE", 3)
+    table.seal()
+    for n in range(10):
+        assert table.resolve_domain(f"{n}.a.fr").platform is other
+    assert len(table._memo) == 3
 
 
 def test_the_shipped_file_is_valid_and_routes_the_state_network():

@@ -111,7 +111,7 @@ class _Builder:
         self.addresses(document.get("addresses") or {}, table)
         if self.problems:
             raise RoutingError(self.source, self.problems)
-        return table
+        return table.seal()
 
     def problem(self, rule: Any, message: str) -> None:
         line = self.lines.get(rule) if isinstance(rule, str) else None

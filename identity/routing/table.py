@@ -8,6 +8,11 @@ of labels in the address, not with the number of rules.
 from dataclasses import dataclass
 from dataclasses import field
 from enum import Enum
+from functools import cached_property
+
+# Domains whose resolution a sealed table remembers: every administration's, with room
+# to spare; beyond it (a stream of made-up domains), resolving costs what it did.
+MEMO_SIZE = 4096
 
 
 class Scope(Enum):
@@ -34,7 +39,7 @@ class Platform:
     protected_server: str | None = None
     requires_invite: bool = False
 
-    @property
+    @cached_property
     def servers(self) -> frozenset[str]:
         return frozenset(filter(None, (self.server, self.protected_server)))
 
@@ -55,6 +60,15 @@ class RoutingTable:
         default_factory=lambda: {scope: {} for scope in Scope}
     )
     addresses: dict[str, Platform] = field(default_factory=dict)
+    # Set by `seal`: {domain: its match}.
+    _memo: dict[str, Match] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def seal(self) -> "RoutingTable":
+        """Declare the table complete: from now on, each domain's match is remembered
+        (clients ask /info before every login). Never seal a table still being built:
+        a rule added after a domain was resolved would not be seen."""
+        self._memo = {}
+        return self
 
     def resolve(self, address: str) -> Match:
         """The platform of a normalised address (see `identity.addresses`).
@@ -68,6 +82,17 @@ class RoutingTable:
         return self.resolve_domain(domain)
 
     def resolve_domain(self, domain: str) -> Match:
+        memo = self._memo
+        if memo is None:
+            return self._resolve_domain(domain)
+        match = memo.get(domain)
+        if match is None:
+            match = self._resolve_domain(domain)
+            if len(memo) < MEMO_SIZE:
+                memo[domain] = match
+        return match
+
+    def _resolve_domain(self, domain: str) -> Match:
         domains = self.domains
         exact, tree, below = domains[Scope.EXACT], domains[Scope.TREE], domains[Scope.BELOW]
         if (platform := exact.get(domain)) is not None:

@@ -19,8 +19,10 @@ sees it. On SQLite the connections are made by the ORM's engine.
 """
 
 import copy
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field
 from functools import partial
 from operator import itemgetter
 from typing import Any
@@ -41,25 +43,23 @@ from identity.extensions import db
 from identity.idle import IdleConnections
 from identity.storage.prepared import Prepared
 
-_prepared: dict[tuple[int, str], Prepared] = {}
+_NAMES = itertools.count()  # unique even when two threads compile at once
 
 
-def _prepare(statement: Select | CompoundSelect, dialect: Dialect) -> Prepared:
-    key = (id(statement), dialect.name)
-    prepared = _prepared.get(key)
-    if prepared is None:
-        compiled = statement.compile(dialect=dialect)
-        results = tuple(
-            (position, processor)
-            for position, column in enumerate(statement.selected_columns)
-            if (processor := column.type._cached_result_processor(dialect, None)) is not None
-        )
-        prepared = _prepared[key] = Prepared(
-            str(compiled),
-            _arrangement(compiled, dialect),
-            results or None,
-            f"identity_hot_read_{len(_prepared)}".encode(),
-        )
+def _prepare(statement: Select | CompoundSelect, reads: "_Reads") -> Prepared:
+    dialect = reads.dialect
+    compiled = statement.compile(dialect=dialect)
+    results = tuple(
+        (position, processor)
+        for position, column in enumerate(statement.selected_columns)
+        if (processor := column.type._cached_result_processor(dialect, None)) is not None
+    )
+    prepared = reads.prepared[statement] = Prepared(
+        str(compiled),
+        _arrangement(compiled, dialect),
+        results or None,
+        f"identity_hot_read_{next(_NAMES)}".encode(),
+    )
     return prepared
 
 
@@ -146,6 +146,8 @@ class _Reads:
     idle: IdleConnections[_Reader]
     # Failures not worth a second try: the server did not answer within the deadline.
     final: tuple[type[Exception], ...]
+    # {module-level statement: its compiled form}, compiled on first use.
+    prepared: dict[Select | CompoundSelect, Prepared] = field(default_factory=dict)
 
 
 class _CursorReader:
@@ -154,19 +156,13 @@ class _CursorReader:
     def __init__(self, connection: Any) -> None:
         self.connection = connection
 
+    # sqlite3's shortcut: its cursor is released as soon as the row is read.
+
     def fetch_one(self, prepared: Prepared, params: Any) -> tuple | None:
-        cursor = self.connection.cursor()
-        cursor.execute(prepared.sql, params)
-        row = cursor.fetchone()
-        cursor.close()
-        return row
+        return self.connection.execute(prepared.sql, params).fetchone()
 
     def fetch_all(self, prepared: Prepared, params: Any) -> list[tuple]:
-        cursor = self.connection.cursor()
-        cursor.execute(prepared.sql, params)
-        rows = cursor.fetchall()
-        cursor.close()
-        return rows
+        return self.connection.execute(prepared.sql, params).fetchall()
 
 
 def _detached(engine: Engine, reader: Callable[[Any], _Reader]) -> _Reader:
@@ -199,7 +195,7 @@ def _run(statement: Select | CompoundSelect, values: dict[str, Any], *, one: boo
     """(the prepared statement, its first row or None if `one`, else its rows)."""
     reads = _reads()
     dialect = reads.dialect
-    prepared = _prepare(statement, dialect)
+    prepared = reads.prepared.get(statement) or _prepare(statement, reads)
     params = prepared.arrange(values)
     for attempt in (1, 2):
         connection = None
