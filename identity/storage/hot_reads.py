@@ -75,10 +75,13 @@ def _arrangement(compiled: SQLCompiler, dialect: Dialect) -> Callable[[dict[str,
         if (processor := bind.type._cached_bind_processor(dialect)) is not None
     }
     positions = tuple(compiled.positiontup or ()) if compiled.positional else None
-    if not defaults and not processors and positions:
+    if not processors and positions:
         # The common case, in C: itemgetter of one name gives the value, not a tuple.
         pick = itemgetter(*positions)
-        return pick if len(positions) > 1 else lambda values: (pick(values),)
+        arranged = pick if len(positions) > 1 else lambda values: (pick(values),)
+        if not defaults:
+            return arranged
+        return lambda values: arranged({**defaults, **values})
 
     def arrange(values: dict[str, Any]) -> Any:
         values = {**defaults, **values}
