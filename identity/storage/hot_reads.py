@@ -154,12 +154,11 @@ class _Reads:
 
 
 class _CursorReader:
-    """Reads through the driver's DB-API cursor (SQLite)."""
+    """Reads through the driver's DB-API connection (SQLite), with sqlite3's `execute`
+    shortcut: its cursor is released as soon as the rows are read."""
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
-
-    # sqlite3's shortcut: its cursor is released as soon as the row is read.
 
     def fetch_one(self, prepared: Prepared, params: Any) -> tuple | None:
         return self.connection.execute(prepared.sql, params).fetchone()
