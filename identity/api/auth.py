@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from identity import accounts
 from identity import outages
+from identity.api.http import query_arg
 from identity.api.http import request_globals
 from identity.api.http import settings
 from identity.api.http import this_request
@@ -51,7 +52,7 @@ def _header_token(environ: dict[str, Any]) -> tuple[bool, str | None]:
 def _query_token(environ: dict[str, Any]) -> str | None:
     if not _may_carry_token(environ.get("QUERY_STRING", "")):
         return None
-    return request.args.get("access_token") or None
+    return query_arg(this_request().args, "access_token") or None
 
 
 def _may_carry_token(query: str) -> bool:
