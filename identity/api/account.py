@@ -17,7 +17,7 @@ from identity.services import services
 bp = Blueprint("account", __name__, url_prefix="/_matrix/identity/v2")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RegisterBody:
     access_token: str
     matrix_server_name: str
@@ -25,7 +25,7 @@ class RegisterBody:
     expires_in: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AcceptTermsBody:
     user_accepts: list
 

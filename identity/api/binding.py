@@ -24,14 +24,14 @@ from identity.services import services
 bp = Blueprint("binding", __name__, url_prefix="/_matrix/identity")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BindBody:
     sid: str
     client_secret: str
     mxid: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class UnbindBody:
     mxid: str
     threepid: dict
@@ -39,19 +39,19 @@ class UnbindBody:
     client_secret: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LookupBody:
     addresses: list
     algorithm: str
     pepper: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BulkLookupBody:
     threepids: list
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LookupQuery:
     medium: str
     address: str

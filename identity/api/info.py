@@ -22,7 +22,7 @@ from identity.services import services
 bp = Blueprint("info", __name__, url_prefix="/_matrix/identity")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InfoQuery:
     address: str
     medium: str = "email"

@@ -25,7 +25,7 @@ from identity.extensions import db
 bp = Blueprint("internal", __name__, url_prefix="/_matrix/identity/internal")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ThreepidBody:
     address: str
     mxid: str

@@ -22,12 +22,12 @@ from identity.services import services
 bp = Blueprint("keys", __name__, url_prefix="/_matrix/identity")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PublicKeyQuery:
     public_key: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SignBody:
     mxid: str
     private_key: str

@@ -28,7 +28,7 @@ from identity.services import services
 bp = Blueprint("validation", __name__, url_prefix="/_matrix/identity")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RequestTokenBody:
     client_secret: str
     email: str
@@ -36,14 +36,14 @@ class RequestTokenBody:
     next_link: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SubmitTokenBody:
     sid: str
     client_secret: str
     token: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SessionQuery:
     sid: str
     client_secret: str
