@@ -182,7 +182,21 @@ def fetch_one(statement: Select | CompoundSelect, **values: Any) -> tuple | None
     prepared, row = _run(statement, values, one=True)
     if row is None or prepared.results is None:
         return row
-    return _converted(row, prepared.results)
+    # The same rows come back again and again (a homeserver looks the same addresses up
+    # on every invite), and converting a date costs more than finding its row again.
+    memo = prepared.converted
+    try:
+        converted = memo.get(row)
+    except TypeError:  # a value that cannot be a key (a list, say)
+        return _converted(row, prepared.results)
+    if converted is None:
+        if len(memo) >= _REMEMBERED_ROWS:
+            memo.clear()
+        converted = memo[row] = _converted(row, prepared.results)
+    return converted
+
+
+_REMEMBERED_ROWS = 1024  # per statement: rows read on a few hot paths
 
 
 def fetch_all(statement: Select | CompoundSelect, **values: Any) -> list[tuple]:
@@ -225,7 +239,8 @@ def _run(statement: Select | CompoundSelect, values: dict[str, Any], *, one: boo
 def _converted(row: tuple, results: tuple[tuple[int, Any], ...]) -> tuple:
     values = list(row)
     for position, convert in results:
-        values[position] = convert(values[position])
+        if (value := values[position]) is not None:  # NULL is None whatever the type
+            values[position] = convert(value)
     return tuple(values)
 
 

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 
@@ -15,3 +16,5 @@ class Prepared:
     # (position, conversion) of each selected column its type converts; None: no column
     results: tuple[tuple[int, Any], ...] | None
     name: bytes  # of the statement prepared on a PostgreSQL connection (storage.libpq)
+    # {a row as the driver gave it: the row converted}, for single-row reads (hot_reads)
+    converted: dict[tuple, tuple] = field(default_factory=dict)
