@@ -53,6 +53,25 @@ def test_json_answers_mean_what_flask_would_answer(app, index):
     assert list(json.loads(r.get_data())) == sorted(json.loads(expected))  # sorted keys
 
 
+@pytest.mark.parametrize("body", [b"{}\n", '{"a": "élodie"}\n'.encode(), b"x" * 70_000])
+def test_json_responses_are_werkzeugs_own(app, body):
+    """Built without werkzeug's constructor, the same object as it builds: the same
+    attributes, headers, status and body, for whichever werkzeug is installed."""
+    made = wsgi.json_response(app.response_class, body, "application/json")
+    expected = app.response_class(body, mimetype="application/json")
+    assert type(made) is type(expected)
+    assert vars(made).keys() == vars(expected).keys()
+    assert list(made.headers.items()) == list(expected.headers.items())
+    assert (made.status, made.status_code, made.get_data()) == (
+        expected.status, expected.status_code, expected.get_data())  # fmt: skip
+    assert (made.direct_passthrough, made._on_close) == (False, [])
+    made.headers["X-Request-ID"] = "abc"  # a response's headers are its own
+    assert (
+        "X-Request-ID"
+        not in wsgi.json_response(app.response_class, body, "application/json").headers
+    )
+
+
 def test_json_answers_are_compact_and_utf8(app):
     body = app.test_client().get("/1").get_data()
     assert b" " not in body.replace("élodie".encode(), b"")
