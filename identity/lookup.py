@@ -14,6 +14,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from canonicaljson import encode_canonical_json
+
 from identity.addresses import lookup_form
 from identity.addresses import unicode_spelling
 from identity.clock import to_ms
@@ -157,8 +159,9 @@ def rotate_pepper(
 
 def lookup_v1(
     medium: str, address: str, *, now: datetime, sign: Callable[[dict[str, Any]], dict[str, Any]]
-) -> dict[str, Any]:
-    """The legacy v1 lookup of one address: its signed association, or {} when unbound.
+) -> bytes:
+    """The legacy v1 lookup of one address, as the JSON of its answer: the signed
+    association, or {} when unbound.
 
     :param sign: signs the association with the service's long-term key; the same
         callable (`Signer.sign` of the signer made once per key) for every lookup.
@@ -166,24 +169,21 @@ def lookup_v1(
     # Straight on the pool (storage.hot_reads), not through the ORM: v1 lookups are hot.
     association = associations.find_committed(medium, lookup_form(address))
     if association is None or association.not_after <= now:
-        return {}
-    signed = _signed_association(association, sign)
-    # A copy: the remembered answer is never the caller's to change.
-    return {
-        **signed,
-        "signatures": {name: dict(by_key) for name, by_key in signed["signatures"].items()},
-    }
+        return b"{}"
+    return _signed_association(association, sign)
 
 
 @functools.lru_cache(maxsize=1024)
 def _signed_association(
     association: CommittedAssociation, sign: Callable[[dict[str, Any]], dict[str, Any]]
-) -> dict[str, Any]:
-    """The signed answer for an association, remembered: homeservers look the same
-    addresses up again and again (on every invite), and an Ed25519 signature of the same
-    content is the same bytes. The association as read is the key, every column of it,
-    so a changed binding is signed afresh; so is everything after a change of key."""
-    return sign(association_json(association))
+) -> bytes:
+    """The signed answer for an association, encoded and remembered: homeservers look
+    the same addresses up again and again (on every invite), and an Ed25519 signature of
+    the same content is the same bytes. The association as read is the key, every column
+    of it, so a changed binding is signed afresh; so is everything after a change of key.
+    Bytes, as Synapse keeps its signed key answers: nothing a caller could change, and
+    no encoding per request."""
+    return encode_canonical_json(sign(association_json(association)))
 
 
 def association_json(association: Association | CommittedAssociation) -> dict[str, Any]:

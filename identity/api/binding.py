@@ -11,6 +11,7 @@ from identity.api.auth import request_pepper
 from identity.api.auth import require_user
 from identity.api.http import V2
 from identity.api.http import current_user
+from identity.api.http import json_answer
 from identity.api.http import json_body
 from identity.api.http import now
 from identity.api.http import parse
@@ -131,8 +132,10 @@ def lookup_v2():
 def lookup_v1(v2: bool):
     query = parse(LookupQuery, this_request().args)
     current = services()
-    return lookup.lookup_v1(
-        query.medium, query.address, now=current.clock.now(), sign=current.signer().sign
+    return json_answer(
+        lookup.lookup_v1(
+            query.medium, query.address, now=current.clock.now(), sign=current.signer().sign
+        )
     )
 
 

@@ -14,6 +14,8 @@ from typing import TypeVar
 
 from flask import Blueprint
 from flask import Request
+from flask import Response
+from flask import current_app
 from flask import g
 from flask import request
 from flask.ctx import _AppCtxGlobals
@@ -29,6 +31,7 @@ from identity.errors import NotJson
 from identity.errors import Unrecognized
 from identity.routing.table import RoutingTable
 from identity.services import services
+from identity.wsgi import json_response
 
 V1 = "/api/v1"
 V2 = "/v2"
@@ -119,6 +122,12 @@ def this_request() -> Request:
 def request_globals() -> _AppCtxGlobals:
     """The current `flask.g`."""
     return g._get_current_object()
+
+
+def json_answer(body: bytes) -> Response:
+    """A 200 answer of JSON already encoded (a remembered signed answer, say)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return json_response(app.response_class, body, app.json.mimetype)
 
 
 def json_body(*, allow_form: bool = False) -> dict[str, Any]:
