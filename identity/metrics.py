@@ -56,23 +56,30 @@ class AnswerTally:
     a second's answers cost one write per route and outcome. The writing thread starts
     with the process's first answer (after gunicorn's fork), and the process's last
     counts are written as it exits; a worker killed outright loses at most its last
-    second of counts.
+    second of counts. A forked child starts with nothing pending: what its parent added
+    (gunicorn's master answers its warm-up requests) is the parent's to write.
     """
 
     FLUSH_SECONDS = 1.0
     _BOUNDS = (*LATENCY_BUCKETS, float("inf"))
 
     def __init__(self) -> None:
+        self._start_afresh()
+        os.register_at_fork(after_in_child=self._start_afresh)
+
+    def _start_afresh(self) -> None:
+        # In a forked child too: the parent's lock may have been held by one of the
+        # threads a child does not have, and its writing thread is not the child's.
         self._lock = threading.Lock()
         # (endpoint, method, status) → answers; endpoint → [seconds summed, per bucket…]
         self._answers: dict[tuple[str, str, str], int] = {}
         self._times: dict[str, list[float]] = {}
-        self._writer_pid: int | None = None
+        self._writing = False
 
     def add(self, endpoint: str, method: str, status: str, seconds: float) -> None:
         bucket = bisect.bisect_left(self._BOUNDS, seconds)  # the first bound ≥ seconds
         with self._lock:
-            if self._writer_pid != os.getpid():
+            if not self._writing:
                 self._start_writer()
             key = (endpoint, method, status)
             self._answers[key] = self._answers.get(key, 0) + 1
@@ -98,10 +105,8 @@ class AnswerTally:
                     bucket.inc(hits)
 
     def _start_writer(self) -> None:
-        """Under the lock: this process's writing thread (a forked child has none)."""
-        self._writer_pid = os.getpid()
-        self._answers.clear()  # a parent's, written by the parent
-        self._times.clear()
+        """Under the lock: this process's writing thread."""
+        self._writing = True
         threading.Thread(target=self._write_every_second, daemon=True, name="metrics").start()
 
     def _write_every_second(self) -> None:

@@ -141,8 +141,8 @@ def test_the_tally_loses_no_answer_to_threads_nor_to_its_writer():
 
 
 def test_a_forked_process_writes_its_own_answers_not_its_parents():
-    """gunicorn forks workers from a master that may have answered (never, in practice)
-    or added answers not yet written: the child writes only its own, with its own thread."""
+    """gunicorn forks workers from a master that answered its warm-up requests, perhaps
+    not yet written: the child writes only its own answers, with its own thread."""
     from identity.metrics import ANSWERS
     from identity.metrics import REQUESTS
 
@@ -163,6 +163,32 @@ def test_a_forked_process_writes_its_own_answers_not_its_parents():
     os.close(write)
     os.waitpid(pid, 0)
     assert os.read(read, 100) == b"1.0"
+    os.close(read)
+    ANSWERS.flush()
+    assert counter._value.get() >= 1  # the parent's own, written by the parent
+
+
+def test_a_forked_process_scraped_first_writes_none_of_its_parents_answers():
+    """gunicorn's master answers its warm-up requests, then forks the workers before its
+    writer wrote them: a worker whose first request is a scrape (/metrics writes what is
+    pending first) must not write the master's answers as its own."""
+    from identity.metrics import ANSWERS
+    from identity.metrics import REQUESTS
+
+    ANSWERS.add("/tally-fork-scraped", "GET", "200", 0.001)  # pending in the parent
+    counter = REQUESTS.labels("/tally-fork-scraped", "GET", "200")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a scrape before any answer of its own
+        try:
+            start = counter._value.get()
+            ANSWERS.flush()
+            os.write(write, str(counter._value.get() - start).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 100) == b"0.0"
     os.close(read)
     ANSWERS.flush()
     assert counter._value.get() >= 1  # the parent's own, written by the parent
