@@ -10,7 +10,6 @@ from datetime import timedelta
 import psycopg
 import pytest
 import requests
-import signedjson
 import signedjson.key
 import signedjson.sign
 from canonicaljson import encode_canonical_json

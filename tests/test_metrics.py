@@ -148,22 +148,16 @@ def test_a_forked_process_writes_its_own_answers_not_its_parents():
 
     ANSWERS.add("/tally-fork", "GET", "200", 0.001)  # pending in the parent
     counter = REQUESTS.labels("/tally-fork", "GET", "200")
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: one answer of its own, written by its own thread
-        try:
-            start = counter._value.get()
-            ANSWERS.add("/tally-fork", "GET", "200", 0.001)
-            deadline = time.monotonic() + 5
-            while counter._value.get() == start and time.monotonic() < deadline:
-                time.sleep(0.05)
-            os.write(write, str(counter._value.get() - start).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    os.waitpid(pid, 0)
-    assert os.read(read, 100) == b"1.0"
-    os.close(read)
+
+    def own_answer() -> float:  # one answer of its own, written by its own thread
+        start = counter._value.get()
+        ANSWERS.add("/tally-fork", "GET", "200", 0.001)
+        deadline = time.monotonic() + 5
+        while counter._value.get() == start and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return counter._value.get() - start
+
+    assert _in_child(own_answer) == b"1.0"
     ANSWERS.flush()
     assert counter._value.get() >= 1  # the parent's own, written by the parent
 
@@ -177,18 +171,28 @@ def test_a_forked_process_scraped_first_writes_none_of_its_parents_answers():
 
     ANSWERS.add("/tally-fork-scraped", "GET", "200", 0.001)  # pending in the parent
     counter = REQUESTS.labels("/tally-fork-scraped", "GET", "200")
+
+    def scrape_first() -> float:  # a scrape before any answer of its own
+        start = counter._value.get()
+        ANSWERS.flush()
+        return counter._value.get() - start
+
+    assert _in_child(scrape_first) == b"0.0"
+    ANSWERS.flush()
+    assert counter._value.get() >= 1  # the parent's own, written by the parent
+
+
+def _in_child(run) -> bytes:
+    """What `run()` returns in a forked child, as the child wrote it."""
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: a scrape before any answer of its own
+    if pid == 0:
         try:
-            start = counter._value.get()
-            ANSWERS.flush()
-            os.write(write, str(counter._value.get() - start).encode())
+            os.write(write, str(run()).encode())
         finally:
             os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
-    assert os.read(read, 100) == b"0.0"
+    written = os.read(read, 100)
     os.close(read)
-    ANSWERS.flush()
-    assert counter._value.get() >= 1  # the parent's own, written by the parent
+    return written
