@@ -2,7 +2,7 @@
 same gunicorn settings, in the same run, interleaved (bare, floor, ours, bare…); the
 floor is the bare app making the Redis and database round trips ours makes.
 
-    .venv/bin/python benchmarks/bench_small_requests.py            # 6 rounds of 3 s
+    .venv/bin/python benchmarks/bench_small_requests.py            # 20 rounds of 3 s
     .venv/bin/python benchmarks/bench_small_requests.py --rounds 1 --seconds 3
     .venv/bin/python benchmarks/bench_small_requests.py --profile   # and where the CPU goes
 
@@ -305,7 +305,7 @@ def on_each_setup(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--only", choices=["postgresql", "sqlite"])
     parser.add_argument("--no-write", action="store_true", help="print, do not edit the docs")
